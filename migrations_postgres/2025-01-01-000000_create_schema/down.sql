@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS drafts;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS sessions;

@@ -1,0 +1,142 @@
+//! The one error type of the crate, and the monitoring category of each error.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What went wrong in a store operation.
+///
+/// Every variant says what and where; [`Error::category`] folds them into the
+/// few buckets that dashboards and HTTP status codes care about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing asked for does not exist, e.g. `session 0190…`.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up, with its key.
+        what: String,
+    },
+    /// The caller passed a value the store refuses: which field and why.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The field or argument at fault.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The store is paused for writes (see [`crate::Store::set_read_only`]).
+    #[error("the store is read-only: writes are paused")]
+    ReadOnly,
+    /// No pooled connection became free (or could be opened) in time.
+    #[error("no database connection available within {waited:?} ({url}){}", last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    PoolTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The database, password masked.
+        url: String,
+        /// The last connection error the pool saw, if any.
+        last_error: Option<String>,
+    },
+    /// Opening the database failed (bad URL, unreachable server, wrong credentials).
+    #[error("cannot open database {url}: {reason}")]
+    Connect {
+        /// The database, password masked.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A query failed, or a stored value could not be read back.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Applying the embedded schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// The monitoring bucket of an [`Error`].
+///
+/// `Db` is what post-cutover monitoring watches: it counts failures of the
+/// database itself, not of callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// The database failed or returned something unreadable.
+    Db,
+    /// The caller sent something invalid.
+    Input,
+    /// The requested row does not exist.
+    NotFound,
+    /// The database cannot be reached right now; retry later.
+    Unavailable,
+    /// Writes are paused; retry later.
+    ReadOnly,
+}
+
+impl Category {
+    /// The stable lowercase name used in logs, metrics and JSON (`db`, `input`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Db => "db",
+            Category::Input => "input",
+            Category::NotFound => "not_found",
+            Category::Unavailable => "unavailable",
+            Category::ReadOnly => "read_only",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// The monitoring bucket this error falls in.
+    ///
+    /// ```
+    /// use interview_store::{Category, Error};
+    /// assert_eq!(Error::ReadOnly.category(), Category::ReadOnly);
+    /// assert_eq!(Error::not_found("session x").category().as_str(), "not_found");
+    /// ```
+    pub fn category(&self) -> Category {
+        match self {
+            Error::NotFound { .. } => Category::NotFound,
+            Error::InvalidInput { .. } => Category::Input,
+            Error::ReadOnly => Category::ReadOnly,
+            Error::PoolTimeout { .. } | Error::Connect { .. } => Category::Unavailable,
+            Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
+            Error::Database(_) | Error::Migration(_) => Category::Db,
+        }
+    }
+
+    /// Whether the database connection was lost while running the operation.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Database(e) if is_connection_lost(e))
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(crate) fn is_connection_lost(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    matches!(
+        e,
+        D::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        ) | D::BrokenTransactionManager
+    )
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,31 @@
+//! One Diesel repository for an interview chat service, over SQLite or PostgreSQL.
+//!
+//! - [`Store`] is the repository: sessions, messages and drafts, a read-only
+//!   switch for a cutover's write pause, health and counts.
+//! - [`connection`] holds the `MultiConnection` over both backends and URL handling;
+//!   [`types`] the mapping of UUIDs and timestamps onto each backend;
+//!   [`schema`] the one schema; [`migrations`] the embedded schema per backend.
+//!
+//! The same Rust types come out of both backends: `uuid::Uuid` ids and
+//! `chrono::DateTime<Utc>` timestamps at microsecond precision.
+
+#![warn(missing_docs)]
+
+#[allow(missing_docs)] // the MultiConnection derive generates undocumented items
+pub mod connection;
+pub mod error;
+pub mod migrations;
+mod pool;
+#[allow(missing_docs)] // `table!` generates a struct per column
+pub mod schema;
+mod store;
+pub mod timestamp;
+pub mod types;
+
+pub use connection::{AnyConnection, Backend, DatabaseUrl};
+pub use error::{Category, Error, Result};
+pub use pool::{PoolConfig, PoolState};
+pub use store::{
+    Draft, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
+    TableCounts,
+};

@@ -1,0 +1,144 @@
+//! The one place that owns database connections: an r2d2 pool with a bounded wait.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::connection::{AnyConnection, ConnectionSetup, Customizer, DatabaseUrl, Manager};
+use crate::error::{Error, Result};
+
+/// Pool sizing and time limits.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// let config = interview_store::PoolConfig { max_size: 4, ..Default::default() };
+/// assert_eq!(config.connection_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Most connections open at once.
+    pub max_size: u32,
+    /// Connections kept open while idle (`None`: same as `max_size`).
+    pub min_idle: Option<u32>,
+    /// Longest wait for a free connection before an operation fails with
+    /// [`Error::PoolTimeout`]: saturation becomes an error, not a hang.
+    pub connection_timeout: Duration,
+    /// How long SQLite waits on a locked database before giving up.
+    pub busy_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 10,
+            min_idle: Some(1),
+            connection_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(crate) type PooledConnection = r2d2::PooledConnection<Manager>;
+
+/// Pool state for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolState {
+    /// Open connections.
+    pub connections: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// Configured maximum.
+    pub max_size: u32,
+    /// Waits for a connection that ended in [`Error::PoolTimeout`] since start.
+    pub timeouts: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    inner: r2d2::Pool<Manager>,
+    url: DatabaseUrl,
+    timeout: Duration,
+    timeouts: AtomicU64,
+}
+
+impl Pool {
+    /// Opens the pool and one connection, so a wrong URL fails here and not on first use.
+    pub(crate) fn open(url: DatabaseUrl, config: &PoolConfig) -> Result<Self> {
+        // An in-memory SQLite database lives in one connection: a second one would be a different database.
+        let in_memory = url.backend() == crate::Backend::Sqlite
+            && (url.connection_string() == ":memory:"
+                || url.connection_string().contains("mode=memory"));
+        let max_size = if in_memory { 1 } else { config.max_size.max(1) };
+        let inner = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(config.min_idle.map(|m| m.min(max_size)))
+            .connection_timeout(config.connection_timeout)
+            // A ping per checkout would double the round trips of a short query;
+            // dead connections are found by the operations instead (see `run`).
+            .test_on_check_out(false)
+            .connection_customizer(Box::new(Customizer(ConnectionSetup {
+                busy_timeout: config.busy_timeout,
+            })))
+            .error_handler(Box::new(LogErrors))
+            .build_unchecked(Manager { url: url.clone() });
+        let pool = Pool {
+            inner,
+            url,
+            timeout: config.connection_timeout,
+            timeouts: AtomicU64::new(0),
+        };
+        // Fail fast with the driver's own reason rather than a generic pool timeout.
+        let mut probe = pool.url.establish()?;
+        ConnectionSetup {
+            busy_timeout: config.busy_timeout,
+        }
+        .apply(&mut probe)?;
+        Ok(pool)
+    }
+
+    /// Runs `f` on a pooled connection; a connection the server dropped is discarded afterwards.
+    pub(crate) fn run<T>(&self, f: impl FnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
+        let mut pooled = self.get_within(self.timeout)?;
+        let result = f(&mut pooled.conn);
+        if let Err(e) = &result {
+            if e.is_connection_lost() {
+                pooled.lost = true;
+            }
+        }
+        result
+    }
+
+    pub(crate) fn get_within(&self, wait: Duration) -> Result<PooledConnection> {
+        self.inner.get_timeout(wait).map_err(|e| {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            Error::PoolTimeout {
+                waited: wait,
+                url: self.url.masked(),
+                last_error: Some(e.to_string())
+                    .filter(|m| !m.is_empty() && m != "timed out waiting for connection"),
+            }
+        })
+    }
+
+    pub(crate) fn state(&self) -> PoolState {
+        let s = self.inner.state();
+        PoolState {
+            connections: s.connections,
+            idle: s.idle_connections,
+            max_size: self.inner.max_size(),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+}
+
+#[derive(Debug)]
+struct LogErrors;
+
+impl r2d2::HandleError<Error> for LogErrors {
+    fn handle_error(&self, error: Error) {
+        log::warn!("connection pool: {error}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Messages: the turns of an interview.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::schema::{messages, sessions};
+use crate::timestamp;
+use crate::types::{DbTimestamp, DbUuid};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The person being interviewed.
+    User,
+    /// The interviewer.
+    Assistant,
+}
+
+impl Role {
+    /// `"user"` or `"assistant"`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            other => Err(Error::invalid(
+                "role",
+                format!(
+                    "{:?} is neither \"user\" nor \"assistant\"",
+                    timestamp::shorten(other, 40)
+                ),
+            )),
+        }
+    }
+}
+
+/// One turn of an interview.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// Increases in append order.
+    pub id: i64,
+    /// The session it belongs to.
+    pub session_id: Uuid,
+    /// Who wrote it.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+    /// When it was appended.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub(crate) struct MessageRow {
+    pub id: i64,
+    pub session_id: DbUuid,
+    pub role: String,
+    pub text: String,
+    pub created_at: DbTimestamp,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+struct NewMessage<'a> {
+    session_id: DbUuid,
+    role: &'a str,
+    text: &'a str,
+    created_at: DbTimestamp,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = Error;
+    fn try_from(r: MessageRow) -> Result<Self> {
+        let role = r.role.parse().map_err(|e| {
+            // A stored row the store cannot represent is a database problem, not the caller's.
+            Error::Database(diesel::result::Error::DeserializationError(
+                format!("messages row {}: {e}", r.id).into(),
+            ))
+        })?;
+        Ok(Message {
+            id: r.id,
+            session_id: r.session_id.0,
+            role,
+            text: r.text,
+            created_at: r.created_at.0,
+        })
+    }
+}
+
+impl Store {
+    /// Appends a message to a session and bumps the session's `updated_at`, in one transaction.
+    ///
+    /// Fails with [`Error::NotFound`] for an unknown session and
+    /// [`Error::InvalidInput`] for text over the size limit or with a NUL character.
+    pub fn append_message(&self, session_id: Uuid, role: Role, text: &str) -> Result<Message> {
+        self.check_text("text", text)?;
+        let now = timestamp::now();
+        self.write(|conn| {
+            // The update goes first: it takes the write lock (SQLite) or the
+            // session's row lock (PostgreSQL), so concurrent appends to one
+            // session get ids in the order they commit.
+            let touched = diesel::update(sessions::table.find(DbUuid(session_id)))
+                .set(sessions::updated_at.eq(DbTimestamp(now)))
+                .execute(conn)?;
+            if touched == 0 {
+                return Err(Error::not_found(format!("session {session_id}")));
+            }
+            let id = diesel::insert_into(messages::table)
+                .values(NewMessage {
+                    session_id: DbUuid(session_id),
+                    role: role.as_str(),
+                    text,
+                    created_at: DbTimestamp(now),
+                })
+                .returning(messages::id)
+                .get_result::<i64>(conn)?;
+            Ok(Message {
+                id,
+                session_id,
+                role,
+                text: text.to_string(),
+                created_at: now,
+            })
+        })
+    }
+}

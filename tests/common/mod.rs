@@ -1,0 +1,151 @@
+//! Test fixtures: a fresh database per test on each backend, dropped afterwards.
+//!
+//! PostgreSQL is the real server at `INTERVIEW_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), used as the admin
+//! connection that creates and drops one database per test.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
+use interview_store::{Backend, Store, StoreConfig};
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_url() -> String {
+    std::env::var("INTERVIEW_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn admin() -> PgConnection {
+    let url = admin_url();
+    PgConnection::establish(&url).unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL tests need a server at {} ({e}).\n\
+             Start the local cluster with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`,\n\
+             or `docker compose up -d` with the repository's compose.yaml, or point INTERVIEW_TEST_POSTGRES_URL at one.",
+            interview_store::connection::mask_password(&url)
+        )
+    })
+}
+
+/// A scratch PostgreSQL database, dropped (with its connections) on drop.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "interview_store_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        admin()
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        let url = with_database(&admin_url(), &name);
+        PgDatabase { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = admin().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// A fresh, migrated database of one backend; removed when dropped.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("interview.db").display());
+                TestDb {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                    _pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let pg = PgDatabase::create();
+                TestDb {
+                    backend,
+                    url: pg.url.clone(),
+                    _dir: None,
+                    _pg: Some(pg),
+                }
+            }
+        }
+    }
+
+    /// Opens a store on this database with `config` and applies the migrations.
+    pub fn store_with(&self, config: StoreConfig) -> Store {
+        let store = Store::connect(&self.url, config).expect("connect");
+        store.migrate().expect("migrate");
+        store
+    }
+
+    pub fn store(&self) -> Store {
+        self.store_with(StoreConfig::default())
+    }
+}
+
+/// Runs one test body on both backends: `backend_test!(name, |db: &TestDb| { … });`
+/// expands to `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn sqlite() {
+                let db = $crate::common::TestDb::new(interview_store::Backend::Sqlite);
+                let body: fn(&$crate::common::TestDb) = $body;
+                body(&db);
+            }
+
+            #[test]
+            fn postgres() {
+                let db = $crate::common::TestDb::new(interview_store::Backend::Postgres);
+                let body: fn(&$crate::common::TestDb) = $body;
+                body(&db);
+            }
+        }
+    };
+}
