@@ -8,7 +8,6 @@ use uuid::Uuid;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::schema::drafts;
-use crate::timestamp;
 use crate::types::{DbTimestamp, DbUuid};
 
 /// A written-up answer composed from a session.
@@ -50,8 +49,7 @@ impl Store {
     /// Fails with [`Error::NotFound`] for an unknown session.
     pub fn save_draft(&self, session_id: Uuid, content: &str) -> Result<Draft> {
         self.check_text("content", content)?;
-        let now = timestamp::now();
-        self.write(|conn| {
+        self.write(|conn, now| {
             let id = diesel::insert_into(drafts::table)
                 .values((
                     drafts::session_id.eq(DbUuid(session_id)),

@@ -113,17 +113,17 @@ impl Store {
     /// [`Error::InvalidInput`] for text over the size limit or with a NUL character.
     pub fn append_message(&self, session_id: Uuid, role: Role, text: &str) -> Result<Message> {
         self.check_text("text", text)?;
-        let now = timestamp::now();
-        self.write(|conn| {
-            // The update goes first: it takes the write lock (SQLite) or the
-            // session's row lock (PostgreSQL), so concurrent appends to one
-            // session get ids in the order they commit.
+        self.write(|conn, _| {
+            // Lock the session row first (a no-op update): concurrent appends to
+            // one session then queue here, and the time read after the lock
+            // gives ids, created_at and updated_at all in commit order.
             let touched = diesel::update(sessions::table.find(DbUuid(session_id)))
-                .set(sessions::updated_at.eq(DbTimestamp(now)))
+                .set(sessions::updated_at.eq(sessions::updated_at))
                 .execute(conn)?;
             if touched == 0 {
                 return Err(Error::not_found(format!("session {session_id}")));
             }
+            let now = timestamp::now();
             let id = diesel::insert_into(messages::table)
                 .values(NewMessage {
                     session_id: DbUuid(session_id),
@@ -133,6 +133,9 @@ impl Store {
                 })
                 .returning(messages::id)
                 .get_result::<i64>(conn)?;
+            diesel::update(sessions::table.find(DbUuid(session_id)))
+                .set(sessions::updated_at.eq(DbTimestamp(now)))
+                .execute(conn)?;
             Ok(Message {
                 id,
                 session_id,

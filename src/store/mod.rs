@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
+use chrono::{DateTime, Utc};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
-use diesel::Connection;
 
 pub use drafts::Draft;
 pub use messages::{Message, Role};
@@ -20,6 +20,7 @@ use crate::connection::{AnyConnection, Backend, DatabaseUrl};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolConfig, PoolState};
 use crate::schema::{drafts as drafts_t, messages as messages_t, sessions as sessions_t};
+use crate::timestamp;
 
 /// Settings of a [`Store`]; `Default` suits a small service.
 #[derive(Debug, Clone)]
@@ -250,10 +251,16 @@ impl Store {
 
     /// Runs `f` in one transaction, unless writes are paused.
     ///
-    /// On SQLite the first statement of `f` must be a write: a transaction that
-    /// reads first and writes later cannot wait for a concurrent writer (the
-    /// busy timeout does not apply) and fails with "database is locked".
-    fn write<T>(&self, f: impl FnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
+    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock
+    /// up front (waiting up to the busy timeout), so writers queue instead of
+    /// failing with "database is locked" when a read turns into a write.
+    /// `f` gets the current time read after the lock is held: on SQLite,
+    /// where writers are serialised, timestamps then follow commit order,
+    /// which is what makes `updated_at` usable as a high-water mark.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
+    ) -> Result<T> {
         let _shared = self
             .inner
             .write_gate
@@ -262,7 +269,34 @@ impl Store {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
-        self.inner.pool.run(|conn| conn.transaction(f))
+        self.inner.pool.run(|conn| {
+            let begin = match conn {
+                AnyConnection::Sqlite(c) => {
+                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+                }
+                AnyConnection::Postgres(c) => {
+                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN")
+                }
+            };
+            begin?;
+            let result = f(conn, timestamp::now());
+            let end = match (conn, result.is_ok()) {
+                (AnyConnection::Sqlite(c), true) => AnsiTransactionManager::commit_transaction(c),
+                (AnyConnection::Postgres(c), true) => AnsiTransactionManager::commit_transaction(c),
+                (AnyConnection::Sqlite(c), false) => {
+                    AnsiTransactionManager::rollback_transaction(c)
+                }
+                (AnyConnection::Postgres(c), false) => {
+                    AnsiTransactionManager::rollback_transaction(c)
+                }
+            };
+            match (result, end) {
+                (Ok(v), Ok(())) => Ok(v),
+                (Ok(_), Err(e)) => Err(e.into()),
+                // The operation's own error says more than a failed rollback.
+                (Err(e), _) => Err(e),
+            }
+        })
     }
 
     fn check_text(&self, field: &'static str, value: &str) -> Result<()> {

@@ -8,7 +8,6 @@ use super::messages::{Message, MessageRow};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::schema::{messages, sessions};
-use crate::timestamp;
 use crate::types::{DbTimestamp, DbUuid};
 
 /// One interview.
@@ -75,14 +74,13 @@ impl From<SessionRow> for Session {
 impl Store {
     /// Starts a new, empty session.
     pub fn start_session(&self) -> Result<Session> {
-        let now = timestamp::now();
-        let session = Session {
-            id: Uuid::now_v7(),
-            created_at: now,
-            updated_at: now,
-            summary: String::new(),
-        };
-        self.write(|conn| {
+        self.write(|conn, now| {
+            let session = Session {
+                id: Uuid::now_v7(),
+                created_at: now,
+                updated_at: now,
+                summary: String::new(),
+            };
             diesel::insert_into(sessions::table)
                 .values(SessionRow {
                     id: DbUuid(session.id),
@@ -91,9 +89,8 @@ impl Store {
                     summary: String::new(),
                 })
                 .execute(conn)?;
-            Ok(())
-        })?;
-        Ok(session)
+            Ok(session)
+        })
     }
 
     /// Reads a session and its messages in order.
@@ -123,8 +120,7 @@ impl Store {
     /// Replaces a session's summary and bumps its `updated_at`.
     pub fn update_summary(&self, id: Uuid, summary: &str) -> Result<Session> {
         self.check_text("summary", summary)?;
-        let now = timestamp::now();
-        self.write(|conn| {
+        self.write(|conn, now| {
             let row = diesel::update(sessions::table.find(DbUuid(id)))
                 .set((
                     sessions::summary.eq(summary),

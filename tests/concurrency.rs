@@ -1,0 +1,64 @@
+//! Concurrent writers on one session, on both backends.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::TestDb;
+use interview_store::Role;
+
+const THREADS: usize = 8;
+const PER_THREAD: usize = 200;
+
+backend_test!(eight_threads_append_to_one_session, |db: &TestDb| {
+    let store = db.store();
+    let session = store.start_session().unwrap();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..PER_THREAD)
+                    .map(|i| {
+                        store
+                            .append_message(session.id, Role::User, &format!("{t}:{i}"))
+                            .unwrap_or_else(|e| panic!("thread {t} append {i}: {e}"))
+                            .id
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let returned: Vec<Vec<i64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let read = store.get_session(session.id).unwrap();
+    assert_eq!(read.messages.len(), THREADS * PER_THREAD);
+    assert!(
+        read.messages.windows(2).all(|w| w[0].id < w[1].id),
+        "read back in id order"
+    );
+    // Each thread appended sequentially: its messages must come back in its own order, under the ids it was told.
+    let mut seen: HashMap<usize, Vec<(usize, i64)>> = HashMap::new();
+    for m in &read.messages {
+        let (t, i) = m.text.split_once(':').unwrap();
+        seen.entry(t.parse().unwrap())
+            .or_default()
+            .push((i.parse().unwrap(), m.id));
+    }
+    for (t, ids) in returned.iter().enumerate() {
+        let got = &seen[&t];
+        assert_eq!(
+            got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..PER_THREAD).collect::<Vec<_>>()
+        );
+        assert_eq!(&got.iter().map(|(_, id)| *id).collect::<Vec<_>>(), ids);
+    }
+    // Timestamps follow id order, and the session's updated_at is its last message's.
+    assert!(read
+        .messages
+        .windows(2)
+        .all(|w| w[0].created_at <= w[1].created_at));
+    assert_eq!(
+        read.session.updated_at,
+        read.messages.last().unwrap().created_at
+    );
+});
