@@ -47,6 +47,15 @@ pub enum Error {
     /// A query failed, or a stored value could not be read back.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
+    /// A stored row holds a value the store cannot read back (e.g. a legacy
+    /// timestamp in an unknown format): which rows and why.
+    #[error("unreadable stored data in {what}: {reason}")]
+    Corrupt {
+        /// The rows being read, e.g. `messages of session 0190…`.
+        what: String,
+        /// The offending column and value.
+        reason: String,
+    },
     /// Applying the embedded schema migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -104,13 +113,24 @@ impl Error {
             Error::ReadOnly => Category::ReadOnly,
             Error::PoolTimeout { .. } | Error::Connect { .. } => Category::Unavailable,
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
-            Error::Database(_) | Error::Migration(_) => Category::Db,
+            Error::Database(_) | Error::Corrupt { .. } | Error::Migration(_) => Category::Db,
         }
     }
 
     /// Whether the database connection was lost while running the operation.
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, Error::Database(e) if is_connection_lost(e))
+    }
+
+    /// Names the rows being read when a stored value could not be decoded.
+    pub(crate) fn reading(self, what: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::Database(diesel::result::Error::DeserializationError(e)) => Error::Corrupt {
+                what: what(),
+                reason: chain(&*e),
+            },
+            other => other,
+        }
     }
 
     /// Shorthand for [`Error::NotFound`].
@@ -136,6 +156,19 @@ pub(crate) fn is_connection_lost(e: &diesel::result::Error) -> bool {
             _
         ) | D::BrokenTransactionManager
     )
+}
+
+/// An error and its sources on one line: diesel puts the column name and the
+/// decoding failure at different levels.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The crate's result type.

@@ -29,3 +29,8 @@ pub use store::{
     Draft, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
     TableCounts,
 };
+
+// The README's Rust examples run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 /// Pool sizing and time limits.
 ///
 /// ```
-/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::Duration;
 /// let config = interview_store::PoolConfig { max_size: 4, ..Default::default() };
 /// assert_eq!(config.connection_timeout, Duration::from_secs(5));
 /// ```

@@ -82,7 +82,8 @@ impl Store {
                 .order(drafts::id.desc())
                 .select(DraftRow::as_select())
                 .first::<DraftRow>(conn)
-                .optional()?
+                .optional()
+                .map_err(|e| Error::from(e).reading(|| format!("drafts of session {session_id}")))?
                 .map(Draft::from))
         })
     }

@@ -90,11 +90,12 @@ struct NewMessage<'a> {
 impl TryFrom<MessageRow> for Message {
     type Error = Error;
     fn try_from(r: MessageRow) -> Result<Self> {
-        let role = r.role.parse().map_err(|e| {
+        let role = r.role.parse::<Role>().map_err(|e| {
             // A stored row the store cannot represent is a database problem, not the caller's.
-            Error::Database(diesel::result::Error::DeserializationError(
-                format!("messages row {}: {e}", r.id).into(),
-            ))
+            Error::Corrupt {
+                what: format!("messages row {}", r.id),
+                reason: e.to_string(),
+            }
         })?;
         Ok(Message {
             id: r.id,

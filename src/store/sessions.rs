@@ -102,14 +102,16 @@ impl Store {
                 .find(DbUuid(id))
                 .select(SessionRow::as_select())
                 .first(conn)
-                .optional()?
+                .optional()
+                .map_err(|e| Error::from(e).reading(|| format!("session {id}")))?
                 .ok_or_else(|| Error::not_found(format!("session {id}")))?
                 .into();
             let messages = messages::table
                 .filter(messages::session_id.eq(DbUuid(id)))
                 .order(messages::id.asc())
                 .select(MessageRow::as_select())
-                .load::<MessageRow>(conn)?
+                .load::<MessageRow>(conn)
+                .map_err(|e| Error::from(e).reading(|| format!("messages of session {id}")))?
                 .into_iter()
                 .map(Message::try_from)
                 .collect::<Result<Vec<_>>>()?;
@@ -155,7 +157,8 @@ impl Store {
                 .limit(page.limit)
                 .offset(page.offset)
                 .select(SessionRow::as_select())
-                .load::<SessionRow>(conn)?
+                .load::<SessionRow>(conn)
+                .map_err(|e| Error::from(e).reading(|| format!("sessions page {page:?}")))?
                 .into_iter()
                 .map(Session::from)
                 .collect())
