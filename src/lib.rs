@@ -14,6 +14,7 @@
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
 pub mod error;
+pub mod migrate;
 pub mod migrations;
 mod pool;
 #[allow(missing_docs)] // `table!` generates a struct per column

@@ -51,6 +51,9 @@ impl Default for Page {
     }
 }
 
+// Both backends spell it `random()`; only its order is used, not its value.
+diesel::define_sql_function!(fn random() -> diesel::sql_types::Double);
+
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
 pub(crate) struct SessionRow {
@@ -134,6 +137,27 @@ impl Store {
                 .optional()?
                 .ok_or_else(|| Error::not_found(format!("session {id}")))?;
             Ok(row.into())
+        })
+    }
+
+    /// Up to `n` session ids picked at random, for spot checks such as a dual-read compare.
+    pub fn sample_session_ids(&self, n: i64) -> Result<Vec<Uuid>> {
+        if n < 0 {
+            return Err(Error::invalid(
+                "sample size",
+                format!("is {n}, must not be negative"),
+            ));
+        }
+        self.read(|conn| {
+            Ok(sessions::table
+                .select(sessions::id)
+                .order(random())
+                .limit(n)
+                .load::<DbUuid>(conn)
+                .map_err(|e| Error::from(e).reading(|| "session ids".to_string()))?
+                .into_iter()
+                .map(|id| id.0)
+                .collect())
         })
     }
 

@@ -1,0 +1,137 @@
+//! The cutover's safety tools: a live backup, and the dual-read compare.
+
+mod common;
+
+use chrono::{TimeZone, Utc};
+use diesel::prelude::*;
+use interview_store::migrate::{backup, compare, Selection};
+use interview_store::schema::{drafts, messages, sessions};
+use interview_store::types::{DbTimestamp, DbUuid};
+use interview_store::{Backend, Error, Role, Store};
+
+#[test]
+fn backup_of_a_live_database_is_consistent_and_never_overwrites() {
+    let db = common::TestDb::new(Backend::Sqlite);
+    let store = db.store();
+    let path = db.url.trim_start_matches("sqlite://").to_string();
+    let s = store.start_session().unwrap();
+    for i in 0..200 {
+        store
+            .append_message(s.id, Role::User, &format!("before {i}"))
+            .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .append_message(s.id, Role::Assistant, "during the backup")
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backup.db");
+    let report = backup(std::path::Path::new(&path), &out).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written_during = writer.join().unwrap();
+
+    assert_eq!(report.counts.sessions, 1);
+    assert!(report.counts.messages >= 200, "{report:?}");
+    assert!(
+        report.counts.messages <= 200 + written_during as i64,
+        "{report:?}"
+    );
+    // The backup is a working database of its own.
+    let copy = Store::connect(out.to_str().unwrap(), Default::default()).unwrap();
+    let read = copy.get_session(s.id).unwrap();
+    assert_eq!(read.messages.len() as i64, report.counts.messages);
+    assert_eq!(read.messages[199].text, "before 199");
+
+    let err = backup(std::path::Path::new(&path), &out).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+/// Writes the same rows, ids and timestamps included, into any store.
+fn seed(store: &Store, ids: &[uuid::Uuid]) {
+    let t = |s: u32| DbTimestamp(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, s).unwrap());
+    store
+        .with_connection(|conn| {
+            for (n, id) in ids.iter().enumerate() {
+                let n = n as i64;
+                diesel::insert_into(sessions::table)
+                    .values((
+                        sessions::id.eq(DbUuid(*id)),
+                        sessions::created_at.eq(t(0)),
+                        sessions::updated_at.eq(t(9)),
+                        sessions::summary.eq("summary"),
+                    ))
+                    .execute(conn)?;
+                for m in 0..3 {
+                    diesel::insert_into(messages::table)
+                        .values((
+                            messages::id.eq(n * 10 + m),
+                            messages::session_id.eq(DbUuid(*id)),
+                            messages::role.eq(if m % 2 == 0 { "assistant" } else { "user" }),
+                            messages::text.eq(format!("message {m} — «ok»")),
+                            messages::created_at.eq(t(m as u32)),
+                        ))
+                        .execute(conn)?;
+                }
+                diesel::insert_into(drafts::table)
+                    .values((
+                        drafts::id.eq(n + 1),
+                        drafts::session_id.eq(DbUuid(*id)),
+                        drafts::content.eq("draft"),
+                        drafts::created_at.eq(t(5)),
+                    ))
+                    .execute(conn)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn compare_finds_equal_sides_equal_and_names_each_difference() {
+    let lite = common::TestDb::new(Backend::Sqlite);
+    let pg = common::TestDb::new(Backend::Postgres);
+    let (left, right) = (lite.store(), pg.store());
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
+    seed(&left, &ids);
+    seed(&right, &ids);
+
+    let report = compare(&left, &right, &Selection::Sample(100)).unwrap();
+    assert!(report.is_equal(), "{:?}", report.differences);
+    assert_eq!((report.sessions, report.messages), (5, 15));
+
+    // One changed character in one message, and a session missing on one side.
+    right
+        .with_connection(|conn| {
+            diesel::update(messages::table.find(11_i64))
+                .set(messages::text.eq("message 1 — «ok!»"))
+                .execute(conn)?;
+            diesel::delete(drafts::table.filter(drafts::session_id.eq(DbUuid(ids[4]))))
+                .execute(conn)?;
+            diesel::delete(messages::table.filter(messages::session_id.eq(DbUuid(ids[4]))))
+                .execute(conn)?;
+            diesel::delete(sessions::table.find(DbUuid(ids[4]))).execute(conn)?;
+            Ok(())
+        })
+        .unwrap();
+    let report = compare(&left, &right, &Selection::Sessions(ids.clone())).unwrap();
+    let found: Vec<(uuid::Uuid, &str)> = report
+        .differences
+        .iter()
+        .map(|d| (d.session, d.what.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![(ids[1], "message 11 text"), (ids[4], "missing on postgres")]
+    );
+}
