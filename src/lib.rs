@@ -19,7 +19,7 @@ pub mod migrations;
 mod pool;
 #[allow(missing_docs)] // `table!` generates a struct per column
 pub mod schema;
-mod store;
+pub(crate) mod store;
 pub mod timestamp;
 pub mod types;
 

@@ -2,11 +2,10 @@
 
 mod common;
 
-use chrono::{TimeZone, Utc};
 use diesel::prelude::*;
 use interview_store::migrate::{backup, compare, Selection};
 use interview_store::schema::{drafts, messages, sessions};
-use interview_store::types::{DbTimestamp, DbUuid};
+use interview_store::types::DbUuid;
 use interview_store::{Backend, Error, Role, Store};
 
 #[test]
@@ -57,54 +56,14 @@ fn backup_of_a_live_database_is_consistent_and_never_overwrites() {
     assert!(err.to_string().contains("already exists"), "{err}");
 }
 
-/// Writes the same rows, ids and timestamps included, into any store.
-fn seed(store: &Store, ids: &[uuid::Uuid]) {
-    let t = |s: u32| DbTimestamp(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, s).unwrap());
-    store
-        .with_connection(|conn| {
-            for (n, id) in ids.iter().enumerate() {
-                let n = n as i64;
-                diesel::insert_into(sessions::table)
-                    .values((
-                        sessions::id.eq(DbUuid(*id)),
-                        sessions::created_at.eq(t(0)),
-                        sessions::updated_at.eq(t(9)),
-                        sessions::summary.eq("summary"),
-                    ))
-                    .execute(conn)?;
-                for m in 0..3 {
-                    diesel::insert_into(messages::table)
-                        .values((
-                            messages::id.eq(n * 10 + m),
-                            messages::session_id.eq(DbUuid(*id)),
-                            messages::role.eq(if m % 2 == 0 { "assistant" } else { "user" }),
-                            messages::text.eq(format!("message {m} — «ok»")),
-                            messages::created_at.eq(t(m as u32)),
-                        ))
-                        .execute(conn)?;
-                }
-                diesel::insert_into(drafts::table)
-                    .values((
-                        drafts::id.eq(n + 1),
-                        drafts::session_id.eq(DbUuid(*id)),
-                        drafts::content.eq("draft"),
-                        drafts::created_at.eq(t(5)),
-                    ))
-                    .execute(conn)?;
-            }
-            Ok(())
-        })
-        .unwrap();
-}
-
 #[test]
 fn compare_finds_equal_sides_equal_and_names_each_difference() {
     let lite = common::TestDb::new(Backend::Sqlite);
     let pg = common::TestDb::new(Backend::Postgres);
     let (left, right) = (lite.store(), pg.store());
     let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
-    seed(&left, &ids);
-    seed(&right, &ids);
+    common::seed_identical(&left, &ids);
+    common::seed_identical(&right, &ids);
 
     let report = compare(&left, &right, &Selection::Sample(100)).unwrap();
     assert!(report.is_equal(), "{:?}", report.differences);
@@ -113,7 +72,7 @@ fn compare_finds_equal_sides_equal_and_names_each_difference() {
     // One changed character in one message, and a session missing on one side.
     right
         .with_connection(|conn| {
-            diesel::update(messages::table.find(11_i64))
+            diesel::update(messages::table.find(12_i64))
                 .set(messages::text.eq("message 1 — «ok!»"))
                 .execute(conn)?;
             diesel::delete(drafts::table.filter(drafts::session_id.eq(DbUuid(ids[4]))))
@@ -132,6 +91,6 @@ fn compare_finds_equal_sides_equal_and_names_each_difference() {
         .collect();
     assert_eq!(
         found,
-        vec![(ids[1], "message 11 text"), (ids[4], "missing on postgres")]
+        vec![(ids[1], "message 12 text"), (ids[4], "missing on postgres")]
     );
 }

@@ -23,7 +23,7 @@ pub struct Draft {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = drafts)]
 pub(crate) struct DraftRow {
     pub id: i64,

@@ -68,7 +68,7 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = messages)]
 pub(crate) struct MessageRow {
     pub id: i64,

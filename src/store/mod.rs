@@ -1,8 +1,8 @@
 //! The repository: [`Store`] and the operations on sessions, messages and drafts.
 
-mod drafts;
-mod messages;
-mod sessions;
+pub(crate) mod drafts;
+pub(crate) mod messages;
+pub(crate) mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};

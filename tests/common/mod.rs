@@ -7,8 +7,12 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use chrono::{TimeZone, Utc};
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
+use diesel::prelude::*;
+use diesel::PgConnection;
+use interview_store::schema::{drafts, messages, sessions};
+use interview_store::types::{DbTimestamp, DbUuid};
 use interview_store::{Backend, Store, StoreConfig};
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -148,4 +152,51 @@ macro_rules! backend_test {
             }
         }
     };
+}
+
+/// Writes the same rows, ids and timestamps included, into any store.
+pub fn seed_identical(store: &Store, ids: &[uuid::Uuid]) {
+    let t = |s: u32| DbTimestamp(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, s).unwrap());
+    store
+        .with_connection(|conn| {
+            for (n, id) in ids.iter().enumerate() {
+                let n = n as i64;
+                diesel::insert_into(sessions::table)
+                    .values((
+                        sessions::id.eq(DbUuid(*id)),
+                        sessions::created_at.eq(t(0)),
+                        sessions::updated_at.eq(t(9)),
+                        sessions::summary.eq("summary"),
+                    ))
+                    .execute(conn)?;
+                for m in 0..3 {
+                    diesel::insert_into(messages::table)
+                        .values((
+                            messages::id.eq(n * 10 + m + 1),
+                            messages::session_id.eq(DbUuid(*id)),
+                            messages::role.eq(if m % 2 == 0 { "assistant" } else { "user" }),
+                            messages::text.eq(format!("message {m} — «ok»")),
+                            messages::created_at.eq(t(m as u32)),
+                        ))
+                        .execute(conn)?;
+                }
+                diesel::insert_into(drafts::table)
+                    .values((
+                        drafts::id.eq(n + 1),
+                        drafts::session_id.eq(DbUuid(*id)),
+                        drafts::content.eq("draft"),
+                        drafts::created_at.eq(t(5)),
+                    ))
+                    .execute(conn)?;
+            }
+            if store.backend() == Backend::Postgres {
+                // Explicit ids do not advance BIGSERIAL sequences; later appends must not collide.
+                conn.batch_execute(
+                    "SELECT setval('messages_id_seq', (SELECT max(id) FROM messages));
+                     SELECT setval('drafts_id_seq', (SELECT max(id) FROM drafts));",
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
 }
