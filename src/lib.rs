@@ -19,6 +19,8 @@ pub mod migrations;
 mod pool;
 #[allow(missing_docs)] // `table!` generates a struct per column
 pub mod schema;
+#[cfg(feature = "server")]
+pub mod server;
 pub(crate) mod store;
 pub mod timestamp;
 pub mod types;

@@ -50,6 +50,8 @@ pub struct PoolState {
     pub max_size: u32,
     /// Waits for a connection that ended in [`Error::PoolTimeout`] since start.
     pub timeouts: u64,
+    /// Checkouts that found no idle connection and had to wait or open one.
+    pub waits: u64,
 }
 
 #[derive(Debug)]
@@ -58,6 +60,7 @@ pub(crate) struct Pool {
     url: DatabaseUrl,
     timeout: Duration,
     timeouts: AtomicU64,
+    waits: AtomicU64,
 }
 
 impl Pool {
@@ -68,6 +71,14 @@ impl Pool {
             && (url.connection_string() == ":memory:"
                 || url.connection_string().contains("mode=memory"));
         let max_size = if in_memory { 1 } else { config.max_size.max(1) };
+        // Fail fast with the driver's own reason rather than a generic pool timeout,
+        // and switch a new SQLite file to WAL before the pool opens connections
+        // in parallel (changing the journal mode needs the database to itself).
+        let mut probe = url.establish()?;
+        ConnectionSetup {
+            busy_timeout: config.busy_timeout,
+        }
+        .apply(&mut probe)?;
         let inner = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(config.min_idle.map(|m| m.min(max_size)))
@@ -85,13 +96,8 @@ impl Pool {
             url,
             timeout: config.connection_timeout,
             timeouts: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
         };
-        // Fail fast with the driver's own reason rather than a generic pool timeout.
-        let mut probe = pool.url.establish()?;
-        ConnectionSetup {
-            busy_timeout: config.busy_timeout,
-        }
-        .apply(&mut probe)?;
         Ok(pool)
     }
 
@@ -108,6 +114,9 @@ impl Pool {
     }
 
     pub(crate) fn get_within(&self, wait: Duration) -> Result<PooledConnection> {
+        if self.inner.state().idle_connections == 0 {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
         self.inner.get_timeout(wait).map_err(|e| {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
             Error::PoolTimeout {
@@ -126,6 +135,7 @@ impl Pool {
             idle: s.idle_connections,
             max_size: self.inner.max_size(),
             timeouts: self.timeouts.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
         }
     }
 

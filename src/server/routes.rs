@@ -1,0 +1,247 @@
+//! The handlers.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiJson};
+use super::{blocking, metrics, AppState};
+use crate::store::{Draft, Message, Role};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/interview/start", post(start))
+        .route("/interview/chat", post(chat))
+        .route("/interview/session/{id}", get(session))
+        .route("/interview/draft", post(draft))
+        .route("/interview/draft/latest/{id}", get(latest_draft))
+        .route("/admin/maintenance", post(maintenance))
+}
+
+/// Runs a store call off the async workers and times it as `op`.
+async fn call<T: Send + 'static>(
+    state: &AppState,
+    op: &'static str,
+    f: impl FnOnce(crate::Store) -> crate::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    let started = Instant::now();
+    let result = blocking::run(state.request_timeout, move || f(store)).await;
+    metrics::operation(op, started);
+    result.map_err(ApiError::from)
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw.trim()).map_err(|e| {
+        let shown: String = raw.chars().take(60).collect();
+        ApiError::input(format!("invalid session id {shown:?}: {e}"))
+    })
+}
+
+fn message_json(m: &Message) -> Value {
+    json!({"id": m.id, "role": m.role, "text": m.text, "created_at": m.created_at})
+}
+
+fn draft_json(d: &Draft) -> Value {
+    json!({"id": d.id, "session_id": d.session_id, "content": d.content, "created_at": d.created_at})
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    // Store::health bounds its own wait; this task only keeps it off the async workers.
+    let h = match tokio::task::spawn_blocking(move || store.health()).await {
+        Ok(h) => h,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    let body = json!({
+        "status": if h.db_up { "ok" } else { "unavailable" },
+        "db": if h.db_up { "up" } else { "down" },
+        "backend": h.backend,
+        "read_only": h.read_only,
+    });
+    if h.db_up {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        log::warn!(
+            "health: database down: {}",
+            h.error.as_deref().unwrap_or("unknown")
+        );
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(state.store.pool_state()),
+    )
+}
+
+async fn start(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is `{}`; an empty one is accepted too, anything else that is not an object is refused.
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::input(format!("malformed JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::input("the body must be a JSON object"));
+        }
+    }
+    let opening = state.interviewer.opening();
+    let (session, reply) = call(&state, "start_session", move |store| {
+        let session = store.start_session()?;
+        let reply = store.append_message(session.id, Role::Assistant, &opening)?;
+        Ok((session, reply))
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"session_id": session.id, "created_at": session.created_at, "reply": message_json(&reply)})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    session_id: String,
+    text: String,
+}
+
+async fn chat(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&req.session_id)?;
+    if req.text.trim().is_empty() {
+        return Err(ApiError::input("text must not be empty"));
+    }
+    let interviewer = state.interviewer.clone();
+    let (message, reply) = call(&state, "chat", move |store| {
+        let mine = store.append_message(id, Role::User, &req.text)?;
+        let mut history = store.get_session(id)?.messages;
+        let answer = interviewer.reply(&history);
+        let reply = store.append_message(id, Role::Assistant, &answer)?;
+        history.push(reply.clone());
+        store.update_summary(id, &interviewer.summarize(&history))?;
+        Ok((mine, reply))
+    })
+    .await?;
+    Ok(Json(
+        json!({"session_id": id, "message": message_json(&message), "reply": message_json(&reply)}),
+    ))
+}
+
+async fn session(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let s = call(&state, "get_session", move |store| store.get_session(id)).await?;
+    Ok(Json(json!({
+        "id": s.session.id,
+        "created_at": s.session.created_at,
+        "updated_at": s.session.updated_at,
+        "summary": s.session.summary,
+        "messages": s.messages.iter().map(message_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DraftRequest {
+    session_id: String,
+    content: Option<String>,
+}
+
+async fn draft(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<DraftRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&req.session_id)?;
+    let interviewer = state.interviewer.clone();
+    let draft = call(&state, "save_draft", move |store| {
+        let content = match req.content {
+            Some(c) => c,
+            None => interviewer.compose_draft(&store.get_session(id)?.messages),
+        };
+        store.save_draft(id, &content)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response())
+}
+
+async fn latest_draft(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    match call(&state, "latest_draft", move |store| store.latest_draft(id)).await? {
+        Some(d) => Ok(Json(draft_json(&d))),
+        None => Err(ApiError::from(crate::Error::not_found(format!(
+            "draft of session {id}"
+        )))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceRequest {
+    read_only: bool,
+}
+
+async fn maintenance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            category: "not_found",
+            message: "admin endpoints are disabled: INTERVIEW_ADMIN_TOKEN is not set".into(),
+        });
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            category: "auth",
+            message: "missing or wrong bearer token".into(),
+        });
+    }
+    let req: MaintenanceRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::input(format!("expected {{\"read_only\": true|false}}: {e}")))?;
+    let store = state.store.clone();
+    // Turning the pause on waits for writes in flight: once this answers, no write can commit.
+    call(&state, "set_read_only", move |_| {
+        store.set_read_only(req.read_only);
+        Ok(())
+    })
+    .await?;
+    log::warn!("maintenance: read_only = {}", req.read_only);
+    Ok(Json(json!({"read_only": req.read_only})))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
