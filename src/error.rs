@@ -59,6 +59,25 @@ pub enum Error {
     /// Applying the embedded schema migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The migration source holds invalid rows and the copy is strict: nothing was loaded.
+    #[error("the source holds {count} invalid row(s), so nothing was loaded; the first: {}", rejects.first().map(ToString::to_string).unwrap_or_default())]
+    InvalidSource {
+        /// How many rows are invalid.
+        count: usize,
+        /// Each invalid row: table, source key, column, value and reason.
+        rejects: Vec<crate::migrate::Reject>,
+    },
+    /// A migration step refused to run, and why (e.g. a target holding foreign rows).
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
 }
 
 /// The monitoring bucket of an [`Error`].
@@ -113,7 +132,10 @@ impl Error {
             Error::ReadOnly => Category::ReadOnly,
             Error::PoolTimeout { .. } | Error::Connect { .. } => Category::Unavailable,
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
-            Error::Database(_) | Error::Corrupt { .. } | Error::Migration(_) => Category::Db,
+            Error::Database(_) | Error::Corrupt { .. } | Error::Migration(_) | Error::Io { .. } => {
+                Category::Db
+            }
+            Error::InvalidSource { .. } | Error::Refused(_) => Category::Input,
         }
     }
 

@@ -59,7 +59,7 @@ fn digits(b: &[u8]) -> Option<u32> {
     Some(n)
 }
 
-fn parse_bytes(b: &[u8]) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_bytes(b: &[u8]) -> Option<DateTime<Utc>> {
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
         return None;
     }

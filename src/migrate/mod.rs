@@ -1,9 +1,27 @@
 //! Moving a live service from SQLite to PostgreSQL, and back.
+//!
+//! The steps of a cutover, each a function here and a command of
+//! `examples/migrate.rs`: [`check`] (preflight), [`copy`] (bulk copy of one
+//! snapshot), [`sync`] (what changed since), [`verify`] (both sides hold the
+//! same data), [`compare`] (dual read through the repository), [`backup`],
+//! [`rollback_sync`] (PostgreSQL back into SQLite) and [`status`].
 
 mod backup;
+mod check;
 mod compare;
+mod copy;
+mod normalize;
 mod rollback;
+mod source;
+mod state;
+mod verify;
 
 pub use backup::{backup, BackupReport};
+pub use check::{check, CheckReport};
 pub use compare::{compare, CompareReport, Difference, Selection};
+pub use copy::{copy, CopyOptions, CopyReport, Progress, TableCopy};
+pub use normalize::Reject;
 pub use rollback::{rollback_sync, RollbackMarks, RollbackReport};
+pub use source::{Marks, Table};
+pub use state::{status, State, Status, TableProgress};
+pub use verify::{verify, RowDifference, TableVerify, VerifyReport};

@@ -25,6 +25,8 @@ pub struct Draft {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = drafts)]
+// Plain binds, no DEFAULT placeholders: binary COPY needs every value.
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct DraftRow {
     pub id: i64,
     pub session_id: DbUuid,

@@ -70,6 +70,8 @@ pub struct Message {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = messages)]
+// Plain binds, no DEFAULT placeholders: binary COPY needs every value.
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct MessageRow {
     pub id: i64,
     pub session_id: DbUuid,

@@ -56,6 +56,8 @@ diesel::define_sql_function!(fn random() -> diesel::sql_types::Double);
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
+// Plain binds, no DEFAULT placeholders: binary COPY needs every value.
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct SessionRow {
     pub id: DbUuid,
     pub created_at: DbTimestamp,

@@ -1,0 +1,3 @@
+DROP TABLE interview_migration_rejects;
+DROP TABLE interview_migration_progress;
+DROP TABLE interview_migration_state;

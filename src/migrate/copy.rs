@@ -1,0 +1,579 @@
+//! The bulk copy: one SQLite snapshot into PostgreSQL with `COPY`, resumable, strict by default.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::Sqlite;
+
+use super::check::{self, CheckReport};
+use super::normalize::{self, Reject, SessionIndex};
+use super::source::{Marks, RawDraft, RawMessage, RawSession, Source, Table};
+use super::state;
+use crate::connection::DatabaseUrl;
+use crate::error::{Error, Result};
+use crate::schema::{drafts, messages, sessions};
+use crate::store::drafts::DraftRow;
+use crate::store::messages::MessageRow;
+use crate::store::sessions::SessionRow;
+use crate::timestamp;
+
+/// How a copy runs.
+#[derive(Clone)]
+pub struct CopyOptions {
+    /// Rows per `COPY` transaction (default 5,000).
+    pub batch_size: i64,
+    /// Load valid rows and write the invalid ones here as JSON lines; without
+    /// it the copy is strict and loads nothing when any row is invalid.
+    pub reject_file: Option<PathBuf>,
+    /// Empty the PostgreSQL tables first, instead of refusing rows it did not copy.
+    pub truncate: bool,
+    /// Called after each committed batch.
+    pub progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    /// Test hook: fail after this many committed batches, as a crash would.
+    #[doc(hidden)]
+    pub fail_after_batches: Option<u64>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            batch_size: 5_000,
+            reject_file: None,
+            truncate: false,
+            progress: None,
+            fail_after_batches: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CopyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("batch_size", &self.batch_size)
+            .field("reject_file", &self.reject_file)
+            .field("truncate", &self.truncate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a table's load stands, reported after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The table being loaded.
+    pub table: Table,
+    /// Source rows handled so far (copied or rejected), this run and earlier ones.
+    pub done: u64,
+    /// Source rows up to the snapshot mark.
+    pub total: u64,
+}
+
+/// One table's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TableCopy {
+    /// Rows loaded into PostgreSQL (all runs).
+    pub copied: u64,
+    /// Rows rejected (all runs).
+    pub rejected: u64,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CopyReport {
+    /// Sessions, messages, drafts.
+    pub tables: [TableCopy; 3],
+    /// Sessions whose NULL summary loaded as `''`.
+    pub null_summaries: u64,
+    /// The snapshot's marks (of the first run, when resumed).
+    pub marks: Marks,
+    /// This run finished a copy an earlier run started.
+    pub resumed: bool,
+    /// The copy had already finished; nothing was done.
+    pub already_copied: bool,
+    /// Time this run took.
+    pub elapsed: Duration,
+}
+
+/// Secondary indexes and foreign keys, dropped for the load and rebuilt after
+/// it (bulk-building an index beats maintaining it row by row). Names and
+/// definitions match `migrations_postgres`, which a test checks.
+const DEFERRED: &[(&str, &str)] = &[
+    (
+        "DROP INDEX IF EXISTS messages_session_id_id_idx",
+        "CREATE INDEX IF NOT EXISTS messages_session_id_id_idx ON messages (session_id, id)",
+    ),
+    (
+        "DROP INDEX IF EXISTS drafts_session_id_id_idx",
+        "CREATE INDEX IF NOT EXISTS drafts_session_id_id_idx ON drafts (session_id, id)",
+    ),
+    (
+        "DROP INDEX IF EXISTS sessions_updated_at_id_idx",
+        "CREATE INDEX IF NOT EXISTS sessions_updated_at_id_idx ON sessions (updated_at, id)",
+    ),
+    (
+        "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_session_id_fkey",
+        "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_session_id_fkey; \
+         ALTER TABLE messages ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES sessions (id) NOT VALID; \
+         ALTER TABLE messages VALIDATE CONSTRAINT messages_session_id_fkey",
+    ),
+    (
+        "ALTER TABLE drafts DROP CONSTRAINT IF EXISTS drafts_session_id_fkey",
+        "ALTER TABLE drafts DROP CONSTRAINT IF EXISTS drafts_session_id_fkey; \
+         ALTER TABLE drafts ADD CONSTRAINT drafts_session_id_fkey FOREIGN KEY (session_id) REFERENCES sessions (id) NOT VALID; \
+         ALTER TABLE drafts VALIDATE CONSTRAINT drafts_session_id_fkey",
+    ),
+];
+
+/// Copies every row of a SQLite source into PostgreSQL.
+///
+/// Reads one snapshot of the source (the service may keep writing; what it
+/// writes later is the sync's job), normalises each row, and loads the valid
+/// ones with `COPY` in batches, each committed with its progress record. Run
+/// it again after a crash and it goes on where the last batch committed.
+///
+/// ```no_run
+/// use interview_store::connection::DatabaseUrl;
+/// use interview_store::migrate::{copy, CopyOptions};
+/// let pg: DatabaseUrl = "postgres://app@db/interview".parse()?;
+/// let report = copy("interview.db".as_ref(), &pg, &CopyOptions::default())?;
+/// println!("{} messages copied", report.tables[1].copied);
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result<CopyReport> {
+    let started = Instant::now();
+    if opts.batch_size < 1 {
+        return Err(Error::invalid("batch size", "must be at least 1"));
+    }
+    let mut pg = state::connect(postgres)?;
+    if opts.truncate {
+        log::info!("emptying the PostgreSQL tables (--truncate)");
+        state::truncate(&mut pg)?;
+    }
+    let source_name = sqlite.display().to_string();
+    let existing = state::load(&mut pg)?;
+    if let Some(s) = &existing {
+        if s.source != source_name {
+            return Err(Error::Refused(format!(
+                "{} holds a copy of {}, not of {source_name}; pass --truncate to replace it",
+                postgres.masked(),
+                s.source
+            )));
+        }
+        if s.phase == "copied" {
+            log::info!(
+                "the copy of {source_name} already finished; run sync to bring it up to date"
+            );
+            return Ok(CopyReport {
+                tables: tallies(&mut pg)?.0,
+                null_summaries: tallies(&mut pg)?.1,
+                marks: s.marks(),
+                resumed: false,
+                already_copied: true,
+                elapsed: started.elapsed(),
+            });
+        }
+    } else {
+        refuse_foreign_rows(&mut pg, postgres)?;
+    }
+
+    let mut src = Source::open(sqlite)?;
+    let resumed = existing.is_some();
+    let marks = src.snapshot(|src| {
+        let marks = match &existing {
+            Some(s) => s.marks(),
+            None => src.marks()?,
+        };
+        let (index, latest) = check::index_sessions(src, marks.session_rowid)?;
+        if opts.reject_file.is_none() {
+            let mut report = CheckReport::default();
+            check::scan(src, &index, marks, Marks::default(), &mut report)?;
+            if !report.is_clean() {
+                return Err(Error::InvalidSource {
+                    count: report.rejects.len(),
+                    rejects: report.rejects,
+                });
+            }
+        }
+        if existing.is_none() {
+            let totals = [
+                src.count(Table::Sessions, 0, marks.session_rowid)?,
+                src.count(Table::Messages, 0, marks.message_id)?,
+                src.count(Table::Drafts, 0, marks.draft_id)?,
+            ];
+            let latest = latest.map(timestamp::format);
+            pg.transaction(|pg| {
+                prepare_tables(pg)?;
+                state::start(pg, &source_name, marks, latest.as_deref(), totals)
+            })?;
+        } else {
+            log::info!("resuming the copy of {source_name}");
+        }
+        load(src, &mut pg, &index, marks, opts)?;
+        Ok(marks)
+    })?;
+
+    finish(&mut pg)?;
+    let (tables, null_summaries) = tallies(&mut pg)?;
+    if let Some(path) = &opts.reject_file {
+        write_rejects(path, &state::rejects(&mut pg)?)?;
+    }
+    let report = CopyReport {
+        tables,
+        null_summaries,
+        marks,
+        resumed,
+        already_copied: false,
+        elapsed: started.elapsed(),
+    };
+    log::info!("copy finished: {report:?}");
+    Ok(report)
+}
+
+fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
+    for t in Table::ALL {
+        let n: i64 = match t {
+            Table::Sessions => sessions::table.count().get_result(pg)?,
+            Table::Messages => messages::table.count().get_result(pg)?,
+            Table::Drafts => drafts::table.count().get_result(pg)?,
+        };
+        if n > 0 {
+            return Err(Error::Refused(format!(
+                "{}: table {t} already holds {n} rows that no copy wrote; pass --truncate to replace them",
+                url.masked()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Tunes the empty tables for a bulk load.
+fn prepare_tables(pg: &mut PgConnection) -> Result<()> {
+    for (drop, _) in DEFERRED {
+        pg.batch_execute(drop)?;
+    }
+    // lz4 compresses long text about as well as pglz at a fraction of the CPU;
+    // servers built without it keep their default.
+    for (table, column) in [
+        ("messages", "text"),
+        ("drafts", "content"),
+        ("sessions", "summary"),
+    ] {
+        let sql = format!("ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4");
+        if let Err(e) = pg.transaction(|pg| pg.batch_execute(&sql)) {
+            log::info!("keeping the default compression of {table}.{column}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds what [`prepare_tables`] dropped, validates the foreign keys and
+/// moves each sequence past the largest copied id.
+fn finish(pg: &mut PgConnection) -> Result<()> {
+    let t = Instant::now();
+    for (_, create) in DEFERRED {
+        pg.batch_execute(create)?;
+    }
+    pg.batch_execute(
+        "SELECT setval(pg_get_serial_sequence('messages', 'id'), COALESCE(max(id), 0) + 1, false) FROM messages; \
+         SELECT setval(pg_get_serial_sequence('drafts', 'id'), COALESCE(max(id), 0) + 1, false) FROM drafts; \
+         ANALYZE sessions; ANALYZE messages; ANALYZE drafts",
+    )?;
+    state::finish_copy(pg)?;
+    log::info!(
+        "indexes and foreign keys rebuilt and validated in {:.1?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+fn tallies(pg: &mut PgConnection) -> Result<([TableCopy; 3], u64)> {
+    let mut out = [TableCopy::default(); 3];
+    let mut nulls = 0;
+    for p in state::progress(pg)? {
+        let Some(t) = Table::ALL.iter().position(|t| t.as_str() == p.table_name) else {
+            continue;
+        };
+        out[t] = TableCopy {
+            copied: p.rows_copied as u64,
+            rejected: p.rows_rejected as u64,
+        };
+        nulls += p.null_summaries as u64;
+    }
+    Ok((out, nulls))
+}
+
+/// Writes rejects as JSON lines `{"table","id","column","value","reason"}`.
+pub(crate) fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    for r in rejects {
+        serde_json_line(&mut out, r).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+fn serde_json_line(out: &mut impl std::io::Write, r: &Reject) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, r).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+/// Normalised rows of one batch.
+pub(crate) enum Rows {
+    Sessions(Vec<SessionRow>),
+    Messages(Vec<MessageRow>),
+    Drafts(Vec<DraftRow>),
+}
+
+/// One batch on its way from the SQLite reader to the PostgreSQL writer.
+pub(crate) struct Batch {
+    pub table: Table,
+    pub last_rowid: i64,
+    pub rows: Rows,
+    pub rejects: Vec<Reject>,
+    pub null_summaries: i64,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match &self.rows {
+            Rows::Sessions(r) => r.len(),
+            Rows::Messages(r) => r.len(),
+            Rows::Drafts(r) => r.len(),
+        }
+    }
+}
+
+/// Reads `(after, upto]` of `table` in batches and normalises each batch.
+pub(crate) fn read_batches(
+    src: &mut Source,
+    table: Table,
+    after: i64,
+    upto: i64,
+    size: i64,
+    index: &SessionIndex,
+    mut each: impl FnMut(Batch) -> Result<()>,
+) -> Result<()> {
+    fn split<R, T>(
+        rows: &[R],
+        mut f: impl FnMut(&R) -> std::result::Result<T, Reject>,
+    ) -> (Vec<T>, Vec<Reject>) {
+        let mut ok = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for r in rows {
+            match f(r) {
+                Ok(v) => ok.push(v),
+                Err(e) => bad.push(e),
+            }
+        }
+        (ok, bad)
+    }
+    fn next<R: QueryableByName<Sqlite> + 'static>(
+        src: &mut Source,
+        table: Table,
+        after: i64,
+        upto: i64,
+        size: i64,
+    ) -> Result<Vec<R>> {
+        src.rows(table, after, upto, size)
+    }
+    let mut after = after;
+    loop {
+        let batch = match table {
+            Table::Sessions => {
+                let raw: Vec<RawSession> = next(src, table, after, upto, size)?;
+                let Some(last) = raw.last().map(|r| r.rowid) else {
+                    return Ok(());
+                };
+                let mut nulls = 0;
+                let (rows, rejects) = split(&raw, |r| {
+                    normalize::session(r, index).map(|s| {
+                        nulls += i64::from(s.null_summary);
+                        s.row
+                    })
+                });
+                Batch {
+                    table,
+                    last_rowid: last,
+                    rows: Rows::Sessions(rows),
+                    rejects,
+                    null_summaries: nulls,
+                }
+            }
+            Table::Messages => {
+                let raw: Vec<RawMessage> = next(src, table, after, upto, size)?;
+                let Some(last) = raw.last().map(|r| r.id) else {
+                    return Ok(());
+                };
+                let (rows, rejects) = split(&raw, |r| normalize::message(r, index));
+                Batch {
+                    table,
+                    last_rowid: last,
+                    rows: Rows::Messages(rows),
+                    rejects,
+                    null_summaries: 0,
+                }
+            }
+            Table::Drafts => {
+                let raw: Vec<RawDraft> = next(src, table, after, upto, size)?;
+                let Some(last) = raw.last().map(|r| r.id) else {
+                    return Ok(());
+                };
+                let (rows, rejects) = split(&raw, |r| normalize::draft(r, index));
+                Batch {
+                    table,
+                    last_rowid: last,
+                    rows: Rows::Drafts(rows),
+                    rejects,
+                    null_summaries: 0,
+                }
+            }
+        };
+        after = batch.last_rowid;
+        each(batch)?;
+    }
+}
+
+/// Loads one batch with `COPY … FROM STDIN (FORMAT binary)`.
+pub(crate) fn copy_rows(pg: &mut PgConnection, rows: &Rows) -> Result<()> {
+    match rows {
+        Rows::Sessions(r) if !r.is_empty() => {
+            diesel::copy_from(sessions::table)
+                .from_insertable(r)
+                .execute(pg)?;
+        }
+        Rows::Messages(r) if !r.is_empty() => {
+            diesel::copy_from(messages::table)
+                .from_insertable(r)
+                .execute(pg)?;
+        }
+        Rows::Drafts(r) if !r.is_empty() => {
+            diesel::copy_from(drafts::table)
+                .from_insertable(r)
+                .execute(pg)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The load: this thread reads and normalises SQLite batches while a second
+/// thread writes the previous ones to PostgreSQL, so both databases stay busy.
+fn load(
+    src: &mut Source,
+    pg: &mut PgConnection,
+    index: &SessionIndex,
+    marks: Marks,
+    opts: &CopyOptions,
+) -> Result<()> {
+    let progress = state::progress(pg)?;
+    let strict = opts.reject_file.is_none();
+    let progress = &progress;
+    let (tx, rx) = mpsc::sync_channel::<Batch>(2);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<()> {
+            // The copy's own commits need not wait for the disk flush: a lost
+            // tail after a server crash loses batch and progress together, and
+            // the next run redoes both.
+            pg.batch_execute("SET synchronous_commit = off")?;
+            let mut done: Vec<u64> = Table::ALL
+                .iter()
+                .map(|t| {
+                    progress
+                        .iter()
+                        .find(|p| p.table_name == t.as_str())
+                        .map_or(0, |p| (p.rows_copied + p.rows_rejected) as u64)
+                })
+                .collect();
+            let totals: Vec<u64> = Table::ALL
+                .iter()
+                .map(|t| {
+                    progress
+                        .iter()
+                        .find(|p| p.table_name == t.as_str())
+                        .map_or(0, |p| p.rows_total as u64)
+                })
+                .collect();
+            let mut committed = 0u64;
+            for batch in rx {
+                if strict && !batch.rejects.is_empty() {
+                    return Err(Error::InvalidSource {
+                        count: batch.rejects.len(),
+                        rejects: batch.rejects,
+                    });
+                }
+                let t = Instant::now();
+                pg.transaction(|pg| {
+                    copy_rows(pg, &batch.rows)?;
+                    state::record_batch(
+                        pg,
+                        batch.table,
+                        batch.last_rowid,
+                        batch.len() as i64,
+                        &batch.rejects,
+                        batch.null_summaries,
+                        "copy",
+                    )
+                })?;
+                let i = batch.table as usize;
+                done[i] += (batch.len() + batch.rejects.len()) as u64;
+                committed += 1;
+                log::debug!(
+                    "{}: {} rows up to rowid {} in {:.1?} ({}/{})",
+                    batch.table,
+                    batch.len(),
+                    batch.last_rowid,
+                    t.elapsed(),
+                    done[i],
+                    totals[i]
+                );
+                if let Some(f) = &opts.progress {
+                    f(&Progress {
+                        table: batch.table,
+                        done: done[i],
+                        total: totals[i],
+                    });
+                }
+                if opts.fail_after_batches == Some(committed) {
+                    return Err(Error::Refused(format!(
+                        "stopped after {committed} batches (fault injected)"
+                    )));
+                }
+            }
+            Ok(())
+        });
+        let read = (|| {
+            for table in Table::ALL {
+                let after = progress
+                    .iter()
+                    .find(|p| p.table_name == table.as_str())
+                    .map_or(0, |p| p.last_source_rowid);
+                read_batches(
+                    src,
+                    table,
+                    after,
+                    marks.of(table),
+                    opts.batch_size,
+                    index,
+                    |b| {
+                        // A closed channel means the writer failed; its error is the one to report.
+                        tx.send(b)
+                            .map_err(|_| Error::Refused("writer stopped".into()))
+                    },
+                )?;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        wrote.and(read)
+    })
+}

@@ -1,0 +1,267 @@
+//! Reading a legacy SQLite file as raw bytes, in rowid order, inside one snapshot.
+//!
+//! Values are read as `CAST(col AS BLOB)` so that nothing is decoded before
+//! the normalisation rules look at it: a timestamp stored as an integer, text
+//! with invalid UTF-8 and NULLs all reach [`super::normalize`] as they are.
+
+use std::path::{Path, PathBuf};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+use diesel::sqlite::Sqlite;
+
+use crate::error::{Error, Result};
+
+/// The three tables, in load order (sessions first: children are judged against them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    /// `sessions`
+    Sessions,
+    /// `messages`
+    Messages,
+    /// `drafts`
+    Drafts,
+}
+
+impl Table {
+    /// All tables in load order.
+    pub const ALL: [Table; 3] = [Table::Sessions, Table::Messages, Table::Drafts];
+
+    /// The table's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Sessions => "sessions",
+            Table::Messages => "messages",
+            Table::Drafts => "drafts",
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Table::Sessions => "rowid AS rowid, CAST(id AS BLOB) AS id, CAST(created_at AS BLOB) AS created_at, CAST(updated_at AS BLOB) AS updated_at, CAST(summary AS BLOB) AS summary",
+            Table::Messages => "rowid AS id, CAST(session_id AS BLOB) AS session_id, CAST(role AS BLOB) AS role, CAST(text AS BLOB) AS text, CAST(created_at AS BLOB) AS created_at",
+            Table::Drafts => "rowid AS id, CAST(session_id AS BLOB) AS session_id, CAST(content AS BLOB) AS content, CAST(created_at AS BLOB) AS created_at",
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `sessions` row as stored.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct RawSession {
+    #[diesel(sql_type = BigInt)]
+    pub rowid: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub id: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub created_at: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub updated_at: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub summary: Option<Vec<u8>>,
+}
+
+/// A `messages` row as stored.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct RawMessage {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub session_id: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub role: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub text: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub created_at: Option<Vec<u8>>,
+}
+
+/// A `drafts` row as stored.
+#[derive(Debug, Clone, QueryableByName)]
+pub(crate) struct RawDraft {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub session_id: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub content: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub created_at: Option<Vec<u8>>,
+}
+
+/// Where a source stood at one snapshot: the largest rowid of each table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Marks {
+    /// Largest `sessions` rowid.
+    pub session_rowid: i64,
+    /// Largest message id.
+    pub message_id: i64,
+    /// Largest draft id.
+    pub draft_id: i64,
+}
+
+impl Marks {
+    /// The mark of one table.
+    pub fn of(&self, table: Table) -> i64 {
+        match table {
+            Table::Sessions => self.session_rowid,
+            Table::Messages => self.message_id,
+            Table::Drafts => self.draft_id,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Mode {
+    #[diesel(sql_type = Text)]
+    journal_mode: String,
+}
+
+/// An open legacy SQLite file.
+pub(crate) struct Source {
+    conn: SqliteConnection,
+    path: PathBuf,
+    wal: bool,
+}
+
+impl Source {
+    /// Opens an existing file; never creates one, never changes its journal mode.
+    pub fn open(path: &Path) -> Result<Source> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(Error::Connect {
+                url: shown,
+                reason: "no such SQLite file".into(),
+            });
+        }
+        let mut conn = SqliteConnection::establish(&shown).map_err(|e| Error::Connect {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        conn.batch_execute("PRAGMA busy_timeout = 10000")?;
+        let mode = diesel::sql_query("PRAGMA journal_mode")
+            .get_result::<Mode>(&mut conn)?
+            .journal_mode;
+        let wal = mode.eq_ignore_ascii_case("wal");
+        if !wal {
+            log::warn!(
+                "{shown} is in journal mode {mode}, not WAL: the long read of a copy blocks the service's writes meanwhile"
+            );
+        }
+        Ok(Source {
+            conn,
+            path: path.to_path_buf(),
+            wal,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file is in WAL mode (readers and the writer do not block each other).
+    pub fn is_wal(&self) -> bool {
+        self.wal
+    }
+
+    /// Runs `f` inside one read transaction, so every read sees the same snapshot.
+    pub fn snapshot<T>(&mut self, f: impl FnOnce(&mut Source) -> Result<T>) -> Result<T> {
+        self.conn.batch_execute("BEGIN DEFERRED")?;
+        let out = f(self);
+        // A read transaction has nothing to keep; ending it lets a WAL checkpoint move on.
+        let end = self.conn.batch_execute("ROLLBACK");
+        let out = out?;
+        end?;
+        Ok(out)
+    }
+
+    /// The largest rowid of each table.
+    pub fn marks(&mut self) -> Result<Marks> {
+        let mut max = |t: Table| -> Result<i64> {
+            Ok(
+                diesel::sql_query(format!("SELECT coalesce(max(rowid), 0) AS n FROM {t}"))
+                    .get_result::<One>(&mut self.conn)?
+                    .n,
+            )
+        };
+        Ok(Marks {
+            session_rowid: max(Table::Sessions)?,
+            message_id: max(Table::Messages)?,
+            draft_id: max(Table::Drafts)?,
+        })
+    }
+
+    /// How many rows of `table` have a rowid in `(after, upto]`.
+    pub fn count(&mut self, table: Table, after: i64, upto: i64) -> Result<i64> {
+        Ok(diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {table} WHERE rowid > ? AND rowid <= ?"
+        ))
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(upto)
+        .get_result::<One>(&mut self.conn)?
+        .n)
+    }
+
+    /// Up to `limit` rows of `table` with a rowid in `(after, upto]`, in rowid order.
+    pub fn rows<R: QueryableByName<Sqlite> + 'static>(
+        &mut self,
+        table: Table,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<R>> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {} FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+            table.columns()
+        ))
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(upto)
+        .bind::<BigInt, _>(limit)
+        .load(&mut self.conn)?)
+    }
+
+    /// Sessions whose stored `updated_at` text sorts at or after `mark`
+    /// (canonical text), found through `sessions_updated_at_id_idx` when present.
+    pub fn sessions_updated_since(&mut self, mark: &str) -> Result<Vec<RawSession>> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {} FROM sessions WHERE updated_at >= ? ORDER BY rowid",
+            Table::Sessions.columns()
+        ))
+        .bind::<Text, _>(mark)
+        .load(&mut self.conn)?)
+    }
+
+    /// Every session, in rowid order, `batch` at a time.
+    pub fn each_session(
+        &mut self,
+        upto: i64,
+        batch: i64,
+        mut f: impl FnMut(&RawSession) -> Result<()>,
+    ) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let rows: Vec<RawSession> = self.rows(Table::Sessions, after, upto, batch)?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.rowid;
+            for r in &rows {
+                f(r)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The migration's bookkeeping in PostgreSQL: snapshot marks, per-table progress and rejects.
+//!
+//! Kept in the target database itself so that a batch and the record of it
+//! commit together: after a crash the progress never runs ahead of, or lags
+//! behind, the rows.
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+
+use super::normalize::Reject;
+use super::source::{Marks, Table};
+use crate::connection::{AnyConnection, DatabaseUrl};
+use crate::error::{Error, Result};
+
+/// The copy's phase and the source's high-water marks.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct State {
+    /// The SQLite file copied.
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    /// `copying` until the bulk copy finished, then `copied`.
+    #[diesel(sql_type = Text)]
+    pub phase: String,
+    /// When the first copy started.
+    #[diesel(sql_type = Timestamptz)]
+    pub started_at: DateTime<Utc>,
+    /// When the bulk copy finished.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub copied_at: Option<DateTime<Utc>>,
+    /// When the last sync finished.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Largest source `sessions` rowid copied or synced.
+    #[diesel(sql_type = BigInt)]
+    pub mark_session_rowid: i64,
+    /// Largest source message id copied or synced.
+    #[diesel(sql_type = BigInt)]
+    pub mark_message_id: i64,
+    /// Largest source draft id copied or synced.
+    #[diesel(sql_type = BigInt)]
+    pub mark_draft_id: i64,
+    /// Latest session `updated_at` seen in the source, canonical text.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub mark_sessions_updated_at: Option<String>,
+}
+
+impl State {
+    /// The rowid marks.
+    pub fn marks(&self) -> Marks {
+        Marks {
+            session_rowid: self.mark_session_rowid,
+            message_id: self.mark_message_id,
+            draft_id: self.mark_draft_id,
+        }
+    }
+}
+
+/// One table's progress.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct TableProgress {
+    /// The table.
+    #[diesel(sql_type = Text)]
+    pub table_name: String,
+    /// The last source rowid handled (copied or rejected).
+    #[diesel(sql_type = BigInt)]
+    pub last_source_rowid: i64,
+    /// Source rows up to the snapshot mark.
+    #[diesel(sql_type = BigInt)]
+    pub rows_total: i64,
+    /// Rows loaded by copy and sync.
+    #[diesel(sql_type = BigInt)]
+    pub rows_copied: i64,
+    /// Rows rejected by copy and sync.
+    #[diesel(sql_type = BigInt)]
+    pub rows_rejected: i64,
+    /// Sessions whose NULL summary loaded as `''`.
+    #[diesel(sql_type = BigInt)]
+    pub null_summaries: i64,
+    /// When the last batch committed.
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What `status` shows: the state, the progress per table, and the recorded rejects.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// `None` when nothing was ever copied into this database.
+    pub state: Option<State>,
+    /// Per table, in load order.
+    pub tables: Vec<TableProgress>,
+    /// Every recorded reject.
+    pub rejects: Vec<Reject>,
+}
+
+/// Reads the migration's bookkeeping from PostgreSQL.
+pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
+    let mut pg = connect(postgres)?;
+    Ok(Status {
+        state: load(&mut pg)?,
+        tables: progress(&mut pg)?,
+        rejects: rejects(&mut pg)?,
+    })
+}
+
+/// Opens a PostgreSQL connection with the schema and bookkeeping tables in place.
+pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
+    let mut conn = url.establish()?;
+    crate::migrations::run_pending(&mut conn)?;
+    match conn {
+        AnyConnection::Postgres(mut pg) => {
+            pg.batch_execute("SET TIME ZONE 'UTC'")?;
+            Ok(pg)
+        }
+        AnyConnection::Sqlite(_) => Err(Error::invalid(
+            "postgres",
+            format!("{} is not a PostgreSQL URL", url.masked()),
+        )),
+    }
+}
+
+pub(crate) fn load(pg: &mut PgConnection) -> Result<Option<State>> {
+    Ok(diesel::sql_query(
+        "SELECT source, phase, started_at, copied_at, synced_at, mark_session_rowid, mark_message_id, \
+         mark_draft_id, mark_sessions_updated_at FROM interview_migration_state",
+    )
+    .get_result(pg)
+    .optional()?)
+}
+
+pub(crate) fn progress(pg: &mut PgConnection) -> Result<Vec<TableProgress>> {
+    Ok(diesel::sql_query(
+        "SELECT table_name, last_source_rowid, rows_total, rows_copied, rows_rejected, null_summaries, updated_at \
+         FROM interview_migration_progress \
+         ORDER BY array_position(ARRAY['sessions','messages','drafts'], table_name)",
+    )
+    .load(pg)?)
+}
+
+pub(crate) fn rejects(pg: &mut PgConnection) -> Result<Vec<Reject>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        table_name: String,
+        #[diesel(sql_type = Text)]
+        source_id: String,
+        #[diesel(sql_type = Text)]
+        column_name: String,
+        #[diesel(sql_type = Nullable<Text>)]
+        value: Option<String>,
+        #[diesel(sql_type = Text)]
+        reason: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT table_name, source_id, column_name, value, reason FROM interview_migration_rejects \
+         ORDER BY array_position(ARRAY['sessions','messages','drafts'], table_name), \
+         length(source_id), source_id",
+    )
+    .load(pg)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Reject {
+            table: r.table_name,
+            id: r.source_id,
+            column: r.column_name,
+            value: r.value,
+            reason: r.reason,
+        })
+        .collect())
+}
+
+/// Records the start of a fresh copy.
+pub(crate) fn start(
+    pg: &mut PgConnection,
+    source: &str,
+    marks: Marks,
+    updated_mark: Option<&str>,
+    totals: [i64; 3],
+) -> Result<()> {
+    diesel::sql_query(
+        "INSERT INTO interview_migration_state (source, phase, started_at, mark_session_rowid, \
+         mark_message_id, mark_draft_id, mark_sessions_updated_at) VALUES ($1, 'copying', now(), $2, $3, $4, $5)",
+    )
+    .bind::<Text, _>(source)
+    .bind::<BigInt, _>(marks.session_rowid)
+    .bind::<BigInt, _>(marks.message_id)
+    .bind::<BigInt, _>(marks.draft_id)
+    .bind::<Nullable<Text>, _>(updated_mark)
+    .execute(pg)?;
+    for (t, total) in Table::ALL.iter().zip(totals) {
+        diesel::sql_query(
+            "INSERT INTO interview_migration_progress (table_name, rows_total) VALUES ($1, $2)",
+        )
+        .bind::<Text, _>(t.as_str())
+        .bind::<BigInt, _>(total)
+        .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// Records one committed batch of `table` (call inside the batch's transaction).
+pub(crate) fn record_batch(
+    pg: &mut PgConnection,
+    table: Table,
+    last_rowid: i64,
+    copied: i64,
+    rejected: &[Reject],
+    null_summaries: i64,
+    found_by: &str,
+) -> Result<()> {
+    for r in rejected {
+        diesel::sql_query(
+            "INSERT INTO interview_migration_rejects (table_name, source_id, column_name, value, reason, found_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (table_name, source_id) DO UPDATE \
+             SET column_name = excluded.column_name, value = excluded.value, reason = excluded.reason, \
+             found_by = excluded.found_by, recorded_at = now()",
+        )
+        .bind::<Text, _>(&r.table)
+        .bind::<Text, _>(&r.id)
+        .bind::<Text, _>(&r.column)
+        .bind::<Nullable<Text>, _>(&r.value)
+        .bind::<Text, _>(&r.reason)
+        .bind::<Text, _>(found_by)
+        .execute(pg)?;
+    }
+    diesel::sql_query(
+        "UPDATE interview_migration_progress SET last_source_rowid = GREATEST(last_source_rowid, $2), \
+         rows_copied = rows_copied + $3, rows_rejected = rows_rejected + $4, \
+         null_summaries = null_summaries + $5, updated_at = now() WHERE table_name = $1",
+    )
+    .bind::<Text, _>(table.as_str())
+    .bind::<BigInt, _>(last_rowid)
+    .bind::<BigInt, _>(copied)
+    .bind::<BigInt, _>(rejected.len() as i64)
+    .bind::<BigInt, _>(null_summaries)
+    .execute(pg)?;
+    Ok(())
+}
+
+/// Marks the bulk copy finished.
+pub(crate) fn finish_copy(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute("UPDATE interview_migration_state SET phase = 'copied', copied_at = now()")?;
+    Ok(())
+}
+
+/// Moves the marks forward after a sync (inside the sync's transaction).
+pub(crate) fn advance(
+    pg: &mut PgConnection,
+    marks: Marks,
+    updated_mark: Option<&str>,
+) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE interview_migration_state SET synced_at = now(), mark_session_rowid = GREATEST(mark_session_rowid, $1), \
+         mark_message_id = GREATEST(mark_message_id, $2), mark_draft_id = GREATEST(mark_draft_id, $3), \
+         mark_sessions_updated_at = GREATEST(mark_sessions_updated_at, $4)",
+    )
+    .bind::<BigInt, _>(marks.session_rowid)
+    .bind::<BigInt, _>(marks.message_id)
+    .bind::<BigInt, _>(marks.draft_id)
+    .bind::<Nullable<Text>, _>(updated_mark)
+    .execute(pg)?;
+    Ok(())
+}
+
+/// Empties the data and bookkeeping tables (`--truncate`).
+pub(crate) fn truncate(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(
+        "TRUNCATE drafts, messages, sessions, interview_migration_state, interview_migration_progress, \
+         interview_migration_rejects RESTART IDENTITY",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! Verification: both sides hold the same normalised rows, checked row by row and by checksum.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::check::{self, SCAN_BATCH};
+use super::copy::{read_batches, Rows};
+use super::normalize::Reject;
+use super::source::{Source, Table};
+use super::state;
+use crate::connection::DatabaseUrl;
+use crate::error::Result;
+use crate::schema::{drafts, messages, sessions};
+use crate::store::drafts::DraftRow;
+use crate::store::messages::MessageRow;
+use crate::store::sessions::SessionRow;
+
+/// How many differences are listed (all are counted).
+pub const LISTED: usize = 50;
+
+/// One row that differs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowDifference {
+    /// The table.
+    pub table: Table,
+    /// The row's key: the session UUID or the message/draft id.
+    pub id: String,
+    /// The column that differs, or `*` for a row on one side only.
+    pub column: String,
+    /// What differs.
+    pub detail: String,
+}
+
+impl std::fmt::Display for RowDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}: {}",
+            self.table, self.id, self.column, self.detail
+        )
+    }
+}
+
+/// One table's side-by-side figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableVerify {
+    /// Valid rows in SQLite.
+    pub sqlite_rows: u64,
+    /// Rows in PostgreSQL.
+    pub postgres_rows: u64,
+    /// SQLite rows recorded as rejected by copy or sync (not differences).
+    pub rejected: u64,
+    /// Rows that differ, are missing on one side, or are invalid without a recorded reject.
+    pub differences: u64,
+    /// Checksum over the normalised SQLite rows (order-independent).
+    pub sqlite_checksum: String,
+    /// Checksum over the PostgreSQL rows.
+    pub postgres_checksum: String,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Sessions, messages, drafts.
+    pub sessions: TableVerify,
+    /// Messages.
+    pub messages: TableVerify,
+    /// Drafts.
+    pub drafts: TableVerify,
+    /// Sessions whose messages differ (other ids, or in another order).
+    pub sessions_with_message_differences: u64,
+    /// The first [`LISTED`] differences.
+    pub differences: Vec<RowDifference>,
+    /// Time taken, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl VerifyReport {
+    /// Whether both sides hold the same data, rejected rows aside.
+    pub fn is_equal(&self) -> bool {
+        self.sessions.differences == 0
+            && self.messages.differences == 0
+            && self.drafts.differences == 0
+    }
+
+    fn table(&mut self, t: Table) -> &mut TableVerify {
+        match t {
+            Table::Sessions => &mut self.sessions,
+            Table::Messages => &mut self.messages,
+            Table::Drafts => &mut self.drafts,
+        }
+    }
+
+    fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
+        self.table(table).differences += 1;
+        if self.differences.len() < LISTED {
+            self.differences.push(RowDifference {
+                table,
+                id,
+                column: column.into(),
+                detail: detail.into(),
+            });
+        }
+    }
+}
+
+/// An order-independent checksum: the wrapping sum of each row's hash.
+#[derive(Default)]
+struct Checksum(u64);
+
+impl Checksum {
+    fn add(&mut self, row_hash: u64) {
+        self.0 = self.0.wrapping_add(row_hash);
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+fn hash_of(row: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
+}
+
+fn session_key(r: &SessionRow) -> u64 {
+    hash_of((
+        &r.id.0,
+        r.created_at.0.timestamp_micros(),
+        r.updated_at.0.timestamp_micros(),
+        &r.summary,
+    ))
+}
+
+fn message_key(r: &MessageRow) -> u64 {
+    hash_of((
+        r.id,
+        &r.session_id.0,
+        &r.role,
+        &r.text,
+        r.created_at.0.timestamp_micros(),
+    ))
+}
+
+fn draft_key(r: &DraftRow) -> u64 {
+    hash_of((
+        r.id,
+        &r.session_id.0,
+        &r.content,
+        r.created_at.0.timestamp_micros(),
+    ))
+}
+
+/// Compares every row of the SQLite source with PostgreSQL.
+///
+/// Counts, per-row column comparison, per-session message order and a
+/// checksum per table over the normalised rows; rows that copy or sync
+/// recorded as rejected are reported apart and are not differences.
+///
+/// ```no_run
+/// use interview_store::migrate::verify;
+/// let report = verify("interview.db".as_ref(), &"postgres://app@db/interview".parse()?)?;
+/// assert!(report.is_equal(), "{:#?}", report.differences);
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let mut pg = state::connect(postgres)?;
+    let recorded: HashSet<(String, String)> = state::rejects(&mut pg)?
+        .into_iter()
+        .map(|r| (r.table, r.id))
+        .collect();
+    let mut src = Source::open(sqlite)?;
+    let mut report = VerifyReport::default();
+    src.snapshot(|src| {
+        let marks = src.marks()?;
+        let (index, _) = check::index_sessions(src, marks.session_rowid)?;
+        let mut sums = [(); 3].map(|_| (Checksum::default(), Checksum::default()));
+        let mut uneven: HashSet<Uuid> = HashSet::new();
+        // Ids up to which PostgreSQL's messages and drafts were compared.
+        let mut covered = [0i64; 3];
+
+        // Sessions: PostgreSQL's side fits in memory (one entry per session,
+        // as the index already holds); the source streams past it.
+        let mut pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
+            .select(SessionRow::as_select())
+            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(&mut pg)?
+            .map(|r| r.map(|r| (r.id.0, r)))
+            .collect::<QueryResult<_>>()?;
+        report.sessions.postgres_rows = pg_sessions.len() as u64;
+        for r in pg_sessions.values() {
+            sums[0].1.add(session_key(r));
+        }
+        for table in Table::ALL {
+            read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
+                for r in &batch.rejects {
+                    if recorded.contains(&(r.table.clone(), r.id.clone())) {
+                        report.table(table).rejected += 1;
+                    } else {
+                        unrecorded(&mut report, table, r);
+                    }
+                }
+                match &batch.rows {
+                    Rows::Sessions(rows) => {
+                        for s in rows {
+                            report.sessions.sqlite_rows += 1;
+                            sums[0].0.add(session_key(s));
+                            let id = s.id.0;
+                            match pg_sessions.remove(&id) {
+                                None => {
+                                    report.differ(table, id.to_string(), "*", "missing on postgres")
+                                }
+                                Some(p) => {
+                                    for (col, a, b) in [
+                                        ("created_at", s.created_at.0, p.created_at.0),
+                                        ("updated_at", s.updated_at.0, p.updated_at.0),
+                                    ] {
+                                        if a != b {
+                                            report.differ(
+                                                table,
+                                                id.to_string(),
+                                                col,
+                                                format!("sqlite {a:?}, postgres {b:?}"),
+                                            );
+                                        }
+                                    }
+                                    if s.summary != p.summary {
+                                        report.differ(
+                                            table,
+                                            id.to_string(),
+                                            "summary",
+                                            "text differs",
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Rows::Messages(rows) => {
+                        let from = std::mem::replace(&mut covered[1], batch.last_rowid);
+                        let theirs: Vec<MessageRow> = messages::table
+                            .filter(messages::id.gt(from))
+                            .filter(messages::id.le(batch.last_rowid))
+                            .order(messages::id)
+                            .select(MessageRow::as_select())
+                            .load(&mut pg)?;
+                        merge(
+                            &mut report,
+                            &mut sums[1],
+                            &mut uneven,
+                            table,
+                            rows,
+                            &theirs,
+                            |r| (r.id, r.session_id.0),
+                            message_key,
+                            |a, b| {
+                                [
+                                    ("session_id", a.session_id != b.session_id),
+                                    ("role", a.role != b.role),
+                                    ("text", a.text != b.text),
+                                    ("created_at", a.created_at != b.created_at),
+                                ]
+                            },
+                        );
+                    }
+                    Rows::Drafts(rows) => {
+                        let from = std::mem::replace(&mut covered[2], batch.last_rowid);
+                        let theirs: Vec<DraftRow> = drafts::table
+                            .filter(drafts::id.gt(from))
+                            .filter(drafts::id.le(batch.last_rowid))
+                            .order(drafts::id)
+                            .select(DraftRow::as_select())
+                            .load(&mut pg)?;
+                        merge(
+                            &mut report,
+                            &mut sums[2],
+                            &mut uneven,
+                            table,
+                            rows,
+                            &theirs,
+                            |r| (r.id, r.session_id.0),
+                            draft_key,
+                            |a, b| {
+                                [
+                                    ("session_id", a.session_id != b.session_id),
+                                    ("content", a.content != b.content),
+                                    ("created_at", a.created_at != b.created_at),
+                                    ("", false),
+                                ]
+                            },
+                        );
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        for (id, _) in pg_sessions {
+            report.differ(Table::Sessions, id.to_string(), "*", "only on postgres");
+        }
+        extras(&mut pg, &mut report, &mut sums, &mut uneven, covered)?;
+        report.sessions_with_message_differences = uneven.len() as u64;
+        for (i, t) in Table::ALL.into_iter().enumerate() {
+            report.table(t).sqlite_checksum = sums[i].0.hex();
+            report.table(t).postgres_checksum = sums[i].1.hex();
+        }
+        Ok(())
+    })?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    log::info!(
+        "verify: {} difference(s) in {:?}",
+        report.sessions.differences + report.messages.differences + report.drafts.differences,
+        Duration::from_millis(report.elapsed_ms)
+    );
+    Ok(report)
+}
+
+fn unrecorded(report: &mut VerifyReport, table: Table, r: &Reject) {
+    report.differ(
+        table,
+        r.id.clone(),
+        &r.column,
+        format!(
+            "invalid in sqlite ({}) and not recorded as rejected",
+            r.reason
+        ),
+    );
+}
+
+/// Merges one id-ordered batch of each side.
+#[allow(clippy::too_many_arguments)]
+fn merge<R, const N: usize>(
+    report: &mut VerifyReport,
+    sums: &mut (Checksum, Checksum),
+    uneven: &mut HashSet<Uuid>,
+    table: Table,
+    ours: &[R],
+    theirs: &[R],
+    key: impl Fn(&R) -> (i64, Uuid),
+    hash: impl Fn(&R) -> u64,
+    columns: impl Fn(&R, &R) -> [(&'static str, bool); N],
+) {
+    let (mut i, mut j) = (0, 0);
+    report.table(table).sqlite_rows += ours.len() as u64;
+    report.table(table).postgres_rows += theirs.len() as u64;
+    for r in ours {
+        sums.0.add(hash(r));
+    }
+    for r in theirs {
+        sums.1.add(hash(r));
+    }
+    while i < ours.len() || j < theirs.len() {
+        let a = ours.get(i).map(&key);
+        let b = theirs.get(j).map(&key);
+        match (a, b) {
+            (Some((ia, sa)), Some((ib, _))) if ia == ib => {
+                for (col, differs) in columns(&ours[i], &theirs[j]) {
+                    if differs {
+                        report.differ(table, ia.to_string(), col, "values differ");
+                        if col == "session_id" {
+                            uneven.insert(sa);
+                        }
+                    }
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some((ia, sa)), b) if b.is_none_or(|(ib, _)| ia < ib) => {
+                report.differ(table, ia.to_string(), "*", "missing on postgres");
+                uneven.insert(sa);
+                i += 1;
+            }
+            (_, Some((ib, sb))) => {
+                report.differ(table, ib.to_string(), "*", "only on postgres");
+                uneven.insert(sb);
+                j += 1;
+            }
+            (_, None) => unreachable!("loop condition"),
+        }
+    }
+}
+
+/// PostgreSQL messages or drafts with ids above the last source id: the source never had them.
+fn extras(
+    pg: &mut PgConnection,
+    report: &mut VerifyReport,
+    sums: &mut [(Checksum, Checksum); 3],
+    uneven: &mut HashSet<Uuid>,
+    covered: [i64; 3],
+) -> Result<()> {
+    let mut after = covered[1];
+    loop {
+        let theirs: Vec<MessageRow> = messages::table
+            .filter(messages::id.gt(after))
+            .order(messages::id)
+            .limit(SCAN_BATCH)
+            .select(MessageRow::as_select())
+            .load(pg)?;
+        let Some(last) = theirs.last() else { break };
+        after = last.id;
+        merge(
+            report,
+            &mut sums[1],
+            uneven,
+            Table::Messages,
+            &[],
+            &theirs,
+            |r| (r.id, r.session_id.0),
+            message_key,
+            |_, _| [("", false)],
+        );
+    }
+    let mut after = covered[2];
+    loop {
+        let theirs: Vec<DraftRow> = drafts::table
+            .filter(drafts::id.gt(after))
+            .order(drafts::id)
+            .limit(SCAN_BATCH)
+            .select(DraftRow::as_select())
+            .load(pg)?;
+        let Some(last) = theirs.last() else { break };
+        after = last.id;
+        merge(
+            report,
+            &mut sums[2],
+            uneven,
+            Table::Drafts,
+            &[],
+            &theirs,
+            |r| (r.id, r.session_id.0),
+            draft_key,
+            |_, _| [("", false)],
+        );
+    }
+    Ok(())
+}
