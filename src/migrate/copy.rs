@@ -33,7 +33,7 @@ pub struct CopyOptions {
     /// Empty the PostgreSQL tables first, instead of refusing rows it did not copy.
     pub truncate: bool,
     /// Called after each committed batch.
-    pub progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    pub progress: Option<ProgressFn>,
     /// Test hook: fail after this many committed batches, as a crash would.
     #[doc(hidden)]
     pub fail_after_batches: Option<u64>,
@@ -60,6 +60,9 @@ impl std::fmt::Debug for CopyOptions {
             .finish_non_exhaustive()
     }
 }
+
+/// A progress callback, called from the loading thread.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Where a table's load stands, reported after each batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

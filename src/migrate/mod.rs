@@ -14,14 +14,16 @@ mod normalize;
 mod rollback;
 mod source;
 mod state;
+mod sync;
 mod verify;
 
 pub use backup::{backup, BackupReport};
 pub use check::{check, CheckReport};
 pub use compare::{compare, CompareReport, Difference, Selection};
-pub use copy::{copy, CopyOptions, CopyReport, Progress, TableCopy};
+pub use copy::{copy, CopyOptions, CopyReport, Progress, ProgressFn, TableCopy};
 pub use normalize::Reject;
 pub use rollback::{rollback_sync, RollbackMarks, RollbackReport};
 pub use source::{Marks, Table};
 pub use state::{status, State, Status, TableProgress};
+pub use sync::{sync, SyncOptions, SyncReport};
 pub use verify::{verify, RowDifference, TableVerify, VerifyReport};

@@ -111,7 +111,7 @@ fn uuid(column: &'static str, raw: &Option<Vec<u8>>) -> Result<Uuid, Bad> {
 /// What the sessions of a source look like, from a first pass over them;
 /// messages and drafts are judged against it.
 #[derive(Debug, Default)]
-pub struct SessionIndex {
+pub(crate) struct SessionIndex {
     // UUID -> how many source sessions have it, and whether one of them is valid.
     seen: HashMap<Uuid, (u32, bool)>,
 }
@@ -127,9 +127,9 @@ impl SessionIndex {
         valid.map(|s| s.row.updated_at.0)
     }
 
-    /// Whether a valid session with this UUID is loaded.
-    pub fn is_valid(&self, id: &Uuid) -> bool {
-        matches!(self.seen.get(id), Some((1, true)))
+    /// Whether any session with this UUID was recorded.
+    pub(crate) fn knows(&self, id: &Uuid) -> bool {
+        self.seen.contains_key(id)
     }
 
     /// Why a child row's session cannot take it, or `None` when it can.
@@ -142,14 +142,6 @@ impl SessionIndex {
             Some((_, false)) => Some(format!("session {id} is invalid")),
             Some(_) => None,
         }
-    }
-
-    /// The valid session UUIDs.
-    pub fn valid(&self) -> impl Iterator<Item = &Uuid> {
-        self.seen
-            .iter()
-            .filter(|(_, (n, ok))| *n == 1 && *ok)
-            .map(|(id, _)| id)
     }
 
     /// Marks a session as loaded by someone else (e.g. already in PostgreSQL before a sync).

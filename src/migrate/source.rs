@@ -4,7 +4,7 @@
 //! the normalisation rules look at it: a timestamp stored as an integer, text
 //! with invalid UTF-8 and NULLs all reach [`super::normalize`] as they are.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -133,7 +133,6 @@ struct Mode {
 /// An open legacy SQLite file.
 pub(crate) struct Source {
     conn: SqliteConnection,
-    path: PathBuf,
     wal: bool,
 }
 
@@ -161,16 +160,7 @@ impl Source {
                 "{shown} is in journal mode {mode}, not WAL: the long read of a copy blocks the service's writes meanwhile"
             );
         }
-        Ok(Source {
-            conn,
-            path: path.to_path_buf(),
-            wal,
-        })
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Source { conn, wal })
     }
 
     /// Whether the file is in WAL mode (readers and the writer do not block each other).
@@ -243,6 +233,29 @@ impl Source {
         ))
         .bind::<Text, _>(mark)
         .load(&mut self.conn)?)
+    }
+
+    /// The distinct `session_id` values of `table`'s rows in `(after, upto]`.
+    pub fn child_session_ids(
+        &mut self,
+        table: Table,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = Nullable<Binary>)]
+            session_id: Option<Vec<u8>>,
+        }
+        Ok(diesel::sql_query(format!(
+            "SELECT DISTINCT CAST(session_id AS BLOB) AS session_id FROM {table} WHERE rowid > ? AND rowid <= ?"
+        ))
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(upto)
+        .load::<Id>(&mut self.conn)?
+        .into_iter()
+        .map(|r| r.session_id)
+        .collect())
     }
 
     /// Every session, in rowid order, `batch` at a time.
