@@ -156,7 +156,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         log::info!("emptying the PostgreSQL tables (--truncate)");
         state::truncate(&mut pg)?;
     }
-    let source_name = sqlite.display().to_string();
+    let source_name = super::source::source_name(sqlite);
     let existing = state::load(&mut pg)?;
     if let Some(s) = &existing {
         if s.source != source_name {

@@ -56,7 +56,8 @@ const VALUE_SHOWN: usize = 80;
 fn shown(bytes: &Option<Vec<u8>>) -> Option<String> {
     bytes
         .as_ref()
-        .map(|b| timestamp::shorten(&String::from_utf8_lossy(b), VALUE_SHOWN))
+        // PostgreSQL text cannot hold NUL, and the value goes into the rejects table.
+        .map(|b| timestamp::shorten(&String::from_utf8_lossy(b), VALUE_SHOWN).replace('\0', "\\0"))
 }
 
 struct Bad {

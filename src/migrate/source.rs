@@ -130,6 +130,15 @@ struct Mode {
     journal_mode: String,
 }
 
+/// How a source file is named in the bookkeeping: its absolute path, so that
+/// runs from other directories recognise it.
+pub(crate) fn source_name(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// An open legacy SQLite file.
 pub(crate) struct Source {
     conn: SqliteConnection,

@@ -1,5 +1,6 @@
 //! The incremental sync: what changed in SQLite since the last copy or sync, in one PostgreSQL transaction.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ pub struct SyncReport {
 pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result<SyncReport> {
     let started = Instant::now();
     let mut pg = state::connect(postgres)?;
-    let source_name = sqlite.display().to_string();
+    let source_name = super::source::source_name(sqlite);
     let st = match state::load(&mut pg)? {
         None => {
             return Err(Error::Refused(format!(
@@ -132,16 +133,31 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
             if strict && !session_rejects.is_empty() {
                 return Err(invalid(session_rejects.clone()));
             }
+            // Candidates found by the `>=` scan may be unchanged: write only real changes.
             let ids: Vec<DbUuid> = rows.iter().map(|r| r.id).collect();
-            let existing: Vec<DbUuid> = sessions::table
+            let existing: HashMap<DbUuid, SessionRow> = sessions::table
                 .filter(sessions::id.eq_any(&ids))
-                .select(sessions::id)
-                .load(pg)?;
-            report.sessions_updated = existing.len() as u64;
-            report.sessions_inserted = (rows.len() - existing.len()) as u64;
+                .select(SessionRow::as_select())
+                .load(pg)?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            let rows: Vec<&SessionRow> = rows
+                .iter()
+                .filter(|r| {
+                    existing
+                        .get(&r.id)
+                        .is_none_or(|e| e.updated_at != r.updated_at || e.summary != r.summary)
+                })
+                .collect();
+            report.sessions_inserted = rows
+                .iter()
+                .filter(|r| !existing.contains_key(&r.id))
+                .count() as u64;
+            report.sessions_updated = rows.len() as u64 - report.sessions_inserted;
             for chunk in rows.chunks(1_000) {
                 diesel::insert_into(sessions::table)
-                    .values(chunk)
+                    .values(chunk.iter().copied().collect::<Vec<_>>())
                     .on_conflict(sessions::id)
                     .do_update()
                     .set((
