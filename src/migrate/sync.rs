@@ -157,7 +157,7 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
             report.sessions_updated = rows.len() as u64 - report.sessions_inserted;
             for chunk in rows.chunks(1_000) {
                 diesel::insert_into(sessions::table)
-                    .values(chunk.iter().copied().collect::<Vec<_>>())
+                    .values(chunk.to_vec())
                     .on_conflict(sessions::id)
                     .do_update()
                     .set((
