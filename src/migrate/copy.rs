@@ -280,16 +280,23 @@ fn finish(pg: &mut PgConnection) -> Result<()> {
     for (_, create) in DEFERRED {
         pg.batch_execute(create)?;
     }
-    pg.batch_execute(
-        "SELECT setval(pg_get_serial_sequence('messages', 'id'), COALESCE(max(id), 0) + 1, false) FROM messages; \
-         SELECT setval(pg_get_serial_sequence('drafts', 'id'), COALESCE(max(id), 0) + 1, false) FROM drafts; \
-         ANALYZE sessions; ANALYZE messages; ANALYZE drafts",
-    )?;
+    bump_sequences(pg)?;
+    pg.batch_execute("ANALYZE sessions; ANALYZE messages; ANALYZE drafts")?;
     state::finish_copy(pg)?;
     log::info!(
         "indexes and foreign keys rebuilt and validated in {:.1?}",
         t.elapsed()
     );
+    Ok(())
+}
+
+/// Moves each id sequence past the largest id, so that the service's own
+/// inserts never collide with copied rows.
+pub(crate) fn bump_sequences(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(
+        "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('messages', 'id'))), false) FROM messages; \
+         SELECT setval(pg_get_serial_sequence('drafts', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('drafts', 'id'))), false) FROM drafts",
+    )?;
     Ok(())
 }
 

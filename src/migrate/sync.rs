@@ -9,7 +9,7 @@ use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
 
 use super::check::SCAN_BATCH;
-use super::copy::{copy_rows, read_batches, write_rejects, Rows};
+use super::copy::{bump_sequences, copy_rows, read_batches, write_rejects, Rows};
 use super::normalize::{self, Reject, SessionIndex};
 use super::source::{Marks, RawSession, Source, Table};
 use super::state;
@@ -236,6 +236,7 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
                     },
                 )?;
             }
+            bump_sequences(pg)?;
             let latest = latest.map(timestamp::format);
             state::advance(pg, marks, latest.as_deref())
         })?;

@@ -105,9 +105,7 @@ async fn start(
     }
     let opening = state.interviewer.opening();
     let (session, reply) = call(&state, "start_session", move |store| {
-        let session = store.start_session()?;
-        let reply = store.append_message(session.id, Role::Assistant, &opening)?;
-        Ok((session, reply))
+        store.start_session_with(Role::Assistant, &opening)
     })
     .await?;
     Ok((
@@ -134,12 +132,36 @@ async fn chat(
     }
     let interviewer = state.interviewer.clone();
     let (message, reply) = call(&state, "chat", move |store| {
-        let mine = store.append_message(id, Role::User, &req.text)?;
+        // The reply is worked out first, then the whole turn is stored in one
+        // transaction: a pause or a failure never leaves half a turn behind.
         let mut history = store.get_session(id)?.messages;
+        history.push(Message {
+            id: 0,
+            session_id: id,
+            role: Role::User,
+            text: req.text.clone(),
+            created_at: crate::timestamp::now(),
+        });
         let answer = interviewer.reply(&history);
-        let reply = store.append_message(id, Role::Assistant, &answer)?;
-        history.push(reply.clone());
-        store.update_summary(id, &interviewer.summarize(&history))?;
+        history.push(Message {
+            id: 0,
+            session_id: id,
+            role: Role::Assistant,
+            text: answer.clone(),
+            created_at: crate::timestamp::now(),
+        });
+        let summary = interviewer.summarize(&history);
+        let [mine, reply]: [Message; 2] = store
+            .append_messages(
+                id,
+                &[(Role::User, &req.text), (Role::Assistant, &answer)],
+                Some(&summary),
+            )?
+            .try_into()
+            .map_err(|v: Vec<Message>| crate::Error::Corrupt {
+                what: format!("chat turn of session {id}"),
+                reason: format!("{} messages stored instead of 2", v.len()),
+            })?;
         Ok((mine, reply))
     })
     .await?;

@@ -116,36 +116,75 @@ impl Store {
     /// [`Error::InvalidInput`] for text over the size limit or with a NUL character.
     pub fn append_message(&self, session_id: Uuid, role: Role, text: &str) -> Result<Message> {
         self.check_text("text", text)?;
+        self.write(|conn, _| append_in(conn, session_id, role, text))
+    }
+
+    /// Appends several messages in order and, if given, sets the summary: all or nothing.
+    ///
+    /// A chat turn (the user's message, the interviewer's reply and the new
+    /// summary) goes through here, so a write pause or a failure never
+    /// leaves half a turn stored.
+    pub fn append_messages(
+        &self,
+        session_id: Uuid,
+        turns: &[(Role, &str)],
+        summary: Option<&str>,
+    ) -> Result<Vec<Message>> {
+        for (_, text) in turns {
+            self.check_text("text", text)?;
+        }
+        if let Some(s) = summary {
+            self.check_text("summary", s)?;
+        }
         self.write(|conn, _| {
-            // Lock the session row first (a no-op update): concurrent appends to
-            // one session then queue here, and the time read after the lock
-            // gives ids, created_at and updated_at all in commit order.
-            let touched = diesel::update(sessions::table.find(DbUuid(session_id)))
-                .set(sessions::updated_at.eq(sessions::updated_at))
-                .execute(conn)?;
-            if touched == 0 {
-                return Err(Error::not_found(format!("session {session_id}")));
+            let stored = turns
+                .iter()
+                .map(|(role, text)| append_in(conn, session_id, *role, text))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(s) = summary {
+                diesel::update(sessions::table.find(DbUuid(session_id)))
+                    .set(sessions::summary.eq(s))
+                    .execute(conn)?;
             }
-            let now = timestamp::now();
-            let id = diesel::insert_into(messages::table)
-                .values(NewMessage {
-                    session_id: DbUuid(session_id),
-                    role: role.as_str(),
-                    text,
-                    created_at: DbTimestamp(now),
-                })
-                .returning(messages::id)
-                .get_result::<i64>(conn)?;
-            diesel::update(sessions::table.find(DbUuid(session_id)))
-                .set(sessions::updated_at.eq(DbTimestamp(now)))
-                .execute(conn)?;
-            Ok(Message {
-                id,
-                session_id,
-                role,
-                text: text.to_string(),
-                created_at: now,
-            })
+            Ok(stored)
         })
     }
+}
+
+/// Appends one message inside the caller's write transaction.
+pub(crate) fn append_in(
+    conn: &mut crate::AnyConnection,
+    session_id: Uuid,
+    role: Role,
+    text: &str,
+) -> Result<Message> {
+    // Lock the session row first (a no-op update): concurrent appends to
+    // one session then queue here, and the time read after the lock
+    // gives ids, created_at and updated_at all in commit order.
+    let touched = diesel::update(sessions::table.find(DbUuid(session_id)))
+        .set(sessions::updated_at.eq(sessions::updated_at))
+        .execute(conn)?;
+    if touched == 0 {
+        return Err(Error::not_found(format!("session {session_id}")));
+    }
+    let now = timestamp::now();
+    let id = diesel::insert_into(messages::table)
+        .values(NewMessage {
+            session_id: DbUuid(session_id),
+            role: role.as_str(),
+            text,
+            created_at: DbTimestamp(now),
+        })
+        .returning(messages::id)
+        .get_result::<i64>(conn)?;
+    diesel::update(sessions::table.find(DbUuid(session_id)))
+        .set(sessions::updated_at.eq(DbTimestamp(now)))
+        .execute(conn)?;
+    Ok(Message {
+        id,
+        session_id,
+        role,
+        text: text.to_string(),
+        created_at: now,
+    })
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::messages::{Message, MessageRow};
+use super::messages::{Message, MessageRow, Role};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::schema::{messages, sessions};
@@ -95,6 +95,31 @@ impl Store {
                 })
                 .execute(conn)?;
             Ok(session)
+        })
+    }
+
+    /// Starts a session whose first message is `text` (e.g. the interviewer's
+    /// opening question), in one transaction.
+    pub fn start_session_with(&self, role: Role, text: &str) -> Result<(Session, Message)> {
+        self.check_text("text", text)?;
+        self.write(|conn, now| {
+            let id = Uuid::now_v7();
+            diesel::insert_into(sessions::table)
+                .values(SessionRow {
+                    id: DbUuid(id),
+                    created_at: DbTimestamp(now),
+                    updated_at: DbTimestamp(now),
+                    summary: String::new(),
+                })
+                .execute(conn)?;
+            let first = super::messages::append_in(conn, id, role, text)?;
+            let session = Session {
+                id,
+                created_at: now,
+                updated_at: first.created_at,
+                summary: String::new(),
+            };
+            Ok((session, first))
         })
     }
 
