@@ -191,7 +191,10 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             None => src.marks()?,
         };
         let (index, latest) = check::index_sessions(src, marks.session_rowid)?;
-        if opts.reject_file.is_none() {
+        // A fresh strict copy validates while it loads and empties the tables
+        // again if anything was invalid; a resumed one cannot undo the earlier
+        // runs, so it checks first.
+        if opts.reject_file.is_none() && existing.is_some() {
             let mut report = CheckReport::default();
             check::scan(src, &index, marks, Marks::default(), &mut report)?;
             if !report.is_clean() {
@@ -215,7 +218,11 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         } else {
             log::info!("resuming the copy of {source_name}");
         }
-        load(src, &mut pg, &index, marks, opts)?;
+        let loaded = load(src, &mut pg, &index, marks, opts);
+        if existing.is_none() && matches!(loaded, Err(Error::InvalidSource { .. })) {
+            undo(&mut pg)?;
+        }
+        loaded?;
         Ok(marks)
     })?;
 
@@ -269,6 +276,15 @@ fn prepare_tables(pg: &mut PgConnection) -> Result<()> {
         if let Err(e) = pg.transaction(|pg| pg.batch_execute(&sql)) {
             log::info!("keeping the default compression of {table}.{column}: {e}");
         }
+    }
+    Ok(())
+}
+
+/// Back to the empty, migrated schema after a strict copy met an invalid row.
+fn undo(pg: &mut PgConnection) -> Result<()> {
+    state::truncate(pg)?;
+    for (_, create) in DEFERRED {
+        pg.batch_execute(create)?;
     }
     Ok(())
 }
@@ -360,7 +376,11 @@ impl Batch {
     }
 }
 
-/// Reads `(after, upto]` of `table` in batches and normalises each batch.
+/// About how many bytes of source text a batch holds.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
+/// for long rows) and normalises each batch.
 pub(crate) fn read_batches(
     src: &mut Source,
     table: Table,
@@ -394,10 +414,13 @@ pub(crate) fn read_batches(
         src.rows(table, after, upto, size)
     }
     let mut after = after;
+    let mut limit = size;
     loop {
+        let mut bytes = 0usize;
         let batch = match table {
             Table::Sessions => {
-                let raw: Vec<RawSession> = next(src, table, after, upto, size)?;
+                let raw: Vec<RawSession> = next(src, table, after, upto, limit)?;
+                bytes += raw.iter().map(RawSession::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.rowid) else {
                     return Ok(());
                 };
@@ -417,7 +440,8 @@ pub(crate) fn read_batches(
                 }
             }
             Table::Messages => {
-                let raw: Vec<RawMessage> = next(src, table, after, upto, size)?;
+                let raw: Vec<RawMessage> = next(src, table, after, upto, limit)?;
+                bytes += raw.iter().map(RawMessage::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
@@ -431,7 +455,8 @@ pub(crate) fn read_batches(
                 }
             }
             Table::Drafts => {
-                let raw: Vec<RawDraft> = next(src, table, after, upto, size)?;
+                let raw: Vec<RawDraft> = next(src, table, after, upto, limit)?;
+                bytes += raw.iter().map(RawDraft::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
@@ -445,6 +470,10 @@ pub(crate) fn read_batches(
                 }
             }
         };
+        // Size the next batch by bytes, not rows: a few batches in flight of
+        // long drafts must fit the same memory as of short messages.
+        let rows = (batch.len() + batch.rejects.len()).max(1);
+        limit = (BATCH_BYTES * rows / bytes.max(1)).clamp(1, size as usize) as i64;
         after = batch.last_rowid;
         each(batch)?;
     }
@@ -485,7 +514,7 @@ fn load(
     let progress = state::progress(pg)?;
     let strict = opts.reject_file.is_none();
     let progress = &progress;
-    let (tx, rx) = mpsc::sync_channel::<Batch>(2);
+    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<()> {
             // The copy's own commits need not wait for the disk flush: a lost
@@ -511,12 +540,13 @@ fn load(
                 })
                 .collect();
             let mut committed = 0u64;
+            // Strict: after the first invalid row, write nothing more but keep
+            // reading, so that the error lists every invalid row.
+            let mut invalid: Vec<Reject> = Vec::new();
             for batch in rx {
-                if strict && !batch.rejects.is_empty() {
-                    return Err(Error::InvalidSource {
-                        count: batch.rejects.len(),
-                        rejects: batch.rejects,
-                    });
+                if strict && (!batch.rejects.is_empty() || !invalid.is_empty()) {
+                    invalid.extend(batch.rejects);
+                    continue;
                 }
                 let t = Instant::now();
                 pg.transaction(|pg| {
@@ -556,7 +586,14 @@ fn load(
                     )));
                 }
             }
-            Ok(())
+            if invalid.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::InvalidSource {
+                    count: invalid.len(),
+                    rejects: invalid,
+                })
+            }
         });
         let read = (|| {
             for table in Table::ALL {

@@ -96,6 +96,28 @@ pub(crate) struct RawDraft {
     pub created_at: Option<Vec<u8>>,
 }
 
+fn len(v: &Option<Vec<u8>>) -> usize {
+    v.as_ref().map_or(0, Vec::len)
+}
+
+impl RawSession {
+    pub(crate) fn bytes(&self) -> usize {
+        len(&self.id) + len(&self.created_at) + len(&self.updated_at) + len(&self.summary)
+    }
+}
+
+impl RawMessage {
+    pub(crate) fn bytes(&self) -> usize {
+        len(&self.session_id) + len(&self.role) + len(&self.text) + len(&self.created_at)
+    }
+}
+
+impl RawDraft {
+    pub(crate) fn bytes(&self) -> usize {
+        len(&self.session_id) + len(&self.content) + len(&self.created_at)
+    }
+}
+
 /// Where a source stood at one snapshot: the largest rowid of each table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Marks {
