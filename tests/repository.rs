@@ -226,3 +226,48 @@ backend_test!(migrate_is_idempotent, |db: &TestDb| {
         "second run applies nothing"
     );
 });
+
+backend_test!(a_chat_turn_is_stored_whole_or_not_at_all, |db: &TestDb| {
+    let store = db.store();
+    let (s, first) = store
+        .start_session_with(Role::Assistant, "What did you build?")
+        .unwrap();
+    assert_eq!(store.get_session(s.id).unwrap().messages, vec![first]);
+
+    let turn = store
+        .append_messages(
+            s.id,
+            &[(Role::User, "A store"), (Role::Assistant, "How?")],
+            Some("builds stores"),
+        )
+        .unwrap();
+    assert_eq!(turn.len(), 2);
+    let read = store.get_session(s.id).unwrap();
+    assert_eq!(read.messages[1..], turn[..]);
+    assert_eq!(read.session.summary, "builds stores");
+
+    // The second text is refused: nothing of the turn is stored.
+    let huge = "x".repeat(store.config().max_text_bytes + 1);
+    let err = store
+        .append_messages(
+            s.id,
+            &[(Role::User, "kept?"), (Role::Assistant, &huge)],
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.category(), Category::Input);
+    // While paused, nothing of the turn is stored either.
+    store.set_read_only(true);
+    let err = store
+        .append_messages(s.id, &[(Role::User, "kept?")], Some("changed"))
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnly));
+    store.set_read_only(false);
+    let after = store.get_session(s.id).unwrap();
+    assert_eq!(after.messages.len(), 3);
+    assert_eq!(after.session.summary, "builds stores");
+    assert!(matches!(
+        store.append_messages(uuid::Uuid::now_v7(), &[(Role::User, "x")], None),
+        Err(Error::NotFound { .. })
+    ));
+});
