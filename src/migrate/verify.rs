@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -177,138 +178,181 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
         .collect();
     let mut src = Source::open(sqlite)?;
     let mut report = VerifyReport::default();
-    src.snapshot(|src| {
-        let marks = src.marks()?;
-        let (index, _) = check::index_sessions(src, marks.session_rowid)?;
-        let mut sums = [(); 3].map(|_| (Checksum::default(), Checksum::default()));
-        let mut uneven: HashSet<Uuid> = HashSet::new();
-        // Ids up to which PostgreSQL's messages and drafts were compared.
-        let mut covered = [0i64; 3];
+    std::thread::scope(|scope| {
+        src.snapshot(|src| {
+            let marks = src.marks()?;
+            let (index, _) = check::index_sessions(src, marks.session_rowid)?;
+            let mut sums = [(); 3].map(|_| (Checksum::default(), Checksum::default()));
+            let mut uneven: HashSet<Uuid> = HashSet::new();
+            // PostgreSQL's messages and drafts stream in id order on their own
+            // connections while this thread reads SQLite.
+            let mut pg_messages = Prefetch::spawn(
+                scope,
+                postgres,
+                |pg, after| {
+                    messages::table
+                        .filter(messages::id.gt(after))
+                        .order(messages::id)
+                        .limit(SCAN_BATCH)
+                        .select(MessageRow::as_select())
+                        .load(pg)
+                },
+                |r: &MessageRow| r.id,
+            );
+            let mut pg_drafts = Prefetch::spawn(
+                scope,
+                postgres,
+                |pg, after| {
+                    drafts::table
+                        .filter(drafts::id.gt(after))
+                        .order(drafts::id)
+                        .limit(SCAN_BATCH)
+                        .select(DraftRow::as_select())
+                        .load(pg)
+                },
+                |r: &DraftRow| r.id,
+            );
 
-        // Sessions: PostgreSQL's side fits in memory (one entry per session,
-        // as the index already holds); the source streams past it.
-        let mut pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
-            .select(SessionRow::as_select())
-            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(&mut pg)?
-            .map(|r| r.map(|r| (r.id.0, r)))
-            .collect::<QueryResult<_>>()?;
-        report.sessions.postgres_rows = pg_sessions.len() as u64;
-        for r in pg_sessions.values() {
-            sums[0].1.add(session_key(r));
-        }
-        for table in Table::ALL {
-            read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
-                for r in &batch.rejects {
-                    if recorded.contains(&(r.table.clone(), r.id.clone())) {
-                        report.table(table).rejected += 1;
-                    } else {
-                        unrecorded(&mut report, table, r);
+            // Sessions: PostgreSQL's side fits in memory (one entry per session,
+            // as the index already holds); the source streams past it.
+            let mut pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
+                .select(SessionRow::as_select())
+                .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(&mut pg)?
+                .map(|r| r.map(|r| (r.id.0, r)))
+                .collect::<QueryResult<_>>()?;
+            report.sessions.postgres_rows = pg_sessions.len() as u64;
+            for r in pg_sessions.values() {
+                sums[0].1.add(session_key(r));
+            }
+            for table in Table::ALL {
+                read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
+                    for r in &batch.rejects {
+                        if recorded.contains(&(r.table.clone(), r.id.clone())) {
+                            report.table(table).rejected += 1;
+                        } else {
+                            unrecorded(&mut report, table, r);
+                        }
                     }
-                }
-                match &batch.rows {
-                    Rows::Sessions(rows) => {
-                        for s in rows {
-                            report.sessions.sqlite_rows += 1;
-                            sums[0].0.add(session_key(s));
-                            let id = s.id.0;
-                            match pg_sessions.remove(&id) {
-                                None => {
-                                    report.differ(table, id.to_string(), "*", "missing on postgres")
-                                }
-                                Some(p) => {
-                                    for (col, a, b) in [
-                                        ("created_at", s.created_at.0, p.created_at.0),
-                                        ("updated_at", s.updated_at.0, p.updated_at.0),
-                                    ] {
-                                        if a != b {
+                    match &batch.rows {
+                        Rows::Sessions(rows) => {
+                            for s in rows {
+                                report.sessions.sqlite_rows += 1;
+                                sums[0].0.add(session_key(s));
+                                let id = s.id.0;
+                                match pg_sessions.remove(&id) {
+                                    None => report.differ(
+                                        table,
+                                        id.to_string(),
+                                        "*",
+                                        "missing on postgres",
+                                    ),
+                                    Some(p) => {
+                                        for (col, a, b) in [
+                                            ("created_at", s.created_at.0, p.created_at.0),
+                                            ("updated_at", s.updated_at.0, p.updated_at.0),
+                                        ] {
+                                            if a != b {
+                                                report.differ(
+                                                    table,
+                                                    id.to_string(),
+                                                    col,
+                                                    format!("sqlite {a:?}, postgres {b:?}"),
+                                                );
+                                            }
+                                        }
+                                        if s.summary != p.summary {
                                             report.differ(
                                                 table,
                                                 id.to_string(),
-                                                col,
-                                                format!("sqlite {a:?}, postgres {b:?}"),
+                                                "summary",
+                                                "text differs",
                                             );
                                         }
-                                    }
-                                    if s.summary != p.summary {
-                                        report.differ(
-                                            table,
-                                            id.to_string(),
-                                            "summary",
-                                            "text differs",
-                                        );
                                     }
                                 }
                             }
                         }
+                        Rows::Messages(rows) => {
+                            let theirs = pg_messages.take_upto(batch.last_rowid, |r| r.id)?;
+                            merge(
+                                &mut report,
+                                &mut sums[1],
+                                &mut uneven,
+                                table,
+                                rows,
+                                &theirs,
+                                |r| (r.id, r.session_id.0),
+                                message_key,
+                                |a, b| {
+                                    [
+                                        ("session_id", a.session_id != b.session_id),
+                                        ("role", a.role != b.role),
+                                        ("text", a.text != b.text),
+                                        ("created_at", a.created_at != b.created_at),
+                                    ]
+                                },
+                            );
+                        }
+                        Rows::Drafts(rows) => {
+                            let theirs = pg_drafts.take_upto(batch.last_rowid, |r| r.id)?;
+                            merge(
+                                &mut report,
+                                &mut sums[2],
+                                &mut uneven,
+                                table,
+                                rows,
+                                &theirs,
+                                |r| (r.id, r.session_id.0),
+                                draft_key,
+                                |a, b| {
+                                    [
+                                        ("session_id", a.session_id != b.session_id),
+                                        ("content", a.content != b.content),
+                                        ("created_at", a.created_at != b.created_at),
+                                        ("", false),
+                                    ]
+                                },
+                            );
+                        }
                     }
-                    Rows::Messages(rows) => {
-                        let from = std::mem::replace(&mut covered[1], batch.last_rowid);
-                        let theirs: Vec<MessageRow> = messages::table
-                            .filter(messages::id.gt(from))
-                            .filter(messages::id.le(batch.last_rowid))
-                            .order(messages::id)
-                            .select(MessageRow::as_select())
-                            .load(&mut pg)?;
-                        merge(
-                            &mut report,
-                            &mut sums[1],
-                            &mut uneven,
-                            table,
-                            rows,
-                            &theirs,
-                            |r| (r.id, r.session_id.0),
-                            message_key,
-                            |a, b| {
-                                [
-                                    ("session_id", a.session_id != b.session_id),
-                                    ("role", a.role != b.role),
-                                    ("text", a.text != b.text),
-                                    ("created_at", a.created_at != b.created_at),
-                                ]
-                            },
-                        );
-                    }
-                    Rows::Drafts(rows) => {
-                        let from = std::mem::replace(&mut covered[2], batch.last_rowid);
-                        let theirs: Vec<DraftRow> = drafts::table
-                            .filter(drafts::id.gt(from))
-                            .filter(drafts::id.le(batch.last_rowid))
-                            .order(drafts::id)
-                            .select(DraftRow::as_select())
-                            .load(&mut pg)?;
-                        merge(
-                            &mut report,
-                            &mut sums[2],
-                            &mut uneven,
-                            table,
-                            rows,
-                            &theirs,
-                            |r| (r.id, r.session_id.0),
-                            draft_key,
-                            |a, b| {
-                                [
-                                    ("session_id", a.session_id != b.session_id),
-                                    ("content", a.content != b.content),
-                                    ("created_at", a.created_at != b.created_at),
-                                    ("", false),
-                                ]
-                            },
-                        );
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        for (id, _) in pg_sessions {
-            report.differ(Table::Sessions, id.to_string(), "*", "only on postgres");
-        }
-        extras(&mut pg, &mut report, &mut sums, &mut uneven, covered)?;
-        report.sessions_with_message_differences = uneven.len() as u64;
-        for (i, t) in Table::ALL.into_iter().enumerate() {
-            report.table(t).sqlite_checksum = sums[i].0.hex();
-            report.table(t).postgres_checksum = sums[i].1.hex();
-        }
-        Ok(())
+                    Ok(())
+                })?;
+            }
+            for (id, _) in pg_sessions {
+                report.differ(Table::Sessions, id.to_string(), "*", "only on postgres");
+            }
+            // What is left on PostgreSQL has ids the source never had.
+            let rest = pg_messages.take_upto(i64::MAX, |r| r.id)?;
+            merge(
+                &mut report,
+                &mut sums[1],
+                &mut uneven,
+                Table::Messages,
+                &[],
+                &rest,
+                |r| (r.id, r.session_id.0),
+                message_key,
+                |_, _| [("", false)],
+            );
+            let rest = pg_drafts.take_upto(i64::MAX, |r| r.id)?;
+            merge(
+                &mut report,
+                &mut sums[2],
+                &mut uneven,
+                Table::Drafts,
+                &[],
+                &rest,
+                |r| (r.id, r.session_id.0),
+                draft_key,
+                |_, _| [("", false)],
+            );
+            report.sessions_with_message_differences = uneven.len() as u64;
+            for (i, t) in Table::ALL.into_iter().enumerate() {
+                report.table(t).sqlite_checksum = sums[i].0.hex();
+                report.table(t).postgres_checksum = sums[i].1.hex();
+            }
+            Ok(())
+        })
     })?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     log::info!(
@@ -384,57 +428,64 @@ fn merge<R, const N: usize>(
     }
 }
 
-/// PostgreSQL messages or drafts with ids above the last source id: the source never had them.
-fn extras(
-    pg: &mut PgConnection,
-    report: &mut VerifyReport,
-    sums: &mut [(Checksum, Checksum); 3],
-    uneven: &mut HashSet<Uuid>,
-    covered: [i64; 3],
-) -> Result<()> {
-    let mut after = covered[1];
-    loop {
-        let theirs: Vec<MessageRow> = messages::table
-            .filter(messages::id.gt(after))
-            .order(messages::id)
-            .limit(SCAN_BATCH)
-            .select(MessageRow::as_select())
-            .load(pg)?;
-        let Some(last) = theirs.last() else { break };
-        after = last.id;
-        merge(
-            report,
-            &mut sums[1],
-            uneven,
-            Table::Messages,
-            &[],
-            &theirs,
-            |r| (r.id, r.session_id.0),
-            message_key,
-            |_, _| [("", false)],
-        );
+/// Rows of one PostgreSQL table read ahead, in id order, by a thread of its own.
+struct Prefetch<R> {
+    rx: mpsc::Receiver<Result<Vec<R>>>,
+    buf: std::collections::VecDeque<R>,
+    done: bool,
+}
+
+impl<R: Send + 'static> Prefetch<R> {
+    fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        url: &'scope DatabaseUrl,
+        load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<R>> + Send + 'scope,
+        id: impl Fn(&R) -> i64 + Send + 'scope,
+    ) -> Prefetch<R> {
+        let (tx, rx) = mpsc::sync_channel(2);
+        scope.spawn(move || {
+            let run = || -> Result<()> {
+                let mut pg = state::connect(url)?;
+                let mut after = 0;
+                loop {
+                    let rows = load(&mut pg, after)?;
+                    let Some(last) = rows.last() else {
+                        return Ok(());
+                    };
+                    after = id(last);
+                    if tx.send(Ok(rows)).is_err() {
+                        return Ok(()); // the reader stopped early
+                    }
+                }
+            };
+            if let Err(e) = run() {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Prefetch {
+            rx,
+            buf: Default::default(),
+            done: false,
+        }
     }
-    let mut after = covered[2];
-    loop {
-        let theirs: Vec<DraftRow> = drafts::table
-            .filter(drafts::id.gt(after))
-            .order(drafts::id)
-            .limit(SCAN_BATCH)
-            .select(DraftRow::as_select())
-            .load(pg)?;
-        let Some(last) = theirs.last() else { break };
-        after = last.id;
-        merge(
-            report,
-            &mut sums[2],
-            uneven,
-            Table::Drafts,
-            &[],
-            &theirs,
-            |r| (r.id, r.session_id.0),
-            draft_key,
-            |_, _| [("", false)],
-        );
+
+    /// Every remaining row with an id up to `last`.
+    fn take_upto(&mut self, last: i64, id: impl Fn(&R) -> i64) -> Result<Vec<R>> {
+        let mut out = Vec::new();
+        loop {
+            while let Some(r) = self.buf.front() {
+                if id(r) > last {
+                    return Ok(out);
+                }
+                out.extend(self.buf.pop_front());
+            }
+            if self.done {
+                return Ok(out);
+            }
+            match self.rx.recv() {
+                Ok(batch) => self.buf.extend(batch?),
+                Err(_) => self.done = true,
+            }
+        }
     }
-    Ok(())
 }
