@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{Binary, Text};
+use md5::Digest as _;
 use uuid::Uuid;
 
 use super::check::{self, SCAN_BATCH};
@@ -20,6 +23,7 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::{DbTimestamp, DbUuid};
 
 /// How many differences are listed (all are counted).
 pub const LISTED: usize = 50;
@@ -138,23 +142,50 @@ fn session_key(r: &SessionRow) -> u64 {
     ))
 }
 
-fn message_key(r: &MessageRow) -> u64 {
-    hash_of((
-        r.id,
-        &r.session_id.0,
-        &r.role,
-        &r.text,
-        r.created_at.0.timestamp_micros(),
-    ))
+/// A message or draft as compared: the long text by its MD5, which
+/// PostgreSQL computes next to the data instead of shipping every byte.
+#[derive(Hash)]
+struct Digest {
+    id: i64,
+    session_id: Uuid,
+    /// The message's role; empty for drafts.
+    role: String,
+    body_md5: [u8; 16],
+    created_at: i64,
 }
 
-fn draft_key(r: &DraftRow) -> u64 {
-    hash_of((
-        r.id,
-        &r.session_id.0,
-        &r.content,
-        r.created_at.0.timestamp_micros(),
-    ))
+impl Digest {
+    fn of_message(r: &MessageRow) -> Digest {
+        Digest {
+            id: r.id,
+            session_id: r.session_id.0,
+            role: r.role.clone(),
+            body_md5: md5::Md5::digest(r.text.as_bytes()).into(),
+            created_at: r.created_at.0.timestamp_micros(),
+        }
+    }
+
+    fn of_draft(r: &DraftRow) -> Digest {
+        Digest {
+            id: r.id,
+            session_id: r.session_id.0,
+            role: String::new(),
+            body_md5: md5::Md5::digest(r.content.as_bytes()).into(),
+            created_at: r.created_at.0.timestamp_micros(),
+        }
+    }
+
+    fn from_pg(
+        (id, session_id, role, md5, created_at): (i64, DbUuid, String, Vec<u8>, DbTimestamp),
+    ) -> Digest {
+        Digest {
+            id,
+            session_id: session_id.0,
+            role,
+            body_md5: md5.try_into().unwrap_or_default(),
+            created_at: created_at.0.timestamp_micros(),
+        }
+    }
 }
 
 /// Compares every row of the SQLite source with PostgreSQL.
@@ -190,27 +221,45 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                 scope,
                 postgres,
                 |pg, after| {
-                    messages::table
+                    Ok(messages::table
                         .filter(messages::id.gt(after))
                         .order(messages::id)
                         .limit(SCAN_BATCH)
-                        .select(MessageRow::as_select())
-                        .load(pg)
+                        .select((
+                            messages::id,
+                            messages::session_id,
+                            messages::role,
+                            sql::<Binary>("decode(md5(text), 'hex')"),
+                            messages::created_at,
+                        ))
+                        .load(pg)?
+                        .into_iter()
+                        .map(Digest::from_pg)
+                        .collect())
                 },
-                |r: &MessageRow| r.id,
+                |r: &Digest| r.id,
             );
             let mut pg_drafts = Prefetch::spawn(
                 scope,
                 postgres,
                 |pg, after| {
-                    drafts::table
+                    Ok(drafts::table
                         .filter(drafts::id.gt(after))
                         .order(drafts::id)
-                        .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
-                        .select(DraftRow::as_select())
-                        .load(pg)
+                        .limit(SCAN_BATCH)
+                        .select((
+                            drafts::id,
+                            drafts::session_id,
+                            sql::<Text>("''"),
+                            sql::<Binary>("decode(md5(content), 'hex')"),
+                            drafts::created_at,
+                        ))
+                        .load(pg)?
+                        .into_iter()
+                        .map(Digest::from_pg)
+                        .collect())
                 },
-                |r: &DraftRow| r.id,
+                |r: &Digest| r.id,
             );
 
             // Sessions: PostgreSQL's side fits in memory (one entry per session,
@@ -273,46 +322,14 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                             }
                         }
                         Rows::Messages(rows) => {
+                            let ours: Vec<Digest> = rows.iter().map(Digest::of_message).collect();
                             let theirs = pg_messages.take_upto(batch.last_rowid, |r| r.id)?;
-                            merge(
-                                &mut report,
-                                &mut sums[1],
-                                &mut uneven,
-                                table,
-                                rows,
-                                &theirs,
-                                |r| (r.id, r.session_id.0),
-                                message_key,
-                                |a, b| {
-                                    [
-                                        ("session_id", a.session_id != b.session_id),
-                                        ("role", a.role != b.role),
-                                        ("text", a.text != b.text),
-                                        ("created_at", a.created_at != b.created_at),
-                                    ]
-                                },
-                            );
+                            merge(&mut report, &mut sums[1], &mut uneven, table, &ours, &theirs);
                         }
                         Rows::Drafts(rows) => {
+                            let ours: Vec<Digest> = rows.iter().map(Digest::of_draft).collect();
                             let theirs = pg_drafts.take_upto(batch.last_rowid, |r| r.id)?;
-                            merge(
-                                &mut report,
-                                &mut sums[2],
-                                &mut uneven,
-                                table,
-                                rows,
-                                &theirs,
-                                |r| (r.id, r.session_id.0),
-                                draft_key,
-                                |a, b| {
-                                    [
-                                        ("session_id", a.session_id != b.session_id),
-                                        ("content", a.content != b.content),
-                                        ("created_at", a.created_at != b.created_at),
-                                        ("", false),
-                                    ]
-                                },
-                            );
+                            merge(&mut report, &mut sums[2], &mut uneven, table, &ours, &theirs);
                         }
                     }
                     Ok(())
@@ -323,29 +340,9 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
             }
             // What is left on PostgreSQL has ids the source never had.
             let rest = pg_messages.take_upto(i64::MAX, |r| r.id)?;
-            merge(
-                &mut report,
-                &mut sums[1],
-                &mut uneven,
-                Table::Messages,
-                &[],
-                &rest,
-                |r| (r.id, r.session_id.0),
-                message_key,
-                |_, _| [("", false)],
-            );
+            merge(&mut report, &mut sums[1], &mut uneven, Table::Messages, &[], &rest);
             let rest = pg_drafts.take_upto(i64::MAX, |r| r.id)?;
-            merge(
-                &mut report,
-                &mut sums[2],
-                &mut uneven,
-                Table::Drafts,
-                &[],
-                &rest,
-                |r| (r.id, r.session_id.0),
-                draft_key,
-                |_, _| [("", false)],
-            );
+            merge(&mut report, &mut sums[2], &mut uneven, Table::Drafts, &[], &rest);
             report.sessions_with_message_differences = uneven.len() as u64;
             for (i, t) in Table::ALL.into_iter().enumerate() {
                 report.table(t).sqlite_checksum = sums[i].0.hex();
@@ -376,51 +373,51 @@ fn unrecorded(report: &mut VerifyReport, table: Table, r: &Reject) {
 }
 
 /// Merges one id-ordered batch of each side.
-#[allow(clippy::too_many_arguments)]
-fn merge<R, const N: usize>(
+fn merge(
     report: &mut VerifyReport,
     sums: &mut (Checksum, Checksum),
     uneven: &mut HashSet<Uuid>,
     table: Table,
-    ours: &[R],
-    theirs: &[R],
-    key: impl Fn(&R) -> (i64, Uuid),
-    hash: impl Fn(&R) -> u64,
-    columns: impl Fn(&R, &R) -> [(&'static str, bool); N],
+    ours: &[Digest],
+    theirs: &[Digest],
 ) {
-    let (mut i, mut j) = (0, 0);
+    let body = if table == Table::Drafts { "content" } else { "text" };
     report.table(table).sqlite_rows += ours.len() as u64;
     report.table(table).postgres_rows += theirs.len() as u64;
     for r in ours {
-        sums.0.add(hash(r));
+        sums.0.add(hash_of(r));
     }
     for r in theirs {
-        sums.1.add(hash(r));
+        sums.1.add(hash_of(r));
     }
+    let (mut i, mut j) = (0, 0);
     while i < ours.len() || j < theirs.len() {
-        let a = ours.get(i).map(&key);
-        let b = theirs.get(j).map(&key);
-        match (a, b) {
-            (Some((ia, sa)), Some((ib, _))) if ia == ib => {
-                for (col, differs) in columns(&ours[i], &theirs[j]) {
+        match (ours.get(i), theirs.get(j)) {
+            (Some(a), Some(b)) if a.id == b.id => {
+                for (col, differs) in [
+                    ("session_id", a.session_id != b.session_id),
+                    ("role", a.role != b.role),
+                    (body, a.body_md5 != b.body_md5),
+                    ("created_at", a.created_at != b.created_at),
+                ] {
                     if differs {
-                        report.differ(table, ia.to_string(), col, "values differ");
+                        report.differ(table, a.id.to_string(), col, "values differ");
                         if col == "session_id" {
-                            uneven.insert(sa);
+                            uneven.insert(a.session_id);
                         }
                     }
                 }
                 i += 1;
                 j += 1;
             }
-            (Some((ia, sa)), b) if b.is_none_or(|(ib, _)| ia < ib) => {
-                report.differ(table, ia.to_string(), "*", "missing on postgres");
-                uneven.insert(sa);
+            (Some(a), b) if b.is_none_or(|b| a.id < b.id) => {
+                report.differ(table, a.id.to_string(), "*", "missing on postgres");
+                uneven.insert(a.session_id);
                 i += 1;
             }
-            (_, Some((ib, sb))) => {
-                report.differ(table, ib.to_string(), "*", "only on postgres");
-                uneven.insert(sb);
+            (_, Some(b)) => {
+                report.differ(table, b.id.to_string(), "*", "only on postgres");
+                uneven.insert(b.session_id);
                 j += 1;
             }
             (_, None) => unreachable!("loop condition"),
