@@ -96,20 +96,23 @@ pub(crate) fn scan(
                 Table::Messages => {
                     let rows: Vec<RawMessage> =
                         src.rows(table, from, upto.of(table), SCAN_BATCH)?;
+                    *n += rows.len() as u64;
+                    let last = rows.last().map(|r| r.id);
                     report.rejects.extend(
-                        rows.iter()
+                        rows.into_iter()
                             .filter_map(|r| normalize::message(r, index).err()),
                     );
-                    *n += rows.len() as u64;
-                    rows.last().map(|r| r.id)
+                    last
                 }
                 Table::Drafts => {
                     let rows: Vec<RawDraft> = src.rows(table, from, upto.of(table), SCAN_BATCH)?;
-                    report
-                        .rejects
-                        .extend(rows.iter().filter_map(|r| normalize::draft(r, index).err()));
                     *n += rows.len() as u64;
-                    rows.last().map(|r| r.id)
+                    let last = rows.last().map(|r| r.id);
+                    report.rejects.extend(
+                        rows.into_iter()
+                            .filter_map(|r| normalize::draft(r, index).err()),
+                    );
+                    last
                 }
             };
             match last {

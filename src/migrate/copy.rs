@@ -391,8 +391,8 @@ pub(crate) fn read_batches(
     mut each: impl FnMut(Batch) -> Result<()>,
 ) -> Result<()> {
     fn split<R, T>(
-        rows: &[R],
-        mut f: impl FnMut(&R) -> std::result::Result<T, Reject>,
+        rows: Vec<R>,
+        mut f: impl FnMut(R) -> std::result::Result<T, Reject>,
     ) -> (Vec<T>, Vec<Reject>) {
         let mut ok = Vec::with_capacity(rows.len());
         let mut bad = Vec::new();
@@ -425,8 +425,8 @@ pub(crate) fn read_batches(
                     return Ok(());
                 };
                 let mut nulls = 0;
-                let (rows, rejects) = split(&raw, |r| {
-                    normalize::session(r, index).map(|s| {
+                let (rows, rejects) = split(raw, |r| {
+                    normalize::session(&r, index).map(|s| {
                         nulls += i64::from(s.null_summary);
                         s.row
                     })
@@ -445,7 +445,7 @@ pub(crate) fn read_batches(
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
-                let (rows, rejects) = split(&raw, |r| normalize::message(r, index));
+                let (rows, rejects) = split(raw, |r| normalize::message(r, index));
                 Batch {
                     table,
                     last_rowid: last,
@@ -460,7 +460,7 @@ pub(crate) fn read_batches(
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
-                let (rows, rejects) = split(&raw, |r| normalize::draft(r, index));
+                let (rows, rejects) = split(raw, |r| normalize::draft(r, index));
                 Batch {
                     table,
                     last_rowid: last,

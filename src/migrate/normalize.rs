@@ -74,18 +74,20 @@ fn bad(column: &'static str, raw: &Option<Vec<u8>>, reason: impl Into<String>) -
     }
 }
 
-fn text(column: &'static str, raw: &Option<Vec<u8>>) -> Result<String, Bad> {
+/// Takes the bytes over without copying them: text is most of the data.
+fn text(column: &'static str, raw: Option<Vec<u8>>) -> Result<String, Bad> {
     let Some(b) = raw else {
-        return Err(bad(column, raw, "is NULL"));
+        return Err(bad(column, &None, "is NULL"));
     };
     if b.contains(&0) {
-        return Err(bad(column, raw, "contains a NUL byte"));
+        return Err(bad(column, &Some(b), "contains a NUL byte"));
     }
-    String::from_utf8(b.clone()).map_err(|e| {
+    String::from_utf8(b).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
         bad(
             column,
-            raw,
-            format!("is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            &Some(e.into_bytes()),
+            format!("is not valid UTF-8 (byte {at})"),
         )
     })
 }
@@ -163,7 +165,7 @@ fn validate_session(raw: &RawSession) -> Result<NormalSession, Bad> {
     let updated_at = time("updated_at", &raw.updated_at)?;
     let (summary, null_summary) = match &raw.summary {
         None => (String::new(), true),
-        s => (text("summary", s)?, false),
+        s => (text("summary", s.clone())?, false),
     };
     Ok(NormalSession {
         row: SessionRow {
@@ -219,37 +221,42 @@ fn child_session(index: &SessionIndex, raw: &Option<Vec<u8>>) -> Result<DbUuid, 
 }
 
 /// Normalises a message.
-pub(crate) fn message(raw: &RawMessage, index: &SessionIndex) -> Result<MessageRow, Reject> {
+pub(crate) fn message(raw: RawMessage, index: &SessionIndex) -> Result<MessageRow, Reject> {
+    let id = raw.id;
     let go = || -> Result<MessageRow, Bad> {
         let session_id = child_session(index, &raw.session_id)?;
-        let role = text("role", &raw.role)?;
-        if role != "user" && role != "assistant" {
-            return Err(bad(
-                "role",
-                &raw.role,
-                "is neither \"user\" nor \"assistant\"",
-            ));
-        }
+        let role = match raw.role.as_deref() {
+            Some(b"user") => "user",
+            Some(b"assistant") => "assistant",
+            _ => {
+                return Err(bad(
+                    "role",
+                    &raw.role,
+                    "is neither \"user\" nor \"assistant\"",
+                ))
+            }
+        };
         Ok(MessageRow {
-            id: raw.id,
+            id,
             session_id,
-            role,
-            text: text("text", &raw.text)?,
             created_at: time("created_at", &raw.created_at)?,
+            role: role.to_string(),
+            text: text("text", raw.text)?,
         })
     };
-    go().map_err(|b| reject("messages", raw.id.to_string(), b))
+    go().map_err(|b| reject("messages", id.to_string(), b))
 }
 
 /// Normalises a draft.
-pub(crate) fn draft(raw: &RawDraft, index: &SessionIndex) -> Result<DraftRow, Reject> {
+pub(crate) fn draft(raw: RawDraft, index: &SessionIndex) -> Result<DraftRow, Reject> {
+    let id = raw.id;
     let go = || -> Result<DraftRow, Bad> {
         Ok(DraftRow {
-            id: raw.id,
+            id,
             session_id: child_session(index, &raw.session_id)?,
-            content: text("content", &raw.content)?,
             created_at: time("created_at", &raw.created_at)?,
+            content: text("content", raw.content)?,
         })
     };
-    go().map_err(|b| reject("drafts", raw.id.to_string(), b))
+    go().map_err(|b| reject("drafts", id.to_string(), b))
 }
