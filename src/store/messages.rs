@@ -116,7 +116,8 @@ impl Store {
                 return Err(Error::not_found(format!("session {session_id}")));
             }
             let now = timestamp::now();
-            // Column tuple, not a derived `Insertable`, so PostgreSQL reuses the prepared statement (see `start_session`).
+            // Column tuple, not a derived `Insertable`, so PostgreSQL reuses the
+            // prepared statement (see `start_session`).
             let id = diesel::insert_into(messages::table)
                 .values((
                     messages::session_id.eq(DbUuid(session_id)),
