@@ -80,15 +80,6 @@ pub(crate) struct MessageRow {
     pub created_at: DbTimestamp,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = messages)]
-struct NewMessage<'a> {
-    session_id: DbUuid,
-    role: &'a str,
-    text: &'a str,
-    created_at: DbTimestamp,
-}
-
 impl TryFrom<MessageRow> for Message {
     type Error = Error;
     fn try_from(r: MessageRow) -> Result<Self> {
@@ -168,13 +159,15 @@ pub(crate) fn append_in(
         return Err(Error::not_found(format!("session {session_id}")));
     }
     let now = timestamp::now();
+    // Column tuple, not a derived `Insertable`, so PostgreSQL reuses the
+    // prepared statement (see `start_session`).
     let id = diesel::insert_into(messages::table)
-        .values(NewMessage {
-            session_id: DbUuid(session_id),
-            role: role.as_str(),
-            text,
-            created_at: DbTimestamp(now),
-        })
+        .values((
+            messages::session_id.eq(DbUuid(session_id)),
+            messages::role.eq(role.as_str()),
+            messages::text.eq(text),
+            messages::created_at.eq(DbTimestamp(now)),
+        ))
         .returning(messages::id)
         .get_result::<i64>(conn)?;
     diesel::update(sessions::table.find(DbUuid(session_id)))

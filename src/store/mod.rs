@@ -5,7 +5,7 @@ pub(crate) mod messages;
 pub(crate) mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -104,6 +104,11 @@ struct Inner {
     // Writers hold it shared for their whole transaction; turning read-only on
     // takes it exclusively, so it returns only after in-flight writes are done.
     write_gate: RwLock<()>,
+    // SQLite admits one writer at a time. Queued here, the next writer starts as
+    // soon as the previous one commits; left to the busy handler, it sleeps in
+    // steps growing to 100 ms, which made p99 write latency tens of milliseconds
+    // with a few threads (see benches/contention.rs).
+    sqlite_writer: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -134,6 +139,7 @@ impl Store {
                 config,
                 read_only: AtomicBool::new(false),
                 write_gate: RwLock::new(()),
+                sqlite_writer: Mutex::new(()),
             }),
         })
     }
@@ -269,6 +275,13 @@ impl Store {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
+        // Taken before the pool checkout, so queued writers do not hold connections.
+        let _writer = (self.backend() == Backend::Sqlite).then(|| {
+            self.inner
+                .sqlite_writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
         self.inner.pool.run(|conn| {
             let begin = match conn {
                 AnyConnection::Sqlite(c) => {

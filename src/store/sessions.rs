@@ -86,13 +86,15 @@ impl Store {
                 updated_at: now,
                 summary: String::new(),
             };
+            // Column tuple, not `SessionRow`: a derived `Insertable` may render
+            // `DEFAULT`, so on PostgreSQL diesel would parse and plan it on every call.
             diesel::insert_into(sessions::table)
-                .values(SessionRow {
-                    id: DbUuid(session.id),
-                    created_at: DbTimestamp(now),
-                    updated_at: DbTimestamp(now),
-                    summary: String::new(),
-                })
+                .values((
+                    sessions::id.eq(DbUuid(session.id)),
+                    sessions::created_at.eq(DbTimestamp(now)),
+                    sessions::updated_at.eq(DbTimestamp(now)),
+                    sessions::summary.eq(""),
+                ))
                 .execute(conn)?;
             Ok(session)
         })
@@ -105,12 +107,12 @@ impl Store {
         self.write(|conn, now| {
             let id = Uuid::now_v7();
             diesel::insert_into(sessions::table)
-                .values(SessionRow {
-                    id: DbUuid(id),
-                    created_at: DbTimestamp(now),
-                    updated_at: DbTimestamp(now),
-                    summary: String::new(),
-                })
+                .values((
+                    sessions::id.eq(DbUuid(id)),
+                    sessions::created_at.eq(DbTimestamp(now)),
+                    sessions::updated_at.eq(DbTimestamp(now)),
+                    sessions::summary.eq(""),
+                ))
                 .execute(conn)?;
             let first = super::messages::append_in(conn, id, role, text)?;
             let session = Session {
