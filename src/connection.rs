@@ -232,7 +232,7 @@ impl ConnectionSetup {
     pub(crate) fn apply(&self, conn: &mut AnyConnection) -> diesel::QueryResult<()> {
         match conn {
             AnyConnection::Sqlite(c) => c.batch_execute(&format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
             AnyConnection::Postgres(c) => c.batch_execute("SET TIME ZONE 'UTC'"),

@@ -182,7 +182,8 @@ impl Concrete {
                 let mut c = SqliteConnection::establish(path).expect("connect sqlite");
                 c.batch_execute(
                     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA mmap_size = 268435456;",
                 )
                 .expect("sqlite setup");
                 Concrete::Sqlite(c)
