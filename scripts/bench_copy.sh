@@ -82,18 +82,23 @@ sync_db=$(fresh sync)
 work=$data/sync-$sessions.db
 cp "$file" "$work"
 "$bin/migrate" copy --sqlite "$work" --postgres "$sync_db" >/dev/null 2>&1
-changed=$((sessions / 100))
-sqlite3 "$work" "
-  WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $changed)
-  INSERT INTO messages (session_id, role, text, created_at)
-    SELECT id, 'user', 'a late answer ' || id, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
-  WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $changed)
-  INSERT INTO drafts (session_id, content, created_at)
-    SELECT id, 'a late draft', strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
-  UPDATE sessions SET summary = 'changed', updated_at = strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')
-    WHERE rowid IN (SELECT rowid FROM sessions ORDER BY rowid LIMIT $changed);"
+# change N: N sessions get a message, a draft and a new summary.
+change() {
+  sqlite3 "$work" "
+    WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
+    INSERT INTO messages (session_id, role, text, created_at)
+      SELECT id, 'user', 'a late answer ' || id, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
+    WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
+    INSERT INTO drafts (session_id, content, created_at)
+      SELECT id, 'a late draft', strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
+    UPDATE sessions SET summary = 'changed ' || random(), updated_at = strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')
+      WHERE rowid IN (SELECT rowid FROM sessions ORDER BY rowid LIMIT $1);"
+}
+change $((sessions / 100))
 timed "interview-store sync (1% changed)" "$bin/migrate" sync --sqlite "$work" --postgres "$sync_db"
 timed "interview-store verify after sync" "$bin/migrate" verify --sqlite "$work" --postgres "$sync_db"
+change 50
+timed "interview-store sync (50 sessions changed)" "$bin/migrate" sync --sqlite "$work" --postgres "$sync_db"
 rm -f "$work" "$work"-*
 
 echo
