@@ -5,6 +5,9 @@
 //! - [`connection`] holds the `MultiConnection` over both backends and URL handling;
 //!   [`types`] the mapping of UUIDs and timestamps onto each backend;
 //!   [`schema`] the one schema; [`migrations`] the embedded schema per backend.
+//! - [`migrate`] moves a live service from SQLite to PostgreSQL and back:
+//!   preflight, bulk copy, sync, verify, dual-read compare, backup, rollback.
+//! - `server` (feature `server`) is the interview HTTP API on top of the store.
 //!
 //! The same Rust types come out of both backends: `uuid::Uuid` ids and
 //! `chrono::DateTime<Utc>` timestamps at microsecond precision.
