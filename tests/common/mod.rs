@@ -5,6 +5,8 @@
 //! connection that creates and drops one database per test.
 #![allow(dead_code)]
 
+pub mod legacy;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{TimeZone, Utc};

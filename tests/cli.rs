@@ -1,0 +1,127 @@
+//! The migration CLI (`examples/migrate.rs`) as an operator runs it: exit codes, output, masked URLs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::legacy::{clean_sql, Legacy};
+
+/// The example binary cargo builds next to the test binaries.
+fn migrate_bin() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile_dir = deps.parent().unwrap().parent().unwrap();
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("migrate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test builds examples",
+        bin.display()
+    );
+    bin
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(migrate_bin())
+        .args(args)
+        .env_remove("INTERVIEW_SQLITE_PATH")
+        .env_remove("INTERVIEW_POSTGRES_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_exits_0_when_clean_and_2_listing_every_invalid_row() {
+    let clean = Legacy::new(&clean_sql(2, 2));
+    let o = run(&["check", "--sqlite", clean.path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 sessions, 4 messages, 2 drafts; 0 invalid"),
+        "{}",
+        text(&o)
+    );
+
+    clean.exec("INSERT INTO messages (session_id, role, text, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'user', 'x', 'yesterday')");
+    let o = run(&["check", "--sqlite", clean.path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("messages 5: created_at = \"yesterday\": is not an ISO-8601 timestamp"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_an_unreachable_database_exits_3_with_the_password_masked() {
+    assert_eq!(run(&["copy"]).status.code(), Some(2), "missing arguments");
+    assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
+
+    let src = Legacy::new(&clean_sql(1, 1));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        src.path.to_str().unwrap(),
+        "--postgres",
+        "postgres://app:hunter2@127.0.0.1:1/interview",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("postgres://app:***@127.0.0.1:1/interview"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("hunter2"));
+}
+
+#[test]
+fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
+    let src = Legacy::new(&clean_sql(3, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("messages: 6 copied, 0 rejected"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&[
+        "verify",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["messages"]["sqlite_rows"], 6);
+    assert_eq!(
+        report["messages"]["sqlite_checksum"],
+        report["messages"]["postgres_checksum"]
+    );
+
+    src.exec("INSERT INTO messages (session_id, role, text, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'user', 'late', '2025-01-01T00:00:00Z')");
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("messages 7 *: missing on postgres"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&["status", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("copied"), "{}", text(&o));
+}
