@@ -45,64 +45,17 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
 }
 
-/// Replaces the database name of a PostgreSQL URL.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{}", &base[..host_end], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+// The tests' scratch databases, so both clean up the same way.
+#[path = "../../tests/common/scratch.rs"]
+mod scratch;
+use scratch::PgDatabase;
 
-fn admin() -> PgConnection {
-    let url = admin_url();
-    PgConnection::establish(&url).unwrap_or_else(|e| {
-        panic!(
-            "the benches need PostgreSQL at {} ({e}); set INTERVIEW_BENCH_POSTGRES_URL",
-            interview_store::connection::mask_password(&url)
-        )
-    })
-}
-
-/// A database owned by one bench run, dropped with its connections on drop.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn create() -> Self {
-        let name = format!(
-            "interview_store_bench_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        admin()
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .expect("create bench database");
-        let url = with_database(&admin_url(), &name);
-        PgDatabase { name, url }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Err(e) = admin().batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        )) {
-            eprintln!("could not drop bench database {}: {e}", self.name);
-        }
-    }
+fn bench_database() -> PgDatabase {
+    PgDatabase::create_on(
+        &admin_url(),
+        "interview_store_bench",
+        "Set INTERVIEW_BENCH_POSTGRES_URL to a server where the bench may create a database.",
+    )
 }
 
 /// A migrated, prefilled database of one backend with a store open on it.
@@ -132,7 +85,7 @@ impl BenchDb {
                 (url, Some(dir), None)
             }
             Backend::Postgres => {
-                let pg = PgDatabase::create();
+                let pg = bench_database();
                 (pg.url.clone(), None, Some(pg))
             }
         };

@@ -6,13 +6,13 @@
 #![allow(dead_code)]
 
 pub mod legacy;
+pub mod scratch;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+pub use scratch::PgDatabase;
 
 use chrono::{TimeZone, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::PgConnection;
 use interview_store::schema::{drafts, messages, sessions};
 use interview_store::types::{DbTimestamp, DbUuid};
 use interview_store::{Backend, Store, StoreConfig};
@@ -23,65 +23,13 @@ pub fn admin_url() -> String {
     std::env::var("INTERVIEW_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
 }
 
-/// Replaces the database name of a PostgreSQL URL.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{}", &base[..host_end], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-fn admin() -> PgConnection {
-    let url = admin_url();
-    PgConnection::establish(&url).unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL tests need a server at {} ({e}).\n\
-             Start the local cluster with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`,\n\
-             or `docker compose up -d` with the repository's compose.yaml, or point INTERVIEW_TEST_POSTGRES_URL at one.",
-            interview_store::connection::mask_password(&url)
-        )
-    })
-}
-
-/// A scratch PostgreSQL database, dropped (with its connections) on drop.
-pub struct PgDatabase {
-    pub name: String,
-    pub url: String,
-}
+const HOW_TO_START: &str = "Start the local cluster with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`,\n\
+     or `docker compose up -d` with the repository's compose.yaml, or point INTERVIEW_TEST_POSTGRES_URL at one.";
 
 impl PgDatabase {
+    /// A scratch database for one test.
     pub fn create() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "interview_store_test_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        );
-        admin()
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .expect("create test database");
-        let url = with_database(&admin_url(), &name);
-        PgDatabase { name, url }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = admin().batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ));
+        PgDatabase::create_on(&admin_url(), "interview_store_test", HOW_TO_START)
     }
 }
 
