@@ -23,11 +23,11 @@ file=$data/legacy-$sessions.db
 ls -l "$file"
 
 dbs=()
-fresh() { # fresh NAME -> url of a new empty database
+fresh() { # fresh NAME: a new empty database, its URL in $url (no subshell, so cleanup sees it)
   local name="bench_${1}_$$"
   psql -q "$admin" -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" -c "CREATE DATABASE $name" >/dev/null
   dbs+=("$name")
-  echo "$base/$name"
+  url="$base/$name"
 }
 cleanup() { for d in "${dbs[@]}"; do psql -q "$admin" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done; }
 trap cleanup EXIT
@@ -47,11 +47,11 @@ timed() {
   echo "${results[-1]}"
 }
 
-ours=$(fresh ours)
+fresh ours; ours=$url
 timed "interview-store copy (strict)" "$bin/migrate" copy --sqlite "$file" --postgres "$ours"
 timed "interview-store verify" "$bin/migrate" verify --sqlite "$file" --postgres "$ours"
 
-csv=$(fresh csv)
+fresh csv; csv=$url
 "$bin/migrate" setup --postgres "$csv" >/dev/null 2>&1
 timed "sqlite3 -csv | psql \\copy (full schema)" bash -c "
   sqlite3 -csv '$file' 'SELECT id, created_at, updated_at, coalesce(summary, \"\") FROM sessions' | psql -q '$csv' -c '\\copy sessions FROM STDIN WITH (FORMAT csv)' &&
@@ -62,7 +62,7 @@ if ! command -v pgloader >/dev/null; then
   (DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgloader >/dev/null 2>&1) || true
 fi
 if command -v pgloader >/dev/null; then
-  pgl=$(fresh pgloader)
+  fresh pgloader; pgl=$url
   "$bin/migrate" setup --postgres "$pgl" >/dev/null 2>&1
   load=$(mktemp --suffix .load)
   cat >"$load" <<EOF
@@ -78,7 +78,7 @@ else
 fi
 
 # Sync after 1% of the sessions changed (new messages, a draft, a summary), at this size.
-sync_db=$(fresh sync)
+fresh sync; sync_db=$url
 work=$data/sync-$sessions.db
 cp "$file" "$work"
 "$bin/migrate" copy --sqlite "$work" --postgres "$sync_db" >/dev/null 2>&1
