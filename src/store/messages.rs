@@ -115,6 +115,23 @@ impl Store {
     /// A chat turn (the user's message, the interviewer's reply and the new
     /// summary) goes through here, so a write pause or a failure never
     /// leaves half a turn stored.
+    ///
+    /// ```
+    /// use interview_store::{Role, Store, StoreConfig};
+    /// # fn main() -> interview_store::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = Store::connect(dir.path().join("i.db").to_str().unwrap(), StoreConfig::default())?;
+    /// # store.migrate()?;
+    /// let (session, _opening) = store.start_session_with(Role::Assistant, "What did you build?")?;
+    /// let turn = store.append_messages(
+    ///     session.id,
+    ///     &[(Role::User, "A billing pipeline."), (Role::Assistant, "What was hardest?")],
+    ///     Some("Built a billing pipeline."),
+    /// )?;
+    /// assert_eq!(turn[1].text, "What was hardest?");
+    /// assert_eq!(store.get_session(session.id)?.messages.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn append_messages(
         &self,
         session_id: Uuid,
