@@ -5,7 +5,7 @@ pub(crate) mod messages;
 pub(crate) mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -107,8 +107,9 @@ struct Inner {
     // SQLite admits one writer at a time. Queued here, the next writer starts as
     // soon as the previous one commits; left to the busy handler, it sleeps in
     // steps growing to 100 ms, which made p99 write latency tens of milliseconds
-    // with a few threads (see benches/contention.rs).
-    sqlite_writer: Mutex<()>,
+    // with a few threads (see benches/contention.rs). Fair (first come, first
+    // served), so a writer's wait is bounded by the queue ahead of it.
+    sqlite_writer: parking_lot::FairMutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,7 +140,7 @@ impl Store {
                 config,
                 read_only: AtomicBool::new(false),
                 write_gate: RwLock::new(()),
-                sqlite_writer: Mutex::new(()),
+                sqlite_writer: parking_lot::FairMutex::new(()),
             }),
         })
     }
@@ -276,12 +277,7 @@ impl Store {
             return Err(Error::ReadOnly);
         }
         // Taken before the pool checkout, so queued writers do not hold connections.
-        let _writer = (self.backend() == Backend::Sqlite).then(|| {
-            self.inner
-                .sqlite_writer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-        });
+        let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
         self.inner.pool.run(|conn| {
             let begin = match conn {
                 AnyConnection::Sqlite(c) => {
