@@ -62,3 +62,39 @@ backend_test!(eight_threads_append_to_one_session, |db: &TestDb| {
         read.messages.last().unwrap().created_at
     );
 });
+
+backend_test!(
+    a_session_read_during_appends_is_never_older_than_its_messages,
+    |db: &TestDb| {
+        let store = db.store();
+        let session = store.start_session().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.append_message(session.id, Role::User, "x").unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut reads = 0;
+        while reads < 300 {
+            let read = store.get_session(session.id).unwrap();
+            if let Some(last) = read.messages.last() {
+                assert!(
+                    read.session.updated_at >= last.created_at,
+                    "updated_at {} older than message {} at {}",
+                    read.session.updated_at,
+                    last.id,
+                    last.created_at
+                );
+            }
+            reads += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0);
+    }
+);

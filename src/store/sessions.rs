@@ -130,14 +130,10 @@ impl Store {
     /// Fails with [`Error::NotFound`] for an unknown id.
     pub fn get_session(&self, id: Uuid) -> Result<SessionWithMessages> {
         self.read(|conn| {
-            let session: Session = sessions::table
-                .find(DbUuid(id))
-                .select(SessionRow::as_select())
-                .first(conn)
-                .optional()
-                .map_err(|e| Error::from(e).reading(|| format!("session {id}")))?
-                .ok_or_else(|| Error::not_found(format!("session {id}")))?
-                .into();
+            // Messages first, then the session: an append bumps `updated_at` in
+            // the same transaction as its insert, so the session read second is
+            // never older than the newest message read first, without the cost
+            // of a read transaction.
             let messages = messages::table
                 .filter(messages::session_id.eq(DbUuid(id)))
                 .order(messages::id.asc())
@@ -147,6 +143,14 @@ impl Store {
                 .into_iter()
                 .map(Message::try_from)
                 .collect::<Result<Vec<_>>>()?;
+            let session: Session = sessions::table
+                .find(DbUuid(id))
+                .select(SessionRow::as_select())
+                .first(conn)
+                .optional()
+                .map_err(|e| Error::from(e).reading(|| format!("session {id}")))?
+                .ok_or_else(|| Error::not_found(format!("session {id}")))?
+                .into();
             Ok(SessionWithMessages { session, messages })
         })
     }
