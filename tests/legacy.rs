@@ -128,10 +128,6 @@ fn unreadable_legacy_value_is_an_error_naming_it() {
         "INSERT INTO sessions VALUES ('{id}', '1714557600', '2024-05-01T10:00:00Z', '')"
     ))
     .unwrap();
-    conn.batch_execute(&format!(
-        "INSERT INTO messages (session_id, role, text, created_at) VALUES ('{id}', 'bot', 'hi', '2024-05-01T10:00:00Z')"
-    ))
-    .unwrap();
     let store = Store::connect(path, StoreConfig::default()).unwrap();
     store.migrate().unwrap();
     let err = store.get_session(id.parse().unwrap()).unwrap_err();
@@ -143,8 +139,11 @@ fn unreadable_legacy_value_is_an_error_naming_it() {
             && err.contains("\"1714557600\""),
         "{err}"
     );
-    conn.batch_execute("UPDATE sessions SET created_at = '2024-05-01T10:00:00Z'")
-        .unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE sessions SET created_at = '2024-05-01T10:00:00Z'; \
+         INSERT INTO messages (session_id, role, text, created_at) VALUES ('{id}', 'bot', 'hi', '2024-05-01T10:00:00Z')"
+    ))
+    .unwrap();
     let err = store
         .get_session(id.parse().unwrap())
         .unwrap_err()
