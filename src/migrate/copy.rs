@@ -229,7 +229,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     finish(&mut pg)?;
     let (tables, null_summaries) = tallies(&mut pg)?;
     if let Some(path) = &opts.reject_file {
-        write_rejects(path, &state::rejects(&mut pg)?)?;
+        write_rejects(path, &state::rejects(&mut pg)?, false)?;
     }
     let report = CopyReport {
         tables,
@@ -332,22 +332,26 @@ fn tallies(pg: &mut PgConnection) -> Result<([TableCopy; 3], u64)> {
     Ok((out, nulls))
 }
 
-/// Writes rejects as JSON lines `{"table","id","column","value","reason"}`.
-pub(crate) fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
+/// Writes rejects as JSON lines `{"table","id","column","value","reason"}`,
+/// replacing the file or appending to it.
+pub(crate) fn write_rejects(path: &Path, rejects: &[Reject], append: bool) -> Result<()> {
     let io = |e: std::io::Error| Error::Io {
         path: path.display().to_string(),
         source: e,
     };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .map_err(io)?;
+    let mut out = std::io::BufWriter::new(file);
     for r in rejects {
-        serde_json_line(&mut out, r).map_err(io)?;
+        serde_json::to_writer(&mut out, r).map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
     }
     out.flush().map_err(io)
-}
-
-fn serde_json_line(out: &mut impl std::io::Write, r: &Reject) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, r).map_err(std::io::Error::other)?;
-    out.write_all(b"\n")
 }
 
 /// Normalised rows of one batch.

@@ -245,7 +245,7 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
     })?;
     if let Some(path) = &opts.reject_file {
         if !rejects.is_empty() {
-            append_rejects(path, &rejects)?;
+            write_rejects(path, &rejects, true)?;
         }
     }
     report.elapsed = started.elapsed();
@@ -258,20 +258,4 @@ fn invalid(rejects: Vec<Reject>) -> Error {
         count: rejects.len(),
         rejects,
     }
-}
-
-fn append_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
-    let mut all = Vec::new();
-    if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        all.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Reject>(l).ok()),
-        );
-    }
-    all.extend(rejects.iter().cloned());
-    write_rejects(path, &all)
 }
