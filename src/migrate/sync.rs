@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
 use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
 
@@ -129,7 +128,6 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
         }
 
         pg.transaction(|pg| {
-            pg.batch_execute("SET LOCAL synchronous_commit = on")?;
             if strict && !session_rejects.is_empty() {
                 return Err(invalid(session_rejects.clone()));
             }
