@@ -116,16 +116,17 @@ mod baseline {
 
     pub fn get_session(conn: &mut Concrete, id: Uuid) -> QueryResult<SessionWithMessages> {
         on_concrete!(conn, |c, _begin| {
-            let s = sessions::table
-                .find(DbUuid(id))
-                .select(sessions::all_columns)
-                .first::<SessionTuple>(c)?;
-            let messages = messages::table
-                .filter(messages::session_id.eq(DbUuid(id)))
+            let rows = sessions::table
+                .left_join(messages::table)
+                .filter(sessions::id.eq(DbUuid(id)))
                 .order(messages::id.asc())
-                .select(messages::all_columns)
-                .load::<MessageTuple>(c)?
+                .select((sessions::all_columns, messages::all_columns.nullable()))
+                .load::<(SessionTuple, Option<MessageTuple>)>(c)?;
+            let mut rows = rows.into_iter();
+            let (s, first) = rows.next().ok_or(diesel::result::Error::NotFound)?;
+            let messages = first
                 .into_iter()
+                .chain(rows.filter_map(|(_, m)| m))
                 .map(message)
                 .collect();
             Ok(SessionWithMessages {

@@ -66,22 +66,20 @@ backend_test!(eight_threads_append_to_one_session, |db: &TestDb| {
 backend_test!(
     a_session_read_during_appends_is_never_older_than_its_messages,
     |db: &TestDb| {
+        const APPENDS: usize = 400;
         let store = db.store();
         let session = store.start_session().unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
-            let (store, stop) = (store.clone(), stop.clone());
+            let store = store.clone();
             std::thread::spawn(move || {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..APPENDS {
                     store.append_message(session.id, Role::User, "x").unwrap();
-                    n += 1;
                 }
-                n
             })
         };
-        let mut reads = 0;
-        while reads < 300 {
+        let mut reads_during_appends = 0;
+        loop {
+            let done = writer.is_finished();
             let read = store.get_session(session.id).unwrap();
             if let Some(last) = read.messages.last() {
                 assert!(
@@ -92,9 +90,16 @@ backend_test!(
                     last.created_at
                 );
             }
-            reads += 1;
+            if done {
+                assert_eq!(read.messages.len(), APPENDS);
+                break;
+            }
+            reads_during_appends += 1;
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(writer.join().unwrap() > 0);
+        writer.join().unwrap();
+        assert!(
+            reads_during_appends > 10,
+            "only {reads_during_appends} reads overlapped the appends"
+        );
     }
 );

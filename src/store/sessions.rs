@@ -130,27 +130,25 @@ impl Store {
     /// Fails with [`Error::NotFound`] for an unknown id.
     pub fn get_session(&self, id: Uuid) -> Result<SessionWithMessages> {
         self.read(|conn| {
-            // Messages first, then the session: an append bumps `updated_at` in
-            // the same transaction as its insert, so the session read second is
-            // never older than the newest message read first, without the cost
-            // of a read transaction.
-            let messages = messages::table
-                .filter(messages::session_id.eq(DbUuid(id)))
+            // One statement: one round trip, and one snapshot, so the session's
+            // `updated_at` is never older than the messages that come with it.
+            let rows: Vec<(SessionRow, Option<MessageRow>)> = sessions::table
+                .left_join(messages::table)
+                .filter(sessions::id.eq(DbUuid(id)))
                 .order(messages::id.asc())
-                .select(MessageRow::as_select())
-                .load::<MessageRow>(conn)
-                .map_err(|e| Error::from(e).reading(|| format!("messages of session {id}")))?
+                .select((SessionRow::as_select(), Option::<MessageRow>::as_select()))
+                .load(conn)
+                .map_err(|e| Error::from(e).reading(|| format!("session {id} and its messages")))?;
+            let mut rows = rows.into_iter();
+            let Some((session, first)) = rows.next() else {
+                return Err(Error::not_found(format!("session {id}")));
+            };
+            let session: Session = session.into();
+            let messages = first
                 .into_iter()
+                .chain(rows.filter_map(|(_, m)| m))
                 .map(Message::try_from)
                 .collect::<Result<Vec<_>>>()?;
-            let session: Session = sessions::table
-                .find(DbUuid(id))
-                .select(SessionRow::as_select())
-                .first(conn)
-                .optional()
-                .map_err(|e| Error::from(e).reading(|| format!("session {id}")))?
-                .ok_or_else(|| Error::not_found(format!("session {id}")))?
-                .into();
             Ok(SessionWithMessages { session, messages })
         })
     }
