@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sqlite::Sqlite;
 
 use super::check::{self, CheckReport};
 use super::normalize::{self, Reject, SessionIndex};
@@ -408,22 +407,13 @@ pub(crate) fn read_batches(
         }
         (ok, bad)
     }
-    fn next<R: QueryableByName<Sqlite> + 'static>(
-        src: &mut Source,
-        table: Table,
-        after: i64,
-        upto: i64,
-        size: i64,
-    ) -> Result<Vec<R>> {
-        src.rows(table, after, upto, size)
-    }
     let mut after = after;
     let mut limit = size;
     loop {
         let mut bytes = 0usize;
         let batch = match table {
             Table::Sessions => {
-                let raw: Vec<RawSession> = next(src, table, after, upto, limit)?;
+                let raw: Vec<RawSession> = src.rows(table, after, upto, limit)?;
                 bytes += raw.iter().map(RawSession::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.rowid) else {
                     return Ok(());
@@ -444,7 +434,7 @@ pub(crate) fn read_batches(
                 }
             }
             Table::Messages => {
-                let raw: Vec<RawMessage> = next(src, table, after, upto, limit)?;
+                let raw: Vec<RawMessage> = src.rows(table, after, upto, limit)?;
                 bytes += raw.iter().map(RawMessage::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
@@ -459,7 +449,7 @@ pub(crate) fn read_batches(
                 }
             }
             Table::Drafts => {
-                let raw: Vec<RawDraft> = next(src, table, after, upto, limit)?;
+                let raw: Vec<RawDraft> = src.rows(table, after, upto, limit)?;
                 bytes += raw.iter().map(RawDraft::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());

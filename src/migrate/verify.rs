@@ -204,38 +204,28 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
             let mut uneven: HashSet<Uuid> = HashSet::new();
             // PostgreSQL's messages and drafts stream in id order on their own
             // connections while this thread reads SQLite.
-            let mut pg_messages = Prefetch::spawn(
-                scope,
-                postgres,
-                |pg, after| {
-                    Ok(messages::table
-                        .filter(messages::id.gt(after))
-                        .order(messages::id)
-                        .limit(SCAN_BATCH)
-                        .select(MessageRow::as_select())
-                        .load(pg)?
-                        .iter()
-                        .map(Digest::of_message)
-                        .collect())
-                },
-                |r: &Digest| r.id,
-            );
-            let mut pg_drafts = Prefetch::spawn(
-                scope,
-                postgres,
-                |pg, after| {
-                    Ok(drafts::table
-                        .filter(drafts::id.gt(after))
-                        .order(drafts::id)
-                        .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
-                        .select(DraftRow::as_select())
-                        .load(pg)?
-                        .iter()
-                        .map(Digest::of_draft)
-                        .collect())
-                },
-                |r: &Digest| r.id,
-            );
+            let mut pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
+                Ok(messages::table
+                    .filter(messages::id.gt(after))
+                    .order(messages::id)
+                    .limit(SCAN_BATCH)
+                    .select(MessageRow::as_select())
+                    .load(pg)?
+                    .iter()
+                    .map(Digest::of_message)
+                    .collect())
+            });
+            let mut pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
+                Ok(drafts::table
+                    .filter(drafts::id.gt(after))
+                    .order(drafts::id)
+                    .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
+                    .select(DraftRow::as_select())
+                    .load(pg)?
+                    .iter()
+                    .map(Digest::of_draft)
+                    .collect())
+            });
 
             // Sessions: PostgreSQL's side fits in memory (one entry per session,
             // as the index already holds); the source streams past it.
@@ -301,7 +291,7 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                         Rows::Messages(rows) => {
                             let ours: Vec<Digest> = rows.iter().map(Digest::of_message).collect();
                             let w = Instant::now();
-                            let theirs = pg_messages.take_upto(batch.last_rowid, |r| r.id)?;
+                            let theirs = pg_messages.take_upto(batch.last_rowid)?;
                             waited += w.elapsed();
                             merge(
                                 &mut report,
@@ -315,7 +305,7 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                         Rows::Drafts(rows) => {
                             let ours: Vec<Digest> = rows.iter().map(Digest::of_draft).collect();
                             let w = Instant::now();
-                            let theirs = pg_drafts.take_upto(batch.last_rowid, |r| r.id)?;
+                            let theirs = pg_drafts.take_upto(batch.last_rowid)?;
                             waited += w.elapsed();
                             merge(
                                 &mut report,
@@ -339,7 +329,7 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                 report.differ(Table::Sessions, id.to_string(), "*", "only on postgres");
             }
             // What is left on PostgreSQL has ids the source never had.
-            let rest = pg_messages.take_upto(i64::MAX, |r| r.id)?;
+            let rest = pg_messages.take_upto(i64::MAX)?;
             merge(
                 &mut report,
                 &mut sums[1],
@@ -348,7 +338,7 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                 &[],
                 &rest,
             );
-            let rest = pg_drafts.take_upto(i64::MAX, |r| r.id)?;
+            let rest = pg_drafts.take_upto(i64::MAX)?;
             merge(
                 &mut report,
                 &mut sums[2],
@@ -444,19 +434,18 @@ fn merge(
 }
 
 /// Rows of one PostgreSQL table read ahead, in id order, by a thread of its own.
-struct Prefetch<R> {
-    rx: mpsc::Receiver<Result<Vec<R>>>,
-    buf: std::collections::VecDeque<R>,
+struct Prefetch {
+    rx: mpsc::Receiver<Result<Vec<Digest>>>,
+    buf: std::collections::VecDeque<Digest>,
     done: bool,
 }
 
-impl<R: Send + 'static> Prefetch<R> {
+impl Prefetch {
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
-        load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<R>> + Send + 'scope,
-        id: impl Fn(&R) -> i64 + Send + 'scope,
-    ) -> Prefetch<R> {
+        load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
+    ) -> Prefetch {
         let (tx, rx) = mpsc::sync_channel(2);
         scope.spawn(move || {
             let run = || -> Result<()> {
@@ -467,7 +456,7 @@ impl<R: Send + 'static> Prefetch<R> {
                     let Some(last) = rows.last() else {
                         return Ok(());
                     };
-                    after = id(last);
+                    after = last.id;
                     if tx.send(Ok(rows)).is_err() {
                         return Ok(()); // the reader stopped early
                     }
@@ -485,11 +474,11 @@ impl<R: Send + 'static> Prefetch<R> {
     }
 
     /// Every remaining row with an id up to `last`.
-    fn take_upto(&mut self, last: i64, id: impl Fn(&R) -> i64) -> Result<Vec<R>> {
+    fn take_upto(&mut self, last: i64) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
         loop {
             while let Some(r) = self.buf.front() {
-                if id(r) > last {
+                if r.id > last {
                     return Ok(out);
                 }
                 out.extend(self.buf.pop_front());
