@@ -11,6 +11,7 @@ mod check;
 mod compare;
 mod copy;
 mod normalize;
+mod pipeline;
 mod rollback;
 mod source;
 mod state;

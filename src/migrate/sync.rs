@@ -8,7 +8,7 @@ use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
 
 use super::check::SCAN_BATCH;
-use super::copy::{bump_sequences, copy_rows, read_batches, write_rejects, Rows};
+use super::pipeline::{bump_sequences, copy_rows, read_batches, write_rejects, Rows};
 use super::normalize::{self, Reject, SessionIndex};
 use super::source::{Marks, RawSession, Source, Table};
 use super::state;
