@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
+use super::changelog;
 use super::check::{self, CheckReport};
+use super::lock::MigrationLock;
 use super::normalize::{Reject, SessionIndex};
 use super::pipeline::{bump_sequences, copy_rows, read_batches, write_rejects, Batch};
 use super::source::{Marks, Source, Table};
@@ -16,7 +18,6 @@ use super::state;
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
-use crate::timestamp;
 
 /// How a copy runs.
 #[derive(Clone)]
@@ -28,6 +29,9 @@ pub struct CopyOptions {
     pub reject_file: Option<PathBuf>,
     /// Empty the PostgreSQL tables first, instead of refusing rows it did not copy.
     pub truncate: bool,
+    /// The operator confirmed `truncate` (`--yes`); without it a truncating
+    /// copy only reports what it would delete and fails with [`Error::Refused`].
+    pub confirmed: bool,
     /// Called after each committed batch.
     pub progress: Option<ProgressFn>,
     /// Test hook: fail after this many committed batches, as a crash would.
@@ -41,6 +45,7 @@ impl Default for CopyOptions {
             batch_size: 5_000,
             reject_file: None,
             truncate: false,
+            confirmed: false,
             progress: None,
             fail_after_batches: None,
         }
@@ -53,6 +58,7 @@ impl std::fmt::Debug for CopyOptions {
             .field("batch_size", &self.batch_size)
             .field("reject_file", &self.reject_file)
             .field("truncate", &self.truncate)
+            .field("confirmed", &self.confirmed)
             .finish_non_exhaustive()
     }
 }
@@ -147,13 +153,36 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     if opts.batch_size < 1 {
         return Err(Error::invalid("batch size", "must be at least 1"));
     }
+    // Every check comes before the first write: source readable, target
+    // reachable, no other migration command, the phase allows a copy.
+    let mut src = Source::open(sqlite)?;
     let mut pg = state::connect(postgres)?;
-    if opts.truncate {
-        log::info!("emptying the PostgreSQL tables (--truncate)");
-        state::truncate(&mut pg)?;
-    }
+    let _lock = MigrationLock::acquire(postgres)?;
     let source_name = super::source::source_name(sqlite);
-    let existing = state::load(&mut pg)?;
+    let mut existing = state::load(&mut pg)?;
+    copy_allowed(existing.as_ref(), opts.truncate, postgres)?;
+    if opts.truncate {
+        let counts = row_counts(&mut pg)?;
+        if !opts.confirmed {
+            return Err(Error::Refused(format!(
+                "--truncate would delete from {}: {}, and the migration bookkeeping; nothing was \
+                 deleted. Check the URL, then run the same command with --yes",
+                postgres.masked(),
+                Table::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(|(t, n)| format!("{t} {n} rows"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        log::info!("emptying the PostgreSQL tables (--truncate --yes)");
+        pg.transaction(|pg| {
+            changelog::uninstall_pg(pg)?;
+            state::truncate(pg)
+        })?;
+        existing = None;
+    }
     if let Some(s) = &existing {
         if s.source != source_name {
             return Err(Error::Refused(format!(
@@ -179,14 +208,16 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         refuse_foreign_rows(&mut pg, postgres)?;
     }
 
-    let mut src = Source::open(sqlite)?;
+    // The change log goes in before the snapshot, so that every write after
+    // the snapshot has an entry past the position recorded with it.
+    changelog::install_sqlite(src.conn())?;
     let resumed = existing.is_some();
     let marks = src.snapshot(|src| {
         let marks = match &existing {
             Some(s) => s.marks(),
             None => src.marks()?,
         };
-        let (index, latest) = check::index_sessions(src, marks.session_rowid)?;
+        let (index, _) = check::index_sessions(src, marks.session_rowid)?;
         // A fresh strict copy validates while it loads and empties the tables
         // again if anything was invalid; a resumed one cannot undo the earlier
         // runs, so it checks first.
@@ -206,10 +237,11 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
                 src.count(Table::Messages, 0, marks.message_id)?,
                 src.count(Table::Drafts, 0, marks.draft_id)?,
             ];
-            let latest = latest.map(timestamp::format);
+            // Read in the same snapshot as the rows: sync starts exactly here.
+            let change_seq = changelog::sqlite_position(src.conn())?;
             pg.transaction(|pg| {
                 prepare_tables(pg)?;
-                state::start(pg, &source_name, marks, latest.as_deref(), totals)
+                state::start(pg, &source_name, marks, change_seq, totals)
             })?;
         } else {
             log::info!("resuming the copy of {source_name}");
@@ -237,6 +269,37 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     };
     log::info!("copy finished: {report:?}");
     Ok(report)
+}
+
+/// The phase check of a copy: never over a live PostgreSQL; over a retired
+/// one only with `--truncate`.
+fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUrl) -> Result<()> {
+    match st.map(|s| s.phase.as_str()) {
+        Some("switched") => Err(Error::Refused(format!(
+            "refusing to copy{}: the service moved to {} ({}), which now holds writes SQLite does \
+             not have; nothing was changed. To go back to SQLite: `migrate pause --postgres …`, \
+             `migrate rollback-sync`, `migrate switch --to sqlite`",
+            if truncate { " --truncate" } else { "" },
+            postgres.masked(),
+            st.and_then(|s| s.switched_at)
+                .map_or("-".into(), |t| t.to_string())
+        ))),
+        Some("rolled_back") if !truncate => Err(Error::Refused(format!(
+            "{} is retired since the rollback to SQLite; to start a new cutover run \
+             `migrate copy --truncate --yes`",
+            postgres.masked()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Rows per data table, in load order.
+fn row_counts(pg: &mut PgConnection) -> Result<[i64; 3]> {
+    Ok([
+        sessions::table.count().get_result(pg)?,
+        messages::table.count().get_result(pg)?,
+        drafts::table.count().get_result(pg)?,
+    ])
 }
 
 fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {

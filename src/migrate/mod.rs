@@ -7,9 +7,11 @@
 //! [`rollback_sync`] (PostgreSQL back into SQLite) and [`status`].
 
 mod backup;
+mod changelog;
 mod check;
 mod compare;
 mod copy;
+mod lock;
 mod normalize;
 mod pipeline;
 mod rollback;
@@ -21,6 +23,7 @@ mod verify;
 pub use backup::{backup, BackupReport};
 pub use check::{check, CheckReport};
 pub use compare::{compare, CompareReport, Difference, Selection};
+pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use copy::{copy, CopyOptions, CopyReport, Progress, ProgressFn, TableCopy};
 pub use normalize::Reject;
 pub use rollback::{rollback_sync, RollbackMarks, RollbackReport};
