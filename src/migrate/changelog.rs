@@ -27,9 +27,6 @@ use diesel::sql_types::{BigInt, Text};
 use super::source::Table;
 use crate::error::Result;
 
-/// The log table's name, on both backends.
-pub(crate) const LOG_TABLE: &str = "interview_change_log";
-
 /// The SQLite log and its triggers. `IF NOT EXISTS` throughout: installing
 /// twice is a no-op. An UPDATE that changes a session's id logs both ids.
 const SQLITE_INSTALL: &str = "
@@ -129,6 +126,20 @@ DROP TRIGGER IF EXISTS interview_change_log_drafts ON drafts;
 DROP FUNCTION IF EXISTS interview_change_log_record();
 DROP TABLE IF EXISTS interview_change_log;
 ";
+
+/// Installs the change log and its triggers on a SQLite file (idempotent),
+/// so that every later write of any writer, the legacy service included, is logged.
+///
+/// `migrate setup --sqlite` runs it; `copy` runs it too when it is absent.
+///
+/// ```no_run
+/// interview_store::migrate::install_change_log("interview.db".as_ref())?;
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn install_change_log(sqlite: &std::path::Path) -> Result<()> {
+    let mut src = super::source::Source::open(sqlite)?;
+    install_sqlite(src.conn())
+}
 
 /// Installs the SQLite log and its triggers (idempotent).
 pub(crate) fn install_sqlite(conn: &mut SqliteConnection) -> Result<()> {
@@ -296,8 +307,22 @@ pub(crate) fn pg_changes(pg: &mut PgConnection, mark: i64) -> Result<Changes> {
     }
 }
 
-/// How many entries the SQLite log holds (for status and the README's figure).
-pub(crate) fn sqlite_len(conn: &mut SqliteConnection) -> Result<i64> {
+/// How many entries a SQLite file's change log holds (entries not yet
+/// applied and trimmed); `None` when it has no log.
+///
+/// ```no_run
+/// let pending = interview_store::migrate::change_log_entries("interview.db".as_ref())?;
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn change_log_entries(sqlite: &std::path::Path) -> Result<Option<i64>> {
+    let mut src = super::source::Source::open(sqlite)?;
+    if !sqlite_installed(src.conn())? {
+        return Ok(None);
+    }
+    sqlite_len(src.conn()).map(Some)
+}
+
+fn sqlite_len(conn: &mut SqliteConnection) -> Result<i64> {
     Ok(
         diesel::sql_query("SELECT count(*) AS n FROM interview_change_log")
             .get_result::<Count>(conn)?
