@@ -16,23 +16,23 @@ use crate::error::{Error, Result};
 #[derive(QueryableByName)]
 struct Flag {
     #[diesel(sql_type = Bool)]
-    on: bool,
+    flag: bool,
 }
 
 /// Whether PostgreSQL's writes are paused (a database without the pause table is not).
 pub(crate) fn pg_paused(pg: &mut PgConnection) -> Result<bool> {
     let exists = diesel::sql_query(
-        "SELECT to_regclass('interview_maintenance') IS NOT NULL AS on",
+        "SELECT to_regclass('interview_maintenance') IS NOT NULL AS flag",
     )
     .get_result::<Flag>(pg)?
-    .on;
+    .flag;
     if !exists {
         return Ok(false);
     }
     Ok(
-        diesel::sql_query("SELECT coalesce(bool_or(paused), false) AS on FROM interview_maintenance")
+        diesel::sql_query("SELECT coalesce(bool_or(paused), false) AS flag FROM interview_maintenance")
             .get_result::<Flag>(pg)?
-            .on,
+            .flag,
     )
 }
 
@@ -60,17 +60,17 @@ pub(crate) fn write_while_paused(
 /// Whether a SQLite file's writes are paused (a file without the pause table is not).
 pub(crate) fn sqlite_paused(conn: &mut SqliteConnection) -> Result<bool> {
     let exists = diesel::sql_query(
-        "SELECT count(*) > 0 AS on FROM sqlite_master WHERE type = 'table' AND name = 'interview_maintenance'",
+        "SELECT count(*) > 0 AS flag FROM sqlite_master WHERE type = 'table' AND name = 'interview_maintenance'",
     )
     .get_result::<Flag>(conn)?
-    .on;
+    .flag;
     if !exists {
         return Ok(false);
     }
     Ok(
-        diesel::sql_query("SELECT coalesce(max(paused), 0) != 0 AS on FROM interview_maintenance")
+        diesel::sql_query("SELECT coalesce(max(paused), 0) != 0 AS flag FROM interview_maintenance")
             .get_result::<Flag>(conn)?
-            .on,
+            .flag,
     )
 }
 
