@@ -174,7 +174,9 @@ fn a_second_migration_command_while_one_runs_is_refused_and_changes_nothing() {
     let err = copy(&src.path, &url, &CopyOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Busy(_)), "{err:?}");
     assert_eq!(err.category(), Category::Unavailable);
-    assert!(err.to_string().contains("another migration command is running"));
+    assert!(err
+        .to_string()
+        .contains("another migration command is running"));
     assert_eq!(pg_count(&url, "SELECT count(*) AS n FROM sessions"), 0);
     drop(held);
 
@@ -207,7 +209,10 @@ fn a_second_migration_command_while_one_runs_is_refused_and_changes_nothing() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
     for s in seen.iter() {
-        assert!(s.contains("Busy") && s.contains("another migration command"), "{s}");
+        assert!(
+            s.contains("Busy") && s.contains("another migration command"),
+            "{s}"
+        );
     }
     assert_equal(&src, &url);
 }
@@ -228,7 +233,8 @@ fn copy_truncate_checks_first_and_deletes_nothing_without_yes() {
     let err = copy(&src.path, &url, &truncate).unwrap_err();
     assert_eq!(err.category(), Category::Input);
     assert!(
-        err.to_string().contains("sessions 3 rows, messages 6 rows, drafts 3 rows"),
+        err.to_string()
+            .contains("sessions 3 rows, messages 6 rows, drafts 3 rows"),
         "{err}"
     );
     assert_eq!(pg_count(&url, "SELECT count(*) AS n FROM sessions"), 3);
@@ -255,7 +261,10 @@ fn phases_no_command_can_skip() {
     pause_sqlite(&src.path);
     // Paused but not caught up: refused.
     let err = switch(&src.path, &url, Backend::Postgres).unwrap_err();
-    assert!(err.to_string().contains("run `migrate sync` first"), "{err}");
+    assert!(
+        err.to_string().contains("run `migrate sync` first"),
+        "{err}"
+    );
     sync(&src.path, &url, &SyncOptions::default()).unwrap();
     let report = switch(&src.path, &url, Backend::Postgres).unwrap();
     assert_eq!(report.live, Backend::Postgres);
@@ -268,7 +277,8 @@ fn phases_no_command_can_skip() {
     pgs.update_summary(late.id, "changed on postgres").unwrap();
     pgs.save_draft(fresh.id, "a draft").unwrap();
     let doomed = pgs.start_session().unwrap();
-    pgs.append_message(doomed.id, Role::User, "soon gone").unwrap();
+    pgs.append_message(doomed.id, Role::User, "soon gone")
+        .unwrap();
     pg_conn(&url)
         .batch_execute(&format!(
             "DELETE FROM messages WHERE session_id = '{0}'; DELETE FROM sessions WHERE id = '{0}';

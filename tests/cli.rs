@@ -125,3 +125,62 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("copied"), "{}", text(&o));
 }
+
+#[test]
+fn copy_truncate_without_yes_prints_what_it_would_delete_and_exits_2() {
+    let src = Legacy::new(&clean_sql(3, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("sessions 3 rows, messages 6 rows, drafts 3 rows"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "nothing deleted: {}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+        "--yes",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_second_migration_command_exits_3_at_once() {
+    let src = Legacy::new(&clean_sql(2, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Another command holds the lock for its whole run.
+    let url: interview_store::connection::DatabaseUrl = db.url.parse().unwrap();
+    let held = interview_store::migrate::MigrationLock::acquire(&url).unwrap();
+    for cmd in ["sync", "copy", "rollback-sync", "switch"] {
+        let o = run(&[cmd, "--sqlite", sqlite, "--postgres", &db.url]);
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {}", text(&o));
+        assert!(
+            text(&o).contains("another migration command is running"),
+            "{cmd}: {}",
+            text(&o)
+        );
+    }
+    drop(held);
+    let o = run(&["sync", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interview_store::connection::DatabaseUrl;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, SyncOptions};
 use interview_store::server::{self, AppState};
 use interview_store::{Backend, Category, Store, StoreConfig};

@@ -21,19 +21,18 @@ struct Flag {
 
 /// Whether PostgreSQL's writes are paused (a database without the pause table is not).
 pub(crate) fn pg_paused(pg: &mut PgConnection) -> Result<bool> {
-    let exists = diesel::sql_query(
-        "SELECT to_regclass('interview_maintenance') IS NOT NULL AS flag",
-    )
-    .get_result::<Flag>(pg)?
-    .flag;
+    let exists =
+        diesel::sql_query("SELECT to_regclass('interview_maintenance') IS NOT NULL AS flag")
+            .get_result::<Flag>(pg)?
+            .flag;
     if !exists {
         return Ok(false);
     }
-    Ok(
-        diesel::sql_query("SELECT coalesce(bool_or(paused), false) AS flag FROM interview_maintenance")
-            .get_result::<Flag>(pg)?
-            .flag,
+    Ok(diesel::sql_query(
+        "SELECT coalesce(bool_or(paused), false) AS flag FROM interview_maintenance",
     )
+    .get_result::<Flag>(pg)?
+    .flag)
 }
 
 /// Runs `f` in one write transaction whose own writes pass the pause.
@@ -68,9 +67,11 @@ pub(crate) fn sqlite_paused(conn: &mut SqliteConnection) -> Result<bool> {
         return Ok(false);
     }
     Ok(
-        diesel::sql_query("SELECT coalesce(max(paused), 0) != 0 AS flag FROM interview_maintenance")
-            .get_result::<Flag>(conn)?
-            .flag,
+        diesel::sql_query(
+            "SELECT coalesce(max(paused), 0) != 0 AS flag FROM interview_maintenance",
+        )
+        .get_result::<Flag>(conn)?
+        .flag,
     )
 }
 

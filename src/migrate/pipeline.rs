@@ -189,4 +189,3 @@ pub(crate) fn copy_rows(pg: &mut PgConnection, rows: &Rows) -> Result<()> {
     }
     Ok(())
 }
-

@@ -156,7 +156,10 @@ fn read_rows(pg: &mut PgConnection, changes: Changes) -> Result<PgRows> {
         );
     }
     let found: BTreeSet<Uuid> = sessions_now.iter().map(|r| r.id.0).collect();
-    let deleted_sessions = ids.into_iter().filter(|id| !found.contains(&id.0)).collect();
+    let deleted_sessions = ids
+        .into_iter()
+        .filter(|id| !found.contains(&id.0))
+        .collect();
 
     let ids: Vec<i64> = changes.messages.iter().copied().collect();
     let mut messages_now = Vec::new();
@@ -208,7 +211,9 @@ fn apply(c: &mut SqliteConnection, rows: &PgRows, report: &mut RollbackReport) -
             ))
             .execute(c)?;
         if updated == 0 {
-            diesel::insert_into(sessions::table).values(row).execute(c)?;
+            diesel::insert_into(sessions::table)
+                .values(row)
+                .execute(c)?;
             report.sessions_inserted += 1;
         } else {
             report.sessions_updated += 1;

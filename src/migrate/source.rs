@@ -262,7 +262,8 @@ impl Source {
     pub fn sessions_by_key(&mut self, keys: &[&String]) -> Result<Vec<RawSession>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let json = serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
             out.extend(
                 diesel::sql_query(format!(
                     "SELECT {} FROM sessions WHERE id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
@@ -283,7 +284,8 @@ impl Source {
     ) -> Result<Vec<R>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(KEYS_PER_QUERY) {
-            let json = serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
             out.extend(
                 diesel::sql_query(format!(
                     "SELECT {} FROM {table} WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
@@ -301,7 +303,8 @@ impl Source {
     pub fn children_of(&mut self, table: Table, keys: &[&String]) -> Result<Vec<i64>> {
         let mut out = Vec::new();
         for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let json = serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
             out.extend(
                 diesel::sql_query(format!(
                     "SELECT rowid AS n FROM {table} WHERE session_id IN (SELECT value FROM json_each(?))"

@@ -408,8 +408,8 @@ fn upsert_sessions(
 /// whatever children PostgreSQL still has of them.
 fn delete_rows(pg: &mut PgConnection, changed: &Changed, report: &mut SyncReport) -> Result<()> {
     for chunk in changed.deleted_messages.chunks(10_000) {
-        report.messages_deleted += diesel::delete(messages::table.filter(messages::id.eq_any(chunk)))
-            .execute(pg)? as u64;
+        report.messages_deleted +=
+            diesel::delete(messages::table.filter(messages::id.eq_any(chunk))).execute(pg)? as u64;
     }
     for chunk in changed.deleted_drafts.chunks(10_000) {
         report.drafts_deleted +=

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::check::{self, SCAN_BATCH};
-use super::pipeline::{read_batches, Rows};
 use super::normalize::Reject;
+use super::pipeline::{read_batches, Rows};
 use super::source::{Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
