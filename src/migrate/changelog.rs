@@ -28,7 +28,9 @@ use super::source::Table;
 use crate::error::Result;
 
 /// The SQLite log and its triggers. `IF NOT EXISTS` throughout: installing
-/// twice is a no-op. An UPDATE that changes a session's id logs both ids.
+/// twice is a no-op. An UPDATE that changes a session's id logs both ids; one
+/// that changes no value (the store's no-op `SET updated_at = updated_at` row lock before an
+/// append) logs nothing.
 const SQLITE_INSTALL: &str = "
 CREATE TABLE IF NOT EXISTS interview_change_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,7 +41,9 @@ CREATE TABLE IF NOT EXISTS interview_change_log (
 CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_insert AFTER INSERT ON sessions BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('sessions', coalesce(CAST(NEW.id AS TEXT), ''), 'insert');
 END;
-CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_update AFTER UPDATE ON sessions BEGIN
+CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_update AFTER UPDATE ON sessions
+    WHEN OLD.id IS NOT NEW.id OR OLD.created_at IS NOT NEW.created_at OR OLD.updated_at IS NOT NEW.updated_at OR OLD.summary IS NOT NEW.summary
+BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op)
         SELECT 'sessions', coalesce(CAST(OLD.id AS TEXT), ''), 'update' WHERE OLD.id IS NOT NEW.id;
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('sessions', coalesce(CAST(NEW.id AS TEXT), ''), 'update');
@@ -50,7 +54,9 @@ END;
 CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_insert AFTER INSERT ON messages BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('messages', NEW.rowid, 'insert');
 END;
-CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_update AFTER UPDATE ON messages BEGIN
+CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_update AFTER UPDATE ON messages
+    WHEN OLD.rowid IS NOT NEW.rowid OR OLD.session_id IS NOT NEW.session_id OR OLD.role IS NOT NEW.role OR OLD.text IS NOT NEW.text OR OLD.created_at IS NOT NEW.created_at
+BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op)
         SELECT 'messages', OLD.rowid, 'update' WHERE OLD.rowid IS NOT NEW.rowid;
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('messages', NEW.rowid, 'update');
@@ -61,7 +67,9 @@ END;
 CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_insert AFTER INSERT ON drafts BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('drafts', NEW.rowid, 'insert');
 END;
-CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_update AFTER UPDATE ON drafts BEGIN
+CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_update AFTER UPDATE ON drafts
+    WHEN OLD.rowid IS NOT NEW.rowid OR OLD.session_id IS NOT NEW.session_id OR OLD.content IS NOT NEW.content OR OLD.created_at IS NOT NEW.created_at
+BEGIN
     INSERT INTO interview_change_log (table_name, row_key, op)
         SELECT 'drafts', OLD.rowid, 'update' WHERE OLD.rowid IS NOT NEW.rowid;
     INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('drafts', NEW.rowid, 'update');
@@ -109,20 +117,32 @@ BEGIN
     RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS interview_change_log_sessions ON sessions;
-CREATE TRIGGER interview_change_log_sessions AFTER INSERT OR UPDATE OR DELETE ON sessions
+CREATE TRIGGER interview_change_log_sessions AFTER INSERT OR DELETE ON sessions
     FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_sessions_update ON sessions;
+CREATE TRIGGER interview_change_log_sessions_update AFTER UPDATE ON sessions
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
 DROP TRIGGER IF EXISTS interview_change_log_messages ON messages;
-CREATE TRIGGER interview_change_log_messages AFTER INSERT OR UPDATE OR DELETE ON messages
+CREATE TRIGGER interview_change_log_messages AFTER INSERT OR DELETE ON messages
     FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_messages_update ON messages;
+CREATE TRIGGER interview_change_log_messages_update AFTER UPDATE ON messages
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
 DROP TRIGGER IF EXISTS interview_change_log_drafts ON drafts;
-CREATE TRIGGER interview_change_log_drafts AFTER INSERT OR UPDATE OR DELETE ON drafts
+CREATE TRIGGER interview_change_log_drafts AFTER INSERT OR DELETE ON drafts
     FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_drafts_update ON drafts;
+CREATE TRIGGER interview_change_log_drafts_update AFTER UPDATE ON drafts
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
 ";
 
 const PG_UNINSTALL: &str = "
 DROP TRIGGER IF EXISTS interview_change_log_sessions ON sessions;
+DROP TRIGGER IF EXISTS interview_change_log_sessions_update ON sessions;
 DROP TRIGGER IF EXISTS interview_change_log_messages ON messages;
+DROP TRIGGER IF EXISTS interview_change_log_messages_update ON messages;
 DROP TRIGGER IF EXISTS interview_change_log_drafts ON drafts;
+DROP TRIGGER IF EXISTS interview_change_log_drafts_update ON drafts;
 DROP FUNCTION IF EXISTS interview_change_log_record();
 DROP TABLE IF EXISTS interview_change_log;
 ";
