@@ -247,3 +247,41 @@ fn an_existing_sqlite_url_never_creates_the_file() {
     .unwrap();
     assert_eq!(store.counts().unwrap().sessions, 0);
 }
+
+/// Warnings logged by this test binary (the only logger it installs).
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            WARNINGS.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_service_creating_its_database_says_where_at_warn() {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let store = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    store.migrate().unwrap();
+    let absolute = std::fs::canonicalize(&path).unwrap().display().to_string();
+    let said = |w: &Vec<String>| w.iter().filter(|m| m.contains(&absolute)).count();
+    assert_eq!(
+        said(&WARNINGS.lock().unwrap()),
+        1,
+        "{:?}",
+        WARNINGS.lock().unwrap()
+    );
+    drop(store);
+    // Opening it again creates nothing and says nothing.
+    Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    assert_eq!(said(&WARNINGS.lock().unwrap()), 1);
+}
