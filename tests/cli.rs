@@ -158,7 +158,14 @@ fn a_keyword_value_string_is_postgres_and_its_password_is_never_printed() {
         vec!["setup", "--postgres", &conninfo],
         vec!["status", "--postgres", &conninfo],
     ] {
-        let o = run_in(dir.path(), &args);
+        // With the info log on, which names the database being opened.
+        let o = Command::new(migrate_bin())
+            .current_dir(dir.path())
+            .args(&args)
+            .env_remove("INTERVIEW_POSTGRES_URL")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));
         assert!(text(&o).contains("password=***"), "{}", text(&o));
         assert!(!text(&o).contains("hunter2"), "{}", text(&o));
