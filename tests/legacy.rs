@@ -251,4 +251,17 @@ fn invalid_utf8_in_ids_and_timestamps_is_corrupt_on_every_read_path() {
             "{diff:?}"
         );
     }
+
+    // Once every id reads, a page names the row that does not.
+    conn.batch_execute(&format!(
+        "DELETE FROM sessions WHERE id NOT IN ('{a}', '{c}', '{d}')"
+    ))
+    .unwrap();
+    let text = corrupt(
+        store
+            .list_sessions(interview_store::Page::default())
+            .map(|s| format!("{s:?}")),
+        &format!("session {a} (sessions page"),
+    );
+    assert!(text.contains("created_at"), "{text}");
 }
