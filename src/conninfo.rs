@@ -273,8 +273,13 @@ fn pairs_secrets(s: &str) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Whether `s` is read as a URI; keyword/value strings may hold `://` in a value.
+fn is_uri_form(s: &str) -> bool {
+    s.contains("://") && !looks_like_pairs(s)
+}
+
 fn secret_spans(s: &str) -> Vec<Range<usize>> {
-    if s.contains("://") {
+    if is_uri_form(s) {
         uri_secrets(s)
     } else {
         pairs_secrets(s)
@@ -316,7 +321,7 @@ pub fn mask_password(s: &str) -> String {
 /// percent-decoded or unquoted as libpq uses it.
 fn secret_forms(s: &str) -> Vec<String> {
     let mut forms = Vec::new();
-    if s.contains("://") {
+    if is_uri_form(s) {
         for r in uri_secrets(s) {
             let raw = &s[r];
             forms.push(percent_decode_str(raw).decode_utf8_lossy().into_owned());

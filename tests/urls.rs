@@ -33,6 +33,7 @@ const FORMS: &[&str] = &[
     "postgres://app@127.0.0.1:{port}/interview?sslmode=disable&password={pw-enc}&sslpassword={pw-enc}",
     "host=127.0.0.1 port={port} user=app password={pw-quoted} dbname=interview",
     "host=127.0.0.1 port={port} password = {pw-quoted} sslpassword={pw-quoted} dbname=interview",
+    "host=127.0.0.1 port={port} application_name=see://here password={pw-quoted} dbname=interview",
 ];
 
 fn fill(form: &str, pw: &str, port: u16) -> String {
