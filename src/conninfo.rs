@@ -268,9 +268,16 @@ fn pairs_secrets(s: &str) -> Vec<Range<usize>> {
     scan_pairs(s)
         .0
         .into_iter()
-        .filter(|p| is_secret(&p.key))
+        .filter(holds_secret)
         .map(|p| p.span)
         .collect()
+}
+
+/// A secret keyword, or a value that is itself a connection string with a
+/// password in it (libpq may expand a `dbname` so; masked whole, to be safe).
+fn holds_secret(p: &Pair) -> bool {
+    // The value is shorter than the string it came from, so this recursion ends.
+    is_secret(&p.key) || !secret_spans(&p.value).is_empty()
 }
 
 /// Whether `s` is read as a URI; keyword/value strings may hold `://` in a value.
@@ -328,10 +335,13 @@ fn secret_forms(s: &str) -> Vec<String> {
             forms.push(raw.to_string());
         }
     } else {
-        for p in scan_pairs(s).0.into_iter().filter(|p| is_secret(&p.key)) {
+        for p in scan_pairs(s).0.into_iter().filter(holds_secret) {
             let raw = &s[p.span.clone()];
             forms.push(raw.trim_matches('\'').to_string());
             forms.push(raw.to_string());
+            if !is_secret(&p.key) {
+                forms.extend(secret_forms(&p.value));
+            }
             forms.push(p.value);
         }
     }
@@ -385,6 +395,14 @@ mod tests {
         assert_eq!(
             mask_password("postgres://u:p/a?s#s@h/db?password=1&x=2&SSLPassword=3&pass%77ord=4"),
             "postgres://u:***@h/db?password=***&x=2&SSLPassword=***&pass%77ord=***"
+        );
+        assert_eq!(
+            mask_password("host=h dbname='postgres://u:pw@h/db' user=u"),
+            "host=h dbname=*** user=u"
+        );
+        assert_eq!(
+            mask_in_text("bad pw here", "host=h dbname='user=u password=pw'"),
+            "bad *** here"
         );
         assert_eq!(
             mask_password("password = 'unterminated secret"),
