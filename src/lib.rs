@@ -13,9 +13,11 @@
 //! `chrono::DateTime<Utc>` timestamps at microsecond precision.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
+mod conninfo;
 pub mod error;
 pub mod migrate;
 pub mod migrations;

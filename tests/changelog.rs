@@ -229,7 +229,7 @@ fn copy_truncate_checks_first_and_deletes_nothing_without_yes() {
     // An unreadable source is found before anything is deleted.
     let missing = src.path.with_file_name("missing.db");
     let err = copy(&missing, &url, &truncate).unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::NoSuchFile { .. }), "{err:?}");
     let err = copy(&src.path, &url, &truncate).unwrap_err();
     assert_eq!(err.category(), Category::Input);
     assert!(

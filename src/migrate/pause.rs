@@ -11,7 +11,7 @@ use diesel::sql_types::Bool;
 use std::path::Path;
 
 use crate::connection::{AnyConnection, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(QueryableByName)]
 struct Flag {
@@ -91,17 +91,7 @@ pub(crate) fn make_live(conn: &mut AnyConnection) -> Result<()> {
 
 /// Opens the SQLite file for the migration's own writes; never creates one.
 pub(crate) fn open_sqlite(path: &Path) -> Result<AnyConnection> {
-    let shown = path.display().to_string();
-    if !path.is_file() {
-        return Err(Error::Connect {
-            url: shown,
-            reason: "no such SQLite file".into(),
-        });
-    }
-    let mut conn = SqliteConnection::establish(&shown).map_err(|e| Error::Connect {
-        url: shown,
-        reason: e.to_string(),
-    })?;
+    let mut conn = crate::connection::open_existing_sqlite(path)?;
     conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")?;
     Ok(AnyConnection::Sqlite(conn))
 }

@@ -62,6 +62,8 @@ pub struct RollbackReport {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn rollback_sync(sqlite: &Path, postgres: &DatabaseUrl) -> Result<RollbackReport> {
+    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    crate::connection::require_sqlite_file(sqlite)?;
     let _lock = MigrationLock::acquire(postgres)?;
     let mut pg = state::connect(postgres)?;
     let mark = rollback_allowed(&mut pg, postgres)?;

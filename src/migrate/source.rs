@@ -174,16 +174,7 @@ impl Source {
     /// Opens an existing file; never creates one, never changes its journal mode.
     pub fn open(path: &Path) -> Result<Source> {
         let shown = path.display().to_string();
-        if !path.is_file() {
-            return Err(Error::Connect {
-                url: shown,
-                reason: "no such SQLite file".into(),
-            });
-        }
-        let mut conn = SqliteConnection::establish(&shown).map_err(|e| Error::Connect {
-            url: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut conn = crate::connection::open_existing_sqlite(path)?;
         conn.batch_execute("PRAGMA busy_timeout = 10000")?;
         let mode = diesel::sql_query("PRAGMA journal_mode")
             .get_result::<Mode>(&mut conn)?

@@ -45,6 +45,8 @@ pub struct SwitchReport {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn switch(sqlite: &Path, postgres: &DatabaseUrl, to: Backend) -> Result<SwitchReport> {
+    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    crate::connection::require_sqlite_file(sqlite)?;
     let _lock = MigrationLock::acquire(postgres)?;
     let mut pg = state::connect(postgres)?;
     let st = state::load(&mut pg)?;
