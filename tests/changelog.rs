@@ -117,6 +117,9 @@ fn a_legacy_writer_without_clock_discipline_is_carried_over() {
     let (_db, url) = pg();
     copy(&src.path, &url, &CopyOptions::default()).unwrap();
     assert_eq!(change_log_entries(&src.path).unwrap(), Some(0));
+    // An update that changes no value (the store's row lock) is not a change.
+    src.exec("UPDATE sessions SET updated_at = updated_at");
+    assert_eq!(change_log_entries(&src.path).unwrap(), Some(0));
     let s = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
     src.exec(&format!(
         "UPDATE sessions SET summary = 'edited, updated_at untouched' WHERE id = '{}';
