@@ -109,6 +109,29 @@ impl DatabaseUrl {
         }
     }
 
+    /// The same database with libpq's `connect_timeout` set, unless the URL sets one.
+    pub(crate) fn with_connect_timeout(&self, timeout: Duration) -> DatabaseUrl {
+        if self.backend != Backend::Postgres
+            || self.target.to_ascii_lowercase().contains("connect_timeout=")
+        {
+            return self.clone();
+        }
+        // libpq counts whole seconds.
+        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        let lower = self.target.to_ascii_lowercase();
+        let separator = if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            " " // keyword/value form
+        } else if self.target.contains('?') {
+            "&"
+        } else {
+            "?"
+        };
+        DatabaseUrl {
+            backend: self.backend,
+            target: format!("{}{separator}connect_timeout={}", self.target, secs.max(1)),
+        }
+    }
+
     /// Opens one connection of the right variant (never tries the other backend).
     pub fn establish(&self) -> Result<AnyConnection> {
         let conn = match self.backend {
@@ -222,10 +245,12 @@ fn password_of(url: &str) -> Option<&str> {
 ///
 /// SQLite: WAL, enforced foreign keys, a busy timeout and `synchronous=NORMAL`
 /// (durable across application crashes, and fast in WAL mode). PostgreSQL: the
-/// session time zone set to UTC, so text renderings agree with SQLite.
+/// session time zone set to UTC, so text renderings agree with SQLite, and the
+/// statement timeout when one is configured.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSetup {
     pub busy_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
 }
 
 impl ConnectionSetup {
@@ -235,7 +260,17 @@ impl ConnectionSetup {
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
-            AnyConnection::Postgres(c) => c.batch_execute("SET TIME ZONE 'UTC'"),
+            AnyConnection::Postgres(c) => {
+                c.batch_execute("SET TIME ZONE 'UTC'")?;
+                match self.statement_timeout {
+                    // A plain SET lasts for the connection; behind a transaction pooler it would need SET LOCAL.
+                    Some(t) => c.batch_execute(&format!(
+                        "SET statement_timeout = {}",
+                        t.as_millis().max(1)
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
+mod breaker;
 pub mod error;
 pub mod migrate;
 pub mod migrations;
@@ -32,7 +33,7 @@ pub use connection::{AnyConnection, Backend, DatabaseUrl};
 pub use error::{Category, Error, Result};
 pub use pool::{PoolConfig, PoolState};
 pub use store::{
-    Draft, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
+    Claim, Draft, KeyPolicy, Recorded, Ticket, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
     TableCounts,
 };
 
