@@ -71,7 +71,7 @@ impl Breaker {
         }
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
-            .name("interview-store-probe".into())
+            .name("store-probe".into())
             .spawn(move || probe(weak));
         match spawned {
             Ok(_) => state.probing = true,
