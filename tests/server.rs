@@ -845,3 +845,102 @@ fn sqlite_writer_queue_wait_is_bounded() {
         srv.shutdown().await;
     });
 }
+
+/// While PostgreSQL refuses connections, requests get 503 at once instead of each
+/// waiting the pool's timeout; acknowledged writes survive; service resumes when it is back.
+#[test]
+fn unreachable_database_fails_fast_and_recovers() {
+    let pg = common::PgDatabase::create();
+    runtime().block_on(async {
+        let rest = pg.url.split("://").nth(1).unwrap();
+        let hostport = rest.split('@').next_back().unwrap().split('/').next().unwrap();
+        let upstream = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:5432")
+        };
+        let proxy = Proxy::start(0, upstream.clone()).await;
+        let via_proxy = pg.url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        let db_name = pg.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+        let config = StoreConfig {
+            pool: PoolConfig {
+                max_size: 4,
+                // Long on purpose: no request may wait it out while the database is down.
+                connection_timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+            health_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let store = tokio::task::spawn_blocking(move || {
+            let s = Store::connect(&via_proxy, config).unwrap();
+            s.migrate().unwrap();
+            s
+        })
+        .await
+        .unwrap();
+        let srv = TestServer::start(store, None).await;
+        let id = srv.start_session().await;
+        let mut acked = Vec::new();
+        for n in 0..5 {
+            let text = format!("acknowledged {n}");
+            let (status, _) = srv.post("/interview/chat", json!({"session_id": id, "text": text})).await;
+            assert_eq!(status, StatusCode::OK);
+            acked.push(text);
+        }
+
+        proxy.stop();
+        for n in 0..10 {
+            let started = std::time::Instant::now();
+            let r = srv
+                .http
+                .post(format!("{}/interview/chat", srv.base))
+                .json(&json!({"session_id": id, "text": format!("during the outage {n}")}))
+                .send()
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()["retry-after"], "5");
+            let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(category(&body), "unavailable");
+            assert_eq!(body["error"]["request_id"], request_id.as_str());
+            let text = body.to_string();
+            for leak in ["127.0.0.1", &proxy.port.to_string(), &db_name, "postgres"] {
+                assert!(!text.contains(leak), "{leak:?} in {body}");
+            }
+            // Far below the pool's 5 s: nobody waits for a database known to be down.
+            assert!(took < Duration::from_secs(2), "request {n} took {took:?}");
+        }
+        let (status, health) = srv.get("/health").await;
+        assert_eq!((status, health["db"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("down")));
+
+        let back = Proxy::start(proxy.port, upstream).await;
+        let returned = std::time::Instant::now();
+        let mut served = false;
+        while returned.elapsed() < Duration::from_secs(5) {
+            let (status, _) = srv.post("/interview/chat", json!({"session_id": id, "text": "after"})).await;
+            if status == StatusCode::OK {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(served, "serving again once the database is back");
+        let (_, session) = srv.get(&format!("/interview/session/{id}")).await;
+        let texts: Vec<&str> = session["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        for a in &acked {
+            assert!(texts.contains(&a.as_str()), "acknowledged {a:?} survived");
+        }
+        assert!(!texts.iter().any(|t| t.starts_with("during the outage")));
+        assert_eq!(texts.iter().filter(|t| **t == "after").count(), 1);
+        srv.shutdown().await;
+        back.stop();
+    });
+}
