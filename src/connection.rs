@@ -112,14 +112,18 @@ impl DatabaseUrl {
     /// The same database with libpq's `connect_timeout` set, unless the URL sets one.
     pub(crate) fn with_connect_timeout(&self, timeout: Duration) -> DatabaseUrl {
         if self.backend != Backend::Postgres
-            || self.target.to_ascii_lowercase().contains("connect_timeout=")
+            || self
+                .target
+                .to_ascii_lowercase()
+                .contains("connect_timeout=")
         {
             return self.clone();
         }
         // libpq counts whole seconds.
         let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
         let lower = self.target.to_ascii_lowercase();
-        let separator = if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+        let separator = if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://"))
+        {
             " " // keyword/value form
         } else if self.target.contains('?') {
             "&"

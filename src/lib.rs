@@ -14,9 +14,9 @@
 
 #![warn(missing_docs)]
 
+mod breaker;
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
-mod breaker;
 pub mod error;
 pub mod migrate;
 pub mod migrations;
@@ -33,8 +33,8 @@ pub use connection::{AnyConnection, Backend, DatabaseUrl};
 pub use error::{Category, Error, Result};
 pub use pool::{PoolConfig, PoolState};
 pub use store::{
-    Claim, Draft, KeyPolicy, Recorded, Ticket, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
-    TableCounts,
+    Claim, Draft, Health, KeyPolicy, Message, Page, Recorded, Role, Session, SessionWithMessages,
+    Store, StoreConfig, TableCounts, Ticket,
 };
 
 // The README's Rust examples run as doctests, so they cannot rot.

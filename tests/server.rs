@@ -542,12 +542,7 @@ fn slow_state(store: Store, delay: Duration) -> AppState {
     state
 }
 
-async fn post_keyed(
-    srv: &TestServer,
-    path: &str,
-    key: &str,
-    body: Value,
-) -> (StatusCode, Value) {
+async fn post_keyed(srv: &TestServer, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
     let r = srv
         .http
         .post(format!("{}{path}", srv.base))
@@ -560,141 +555,229 @@ async fn post_keyed(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-backend_test!(idempotency_key_replays_refuses_and_stores_once, |db: &TestDb| {
-    runtime().block_on(async {
-        let store = db.store();
-        let srv = TestServer::start_with(slow_state(store.clone(), Duration::from_millis(1500))).await;
-        let first = post_keyed(&srv, "/interview/start", "start-1", json!({})).await;
-        assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
-        assert_eq!(post_keyed(&srv, "/interview/start", "start-1", json!({})).await, first, "same answer");
-        assert_eq!(store.counts().unwrap().sessions, 1, "one session for two requests");
-        let id = first.1["session_id"].as_str().unwrap().to_string();
+backend_test!(
+    idempotency_key_replays_refuses_and_stores_once,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let store = db.store();
+            let srv =
+                TestServer::start_with(slow_state(store.clone(), Duration::from_millis(1500)))
+                    .await;
+            let first = post_keyed(&srv, "/interview/start", "start-1", json!({})).await;
+            assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
+            assert_eq!(
+                post_keyed(&srv, "/interview/start", "start-1", json!({})).await,
+                first,
+                "same answer"
+            );
+            assert_eq!(
+                store.counts().unwrap().sessions,
+                1,
+                "one session for two requests"
+            );
+            let id = first.1["session_id"].as_str().unwrap().to_string();
 
-        // A retry while the first is still thinking: 409, nothing stored twice.
-        let turn = json!({"session_id": id, "text": "I built a compiler."});
-        let running = {
-            let (base, http, turn) = (srv.base.clone(), srv.http.clone(), turn.clone());
-            tokio::spawn(async move {
-                let r = http
-                    .post(format!("{base}/interview/chat"))
-                    .header("idempotency-key", "chat-1")
-                    .json(&turn)
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status(), r.json::<Value>().await.unwrap())
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = post_keyed(&srv, "/interview/chat", "chat-1", turn.clone()).await;
-        assert_eq!((status, category(&body)), (StatusCode::CONFLICT, "conflict"), "{body}");
-        let answered = running.await.unwrap();
-        assert_eq!(answered.0, StatusCode::OK, "{}", answered.1);
-        // The retry after the timeout gets the first answer, byte for byte.
-        assert_eq!(post_keyed(&srv, "/interview/chat", "chat-1", turn.clone()).await, answered);
-        let messages = store.get_session(id.parse().unwrap()).unwrap().messages;
-        assert_eq!(messages.len(), 3, "the user's message is stored once");
+            // A retry while the first is still thinking: 409, nothing stored twice.
+            let turn = json!({"session_id": id, "text": "I built a compiler."});
+            let running = {
+                let (base, http, turn) = (srv.base.clone(), srv.http.clone(), turn.clone());
+                tokio::spawn(async move {
+                    let r = http
+                        .post(format!("{base}/interview/chat"))
+                        .header("idempotency-key", "chat-1")
+                        .json(&turn)
+                        .send()
+                        .await
+                        .unwrap();
+                    (r.status(), r.json::<Value>().await.unwrap())
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (status, body) = post_keyed(&srv, "/interview/chat", "chat-1", turn.clone()).await;
+            assert_eq!(
+                (status, category(&body)),
+                (StatusCode::CONFLICT, "conflict"),
+                "{body}"
+            );
+            let answered = running.await.unwrap();
+            assert_eq!(answered.0, StatusCode::OK, "{}", answered.1);
+            // The retry after the timeout gets the first answer, byte for byte.
+            assert_eq!(
+                post_keyed(&srv, "/interview/chat", "chat-1", turn.clone()).await,
+                answered
+            );
+            let messages = store.get_session(id.parse().unwrap()).unwrap().messages;
+            assert_eq!(messages.len(), 3, "the user's message is stored once");
 
-        // Same key, another body: 422, nothing stored.
-        let other = json!({"session_id": id, "text": "Something else."});
-        let (status, body) = post_keyed(&srv, "/interview/chat", "chat-1", other).await;
-        assert_eq!((status, category(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "input"), "{body}");
-        assert_eq!(store.get_session(id.parse().unwrap()).unwrap().messages.len(), 3);
-
-        let draft = json!({"session_id": id, "content": "Mine"});
-        let first = post_keyed(&srv, "/interview/draft", "draft-1", draft.clone()).await;
-        assert_eq!(first.0, StatusCode::CREATED);
-        assert_eq!(post_keyed(&srv, "/interview/draft", "draft-1", draft).await, first);
-        assert_eq!(store.counts().unwrap().drafts, 1);
-
-        // A request that failed stored nothing, so its retry runs.
-        let unknown = json!({"session_id": uuid::Uuid::now_v7(), "text": "x"});
-        let (status, _) = post_keyed(&srv, "/interview/chat", "chat-2", unknown.clone()).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        let (status, _) = post_keyed(&srv, "/interview/chat", "chat-2", unknown).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "not 409: the failed claim was released");
-
-        let (status, body) = post_keyed(&srv, "/interview/start", "bad key ✗", json!({})).await;
-        assert_eq!((status, category(&body)), (StatusCode::BAD_REQUEST, "input"), "{body}");
-        srv.shutdown().await;
-    });
-});
-
-backend_test!(over_the_concurrency_limit_answers_503_at_once, |db: &TestDb| {
-    runtime().block_on(async {
-        let store = db.store();
-        let id = store.start_session().unwrap().id;
-        let mut state = slow_state(store, Duration::from_millis(1500));
-        state.limits.max_concurrent_requests = 1;
-        let srv = TestServer::start_with(state).await;
-        let busy = {
-            let (base, http) = (srv.base.clone(), srv.http.clone());
-            tokio::spawn(async move {
-                http.post(format!("{base}/interview/chat"))
-                    .json(&json!({"session_id": id, "text": "slow"}))
-                    .send()
-                    .await
+            // Same key, another body: 422, nothing stored.
+            let other = json!({"session_id": id, "text": "Something else."});
+            let (status, body) = post_keyed(&srv, "/interview/chat", "chat-1", other).await;
+            assert_eq!(
+                (status, category(&body)),
+                (StatusCode::UNPROCESSABLE_ENTITY, "input"),
+                "{body}"
+            );
+            assert_eq!(
+                store
+                    .get_session(id.parse().unwrap())
                     .unwrap()
-                    .status()
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = srv.http.get(format!("{}/health", srv.base)).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.headers()["retry-after"], "5");
-        assert_eq!(category(&r.json().await.unwrap()), "unavailable");
-        assert_eq!(busy.await.unwrap(), StatusCode::OK);
-        assert_eq!(srv.get("/health").await.0, StatusCode::OK, "served again once below the limit");
-        srv.shutdown().await;
-    });
-});
+                    .messages
+                    .len(),
+                3
+            );
 
-backend_test!(error_bodies_name_the_request_not_the_database, |db: &TestDb| {
-    runtime().block_on(async {
-        let store = db.store();
-        let id = store.start_session().unwrap().id;
-        store
-            .with_connection(|c| {
-                use diesel::connection::SimpleConnection;
-                Ok(c.batch_execute("DROP TABLE drafts")?)
-            })
-            .unwrap();
-        let srv = TestServer::start(store, None).await;
-        let r = srv
-            .http
-            .post(format!("{}/interview/draft", srv.base))
-            .json(&json!({"session_id": id, "content": "x"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let header_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(category(&body), "db");
-        assert_eq!(body["error"]["request_id"], header_id.as_str(), "{body}");
-        let text = body.to_string().to_lowercase();
-        for leak in ["drafts", "no such table", "does not exist", "insert", "postgres", "sqlite", "127.0.0.1", "interview_store_test", "interview.db"] {
-            assert!(!text.contains(leak), "{leak:?} in {body}");
-        }
-        // Unknown routes and methods answer in the same shape, with an id.
-        let r = srv.http.delete(format!("{}/health", srv.base)).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert!(r.headers().contains_key("x-request-id"));
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(category(&body), "input", "{body}");
-        srv.shutdown().await;
-    });
-});
+            let draft = json!({"session_id": id, "content": "Mine"});
+            let first = post_keyed(&srv, "/interview/draft", "draft-1", draft.clone()).await;
+            assert_eq!(first.0, StatusCode::CREATED);
+            assert_eq!(
+                post_keyed(&srv, "/interview/draft", "draft-1", draft).await,
+                first
+            );
+            assert_eq!(store.counts().unwrap().drafts, 1);
+
+            // A request that failed stored nothing, so its retry runs.
+            let unknown = json!({"session_id": uuid::Uuid::now_v7(), "text": "x"});
+            let (status, _) = post_keyed(&srv, "/interview/chat", "chat-2", unknown.clone()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            let (status, _) = post_keyed(&srv, "/interview/chat", "chat-2", unknown).await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "not 409: the failed claim was released"
+            );
+
+            let (status, body) = post_keyed(&srv, "/interview/start", "bad key ✗", json!({})).await;
+            assert_eq!(
+                (status, category(&body)),
+                (StatusCode::BAD_REQUEST, "input"),
+                "{body}"
+            );
+            srv.shutdown().await;
+        });
+    }
+);
+
+backend_test!(
+    over_the_concurrency_limit_answers_503_at_once,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let store = db.store();
+            let id = store.start_session().unwrap().id;
+            let mut state = slow_state(store, Duration::from_millis(1500));
+            state.limits.max_concurrent_requests = 1;
+            let srv = TestServer::start_with(state).await;
+            let busy = {
+                let (base, http) = (srv.base.clone(), srv.http.clone());
+                tokio::spawn(async move {
+                    http.post(format!("{base}/interview/chat"))
+                        .json(&json!({"session_id": id, "text": "slow"}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let r = srv
+                .http
+                .get(format!("{}/health", srv.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()["retry-after"], "5");
+            assert_eq!(category(&r.json().await.unwrap()), "unavailable");
+            assert_eq!(busy.await.unwrap(), StatusCode::OK);
+            assert_eq!(
+                srv.get("/health").await.0,
+                StatusCode::OK,
+                "served again once below the limit"
+            );
+            srv.shutdown().await;
+        });
+    }
+);
+
+backend_test!(
+    error_bodies_name_the_request_not_the_database,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let store = db.store();
+            let id = store.start_session().unwrap().id;
+            store
+                .with_connection(|c| {
+                    use diesel::connection::SimpleConnection;
+                    Ok(c.batch_execute("DROP TABLE drafts")?)
+                })
+                .unwrap();
+            let srv = TestServer::start(store, None).await;
+            let r = srv
+                .http
+                .post(format!("{}/interview/draft", srv.base))
+                .json(&json!({"session_id": id, "content": "x"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let header_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(category(&body), "db");
+            assert_eq!(body["error"]["request_id"], header_id.as_str(), "{body}");
+            let text = body.to_string().to_lowercase();
+            for leak in [
+                "drafts",
+                "no such table",
+                "does not exist",
+                "insert",
+                "postgres",
+                "sqlite",
+                "127.0.0.1",
+                "interview_store_test",
+                "interview.db",
+            ] {
+                assert!(!text.contains(leak), "{leak:?} in {body}");
+            }
+            // Unknown routes and methods answer in the same shape, with an id.
+            let r = srv
+                .http
+                .delete(format!("{}/health", srv.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+            assert!(r.headers().contains_key("x-request-id"));
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(category(&body), "input", "{body}");
+            srv.shutdown().await;
+        });
+    }
+);
 
 backend_test!(metrics_labels_come_from_fixed_sets, |db: &TestDb| {
     runtime().block_on(async {
         let srv = TestServer::start(db.store(), None).await;
         for n in 0..5 {
             let method = reqwest::Method::from_bytes(format!("MADEUP{n}").as_bytes()).unwrap();
-            srv.http.request(method, format!("{}/health", srv.base)).send().await.unwrap();
-            srv.http.get(format!("{}/no/such/path{n}", srv.base)).send().await.unwrap();
+            srv.http
+                .request(method, format!("{}/health", srv.base))
+                .send()
+                .await
+                .unwrap();
+            srv.http
+                .get(format!("{}/no/such/path{n}", srv.base))
+                .send()
+                .await
+                .unwrap();
         }
-        let metrics = srv.http.get(format!("{}/metrics", srv.base)).send().await.unwrap().text().await.unwrap();
+        let metrics = srv
+            .http
+            .get(format!("{}/metrics", srv.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(!metrics.contains("MADEUP"), "{metrics}");
         assert!(!metrics.contains("/no/such"), "{metrics}");
         assert!(metrics.contains("method=\"other\""), "{metrics}");
@@ -727,9 +810,11 @@ backend_test!(admin_bearer_scheme_is_case_insensitive, |db: &TestDb| {
     });
 });
 
-backend_test!(slow_header_clients_do_not_stall_the_server, |db: &TestDb| {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    runtime().block_on(async {
+backend_test!(
+    slow_header_clients_do_not_stall_the_server,
+    |db: &TestDb| {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        runtime().block_on(async {
         let store = db.store();
         let id = store.start_session().unwrap().id;
         let mut state = AppState::new(store);
@@ -779,7 +864,8 @@ backend_test!(slow_header_clients_do_not_stall_the_server, |db: &TestDb| {
         assert_eq!(closed, 200);
         srv.shutdown().await;
     });
-});
+    }
+);
 
 backend_test!(shutdown_has_a_deadline, |db: &TestDb| {
     use tokio::io::AsyncWriteExt;
@@ -840,7 +926,12 @@ fn sqlite_writer_queue_wait_is_bounded() {
         assert_eq!(category(&r.json().await.unwrap()), "unavailable");
         other.batch_execute("COMMIT").unwrap();
         first.join().unwrap().unwrap();
-        let (status, _) = srv.post("/interview/chat", json!({"session_id": id, "text": "later"})).await;
+        let (status, _) = srv
+            .post(
+                "/interview/chat",
+                json!({"session_id": id, "text": "later"}),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK);
         srv.shutdown().await;
     });
@@ -853,15 +944,31 @@ fn unreachable_database_fails_fast_and_recovers() {
     let pg = common::PgDatabase::create();
     runtime().block_on(async {
         let rest = pg.url.split("://").nth(1).unwrap();
-        let hostport = rest.split('@').next_back().unwrap().split('/').next().unwrap();
+        let hostport = rest
+            .split('@')
+            .next_back()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
         let upstream = if hostport.contains(':') {
             hostport.to_string()
         } else {
             format!("{hostport}:5432")
         };
         let proxy = Proxy::start(0, upstream.clone()).await;
-        let via_proxy = pg.url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
-        let db_name = pg.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+        let via_proxy = pg
+            .url
+            .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        let db_name = pg
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_string();
         let config = StoreConfig {
             pool: PoolConfig {
                 max_size: 4,
@@ -884,7 +991,9 @@ fn unreachable_database_fails_fast_and_recovers() {
         let mut acked = Vec::new();
         for n in 0..5 {
             let text = format!("acknowledged {n}");
-            let (status, _) = srv.post("/interview/chat", json!({"session_id": id, "text": text})).await;
+            let (status, _) = srv
+                .post("/interview/chat", json!({"session_id": id, "text": text}))
+                .await;
             assert_eq!(status, StatusCode::OK);
             acked.push(text);
         }
@@ -914,13 +1023,21 @@ fn unreachable_database_fails_fast_and_recovers() {
             assert!(took < Duration::from_secs(2), "request {n} took {took:?}");
         }
         let (status, health) = srv.get("/health").await;
-        assert_eq!((status, health["db"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("down")));
+        assert_eq!(
+            (status, health["db"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("down"))
+        );
 
         let back = Proxy::start(proxy.port, upstream).await;
         let returned = std::time::Instant::now();
         let mut served = false;
         while returned.elapsed() < Duration::from_secs(5) {
-            let (status, _) = srv.post("/interview/chat", json!({"session_id": id, "text": "after"})).await;
+            let (status, _) = srv
+                .post(
+                    "/interview/chat",
+                    json!({"session_id": id, "text": "after"}),
+                )
+                .await;
             if status == StatusCode::OK {
                 served = true;
                 break;

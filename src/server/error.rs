@@ -147,7 +147,10 @@ pub async fn finish_errors(req: Request, next: Next) -> Response {
     };
     match &report.detail {
         Some(detail) if status.is_server_error() => {
-            log::error!("request {request_id} {what}: {status} {}: {detail}", report.category)
+            log::error!(
+                "request {request_id} {what}: {status} {}: {detail}",
+                report.category
+            )
         }
         Some(detail) => log::warn!("request {request_id} {what}: {status}: {detail}"),
         None if status.is_server_error() => log::warn!(
@@ -157,7 +160,8 @@ pub async fn finish_errors(req: Request, next: Next) -> Response {
         ),
         None => log::debug!("request {request_id} {what}: {status}"),
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE && !parts.headers.contains_key(header::RETRY_AFTER) {
+    if status == StatusCode::SERVICE_UNAVAILABLE && !parts.headers.contains_key(header::RETRY_AFTER)
+    {
         parts
             .headers
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -108,7 +108,14 @@ async fn start(
         }
         v
     };
-    let ticket = match idempotency::begin(&state, &headers, "POST /interview/start", request.to_string().as_bytes()).await? {
+    let ticket = match idempotency::begin(
+        &state,
+        &headers,
+        "POST /interview/start",
+        request.to_string().as_bytes(),
+    )
+    .await?
+    {
         Begin::Answer(response) => return Ok(response),
         Begin::Run(ticket) => ticket,
     };
@@ -155,10 +162,11 @@ async fn chat(
         return Err(ApiError::input("text must not be empty"));
     }
     let request = serde_json::to_vec(&req).unwrap_or_default();
-    let ticket = match idempotency::begin(&state, &headers, "POST /interview/chat", &request).await? {
-        Begin::Answer(response) => return Ok(response),
-        Begin::Run(ticket) => ticket,
-    };
+    let ticket =
+        match idempotency::begin(&state, &headers, "POST /interview/chat", &request).await? {
+            Begin::Answer(response) => return Ok(response),
+            Begin::Run(ticket) => ticket,
+        };
     let interviewer = state.interviewer.clone();
     let held = ticket.clone();
     let result = call(&state, "chat", move |store| {
@@ -181,7 +189,10 @@ async fn chat(
             created_at: crate::timestamp::now(),
         });
         let summary = interviewer.summarize(&history);
-        let turns = [(Role::User, req.text.as_str()), (Role::Assistant, answer.as_str())];
+        let turns = [
+            (Role::User, req.text.as_str()),
+            (Role::Assistant, answer.as_str()),
+        ];
         let stored = match &held {
             Some(t) => store.append_messages_once(t, id, &turns, Some(&summary), |stored| {
                 idempotency::recorded(StatusCode::OK, &chat_json(id, stored))
@@ -240,10 +251,11 @@ async fn draft(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&req.session_id)?;
     let request = serde_json::to_vec(&req).unwrap_or_default();
-    let ticket = match idempotency::begin(&state, &headers, "POST /interview/draft", &request).await? {
-        Begin::Answer(response) => return Ok(response),
-        Begin::Run(ticket) => ticket,
-    };
+    let ticket =
+        match idempotency::begin(&state, &headers, "POST /interview/draft", &request).await? {
+            Begin::Answer(response) => return Ok(response),
+            Begin::Run(ticket) => ticket,
+        };
     let interviewer = state.interviewer.clone();
     let held = ticket.clone();
     let result = call(&state, "save_draft", move |store| {
