@@ -1061,3 +1061,128 @@ fn unreachable_database_fails_fast_and_recovers() {
         back.stop();
     });
 }
+
+/// The example server binary cargo builds next to the test binaries.
+fn server_bin() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let bin = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test builds examples",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: no shutdown, no flush
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the example server on `db` until the handle is dropped.
+fn spawn_server(db: &TestDb) -> (Killed, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(server_bin());
+    cmd.env("INTERVIEW_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env("INTERVIEW_DB_BACKEND", db.backend.as_str());
+    match db.backend {
+        interview_store::Backend::Sqlite => cmd.env(
+            "INTERVIEW_SQLITE_PATH",
+            db.url.trim_start_matches("sqlite://"),
+        ),
+        interview_store::Backend::Postgres => cmd.env("INTERVIEW_POSTGRES_URL", &db.url),
+    };
+    (
+        Killed(cmd.spawn().unwrap()),
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await {
+            if r.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server at {base} did not come up");
+}
+
+backend_test!(
+    acknowledged_writes_survive_kill_9_of_the_server,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let (child, base) = spawn_server(db);
+            wait_healthy(&http, &base).await;
+            let started: Value = http
+                .post(format!("{base}/interview/start"))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = started["session_id"].as_str().unwrap().to_string();
+            let mut acked = Vec::new();
+            for n in 0..20 {
+                let text = format!("acknowledged {n}");
+                let r = http
+                    .post(format!("{base}/interview/chat"))
+                    .json(&json!({"session_id": id, "text": text}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                acked.push(text);
+            }
+            child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+            child.wait().unwrap();
+
+            let (mut again, base) = spawn_server(db);
+            wait_healthy(&http, &base).await;
+            let session: Value = http
+                .get(format!("{base}/interview/session/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let texts: Vec<&str> = session["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap())
+                .collect();
+            for a in &acked {
+                assert!(texts.contains(&a.as_str()), "{a:?} lost by kill -9");
+            }
+            assert_eq!(texts.len(), 1 + 2 * acked.len());
+            again.kill().unwrap();
+            again.wait().unwrap();
+        });
+    }
+);
