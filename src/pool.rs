@@ -138,7 +138,10 @@ impl Pool {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(refused) = self.breaker.refusal() {
-                return Err(refused);
+                // An idle connection may still work (the failure may have been
+                // "too many clients"); a dead one fails at once on use anyway.
+                // What must not happen is waiting for a new one.
+                return self.inner.try_get().ok_or(refused);
             }
             // Short slices, so a breaker that opens meanwhile ends the wait.
             let slice = deadline
