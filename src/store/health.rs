@@ -34,7 +34,7 @@ impl Probe {
             // A thread of its own so a hung server cannot hold the caller past
             // its deadline; only one such thread exists at a time.
             let spawned = std::thread::Builder::new()
-                .name("store-health".into())
+                .name("interview-store-health".into())
                 .spawn(move || {
                     let result = select_one(&store, timeout);
                     let probe = &store.inner.health;
