@@ -406,7 +406,7 @@ backend_test!(
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
             // "interview-store-health", cut to the 15 bytes Linux keeps of a thread name.
-        .filter(|name| name.trim() == "interview-store")
+            .filter(|name| name.trim() == "interview-store")
             .count();
         // Tests of this file run in parallel in one process (this one on the other
         // backend too), so a few checks may be theirs; one per caller would be 20.
