@@ -13,10 +13,12 @@
 //! `chrono::DateTime<Utc>` timestamps at microsecond precision.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod breaker;
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
+mod conninfo;
 pub mod error;
 pub mod migrate;
 pub mod migrations;

@@ -16,8 +16,10 @@ pub struct ServerConfig {
     pub backend: Backend,
     /// `INTERVIEW_SQLITE_PATH` (default `interview.db`).
     pub sqlite_path: String,
-    /// `INTERVIEW_POSTGRES_URL`; required when the backend is `postgres`.
-    pub postgres_url: Option<String>,
+    /// `INTERVIEW_POSTGRES_URL`, a PostgreSQL URL or keyword/value string
+    /// (anything else is refused); required when the backend is `postgres`.
+    /// Its `Debug` masks the password.
+    pub postgres_url: Option<DatabaseUrl>,
     /// `INTERVIEW_ADDR` (default `127.0.0.1:8080`).
     pub addr: SocketAddr,
     /// `INTERVIEW_ADMIN_TOKEN`; admin endpoints are off when unset.
@@ -90,7 +92,9 @@ impl ServerConfig {
         Ok(ServerConfig {
             backend: get("INTERVIEW_DB_BACKEND").map_or(Ok(Backend::Sqlite), |v| v.parse())?,
             sqlite_path: get("INTERVIEW_SQLITE_PATH").unwrap_or_else(|| "interview.db".into()),
-            postgres_url: get("INTERVIEW_POSTGRES_URL"),
+            postgres_url: get("INTERVIEW_POSTGRES_URL")
+                .map(|v| DatabaseUrl::postgres(&v).map_err(postgres_setting))
+                .transpose()?,
             addr: addr.parse().map_err(|_| {
                 Error::invalid("INTERVIEW_ADDR", format!("{addr:?} is not HOST:PORT"))
             })?,
@@ -105,26 +109,21 @@ impl ServerConfig {
     pub fn database_url(&self) -> Result<DatabaseUrl> {
         match self.backend {
             Backend::Sqlite => Ok(DatabaseUrl::sqlite(self.sqlite_path.clone())),
-            Backend::Postgres => {
-                let url: DatabaseUrl = self
-                    .postgres_url
-                    .as_deref()
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "INTERVIEW_POSTGRES_URL",
-                            "must be set when INTERVIEW_DB_BACKEND=postgres",
-                        )
-                    })?
-                    .parse()?;
-                if url.backend() != Backend::Postgres {
-                    return Err(Error::invalid(
-                        "INTERVIEW_POSTGRES_URL",
-                        "is not a postgres:// URL",
-                    ));
-                }
-                Ok(url)
-            }
+            Backend::Postgres => self.postgres_url.clone().ok_or_else(|| {
+                Error::invalid(
+                    "INTERVIEW_POSTGRES_URL",
+                    "must be set when INTERVIEW_DB_BACKEND=postgres",
+                )
+            }),
         }
+    }
+}
+
+/// Names the setting in a refusal of `INTERVIEW_POSTGRES_URL` (whose value is never repeated).
+fn postgres_setting(e: Error) -> Error {
+    match e {
+        Error::InvalidInput { reason, .. } => Error::invalid("INTERVIEW_POSTGRES_URL", reason),
+        other => other,
     }
 }
 

@@ -188,18 +188,26 @@ impl Store {
                 format!("is {}, must not be negative", page.offset),
             ));
         }
-        self.read(|conn| {
-            Ok(sessions::table
+        let page_query = || {
+            sessions::table
                 .order((sessions::updated_at.desc(), sessions::id.desc()))
                 .limit(page.limit)
                 .offset(page.offset)
-                .select(SessionRow::as_select())
-                .load::<SessionRow>(conn)
-                .map_err(|e| Error::from(e).reading(|| format!("sessions page {page:?}")))?
-                .into_iter()
-                .map(Session::from)
-                .collect())
-        })
+        };
+        self.read(
+            |conn| match page_query().select(SessionRow::as_select()).load(conn) {
+                Ok(rows) => Ok(rows.into_iter().map(Session::from).collect()),
+                Err(e) => Err(Error::from(e).reading(|| {
+                    // Only on this error path: find the row, so the error names it.
+                    let ids = page_query().select(sessions::id).load::<DbUuid>(conn);
+                    let bad = ids.ok().and_then(|ids| first_unreadable(conn, ids));
+                    match bad {
+                        Some(id) => format!("session {id} (sessions page {page:?})"),
+                        None => format!("sessions page {page:?}"),
+                    }
+                })),
+            },
+        )
     }
 }
 
@@ -227,4 +235,17 @@ pub(crate) fn start_with_in(
         summary: String::new(),
     };
     Ok((session, first))
+}
+
+/// The first of `ids` whose row cannot be read back.
+fn first_unreadable(conn: &mut crate::AnyConnection, ids: Vec<DbUuid>) -> Option<Uuid> {
+    ids.into_iter()
+        .find(|id| {
+            sessions::table
+                .find(*id)
+                .select(SessionRow::as_select())
+                .first::<SessionRow>(conn)
+                .is_err()
+        })
+        .map(|id| id.0)
 }
