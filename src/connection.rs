@@ -452,3 +452,40 @@ impl r2d2::CustomizeConnection<PoolConnection, Error> for Customizer {
         self.0.apply(&mut conn.conn).map_err(Error::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(url: &str) -> String {
+        let url: DatabaseUrl = url.parse().unwrap();
+        url.with_connect_timeout(Duration::from_millis(2500))
+            .connection_string()
+            .to_string()
+    }
+
+    #[test]
+    fn connect_timeout_is_added_in_the_form_of_the_string_unless_set() {
+        assert_eq!(
+            with_timeout("postgres://u@h/db"),
+            "postgres://u@h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("host=h user=u dbname=db"),
+            "host=h user=u dbname=db connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?Connect_Timeout=7"),
+            "postgres://u@h/db?Connect_Timeout=7"
+        );
+        assert_eq!(
+            with_timeout("host=h connect_timeout = 7"),
+            "host=h connect_timeout = 7"
+        );
+        assert_eq!(with_timeout("sqlite://x.db"), "x.db");
+    }
+}
