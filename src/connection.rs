@@ -170,6 +170,40 @@ impl DatabaseUrl {
         }
     }
 
+    /// The same database with libpq's `connect_timeout` set, unless the URL sets one.
+    pub(crate) fn with_connect_timeout(&self, timeout: Duration) -> DatabaseUrl {
+        if self.backend != Backend::Postgres || self.sets("connect_timeout") {
+            return self.clone();
+        }
+        // libpq counts whole seconds.
+        let secs = (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1);
+        let separator = if !crate::conninfo::is_uri(&self.target) {
+            " " // keyword/value form
+        } else if self.target.contains('?') {
+            "&"
+        } else {
+            "?"
+        };
+        DatabaseUrl {
+            target: format!("{}{separator}connect_timeout={secs}", self.target),
+            ..self.clone()
+        }
+    }
+
+    /// Whether a PostgreSQL connection string sets `key` itself.
+    fn sets(&self, key: &str) -> bool {
+        if crate::conninfo::is_uri(&self.target) {
+            let query = self.target.split_once('?').map_or("", |(_, q)| q);
+            return query.split('&').any(|p| {
+                p.split('=')
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case(key))
+            });
+        }
+        crate::conninfo::parse_pairs(&self.target)
+            .is_ok_and(|pairs| pairs.iter().any(|p| p.key.eq_ignore_ascii_case(key)))
+    }
+
     /// Opens one connection of the right variant (never tries the other backend).
     pub fn establish(&self) -> Result<AnyConnection> {
         match self.backend {
@@ -330,10 +364,12 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 ///
 /// SQLite: WAL, enforced foreign keys, a busy timeout and `synchronous=NORMAL`
 /// (durable across application crashes, and fast in WAL mode). PostgreSQL: the
-/// session time zone set to UTC, so text renderings agree with SQLite.
+/// session time zone set to UTC, so text renderings agree with SQLite, and the
+/// statement timeout when one is configured.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSetup {
     pub busy_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
 }
 
 impl ConnectionSetup {
@@ -343,7 +379,17 @@ impl ConnectionSetup {
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
-            AnyConnection::Postgres(c) => c.batch_execute("SET TIME ZONE 'UTC'"),
+            AnyConnection::Postgres(c) => {
+                c.batch_execute("SET TIME ZONE 'UTC'")?;
+                match self.statement_timeout {
+                    // A plain SET lasts for the connection; behind a transaction pooler it would need SET LOCAL.
+                    Some(t) => c.batch_execute(&format!(
+                        "SET statement_timeout = {}",
+                        t.as_millis().max(1)
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -404,5 +450,42 @@ pub(crate) struct Customizer(pub ConnectionSetup);
 impl r2d2::CustomizeConnection<PoolConnection, Error> for Customizer {
     fn on_acquire(&self, conn: &mut PoolConnection) -> Result<()> {
         self.0.apply(&mut conn.conn).map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(url: &str) -> String {
+        let url: DatabaseUrl = url.parse().unwrap();
+        url.with_connect_timeout(Duration::from_millis(2500))
+            .connection_string()
+            .to_string()
+    }
+
+    #[test]
+    fn connect_timeout_is_added_in_the_form_of_the_string_unless_set() {
+        assert_eq!(
+            with_timeout("postgres://u@h/db"),
+            "postgres://u@h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("host=h user=u dbname=db"),
+            "host=h user=u dbname=db connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?Connect_Timeout=7"),
+            "postgres://u@h/db?Connect_Timeout=7"
+        );
+        assert_eq!(
+            with_timeout("host=h connect_timeout = 7"),
+            "host=h connect_timeout = 7"
+        );
+        assert_eq!(with_timeout("sqlite://x.db"), "x.db");
     }
 }

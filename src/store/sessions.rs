@@ -104,25 +104,7 @@ impl Store {
     /// opening question), in one transaction.
     pub fn start_session_with(&self, role: Role, text: &str) -> Result<(Session, Message)> {
         self.check_text("text", text)?;
-        self.write(|conn, now| {
-            let id = Uuid::now_v7();
-            diesel::insert_into(sessions::table)
-                .values((
-                    sessions::id.eq(DbUuid(id)),
-                    sessions::created_at.eq(DbTimestamp(now)),
-                    sessions::updated_at.eq(DbTimestamp(now)),
-                    sessions::summary.eq(""),
-                ))
-                .execute(conn)?;
-            let first = super::messages::append_in(conn, id, role, text)?;
-            let session = Session {
-                id,
-                created_at: now,
-                updated_at: first.created_at,
-                summary: String::new(),
-            };
-            Ok((session, first))
-        })
+        self.write(|conn, now| start_with_in(conn, now, role, text))
     }
 
     /// Reads a session and its messages in order.
@@ -227,6 +209,32 @@ impl Store {
             },
         )
     }
+}
+
+/// Inserts a session and its first message inside the caller's write transaction.
+pub(crate) fn start_with_in(
+    conn: &mut crate::AnyConnection,
+    now: DateTime<Utc>,
+    role: Role,
+    text: &str,
+) -> Result<(Session, Message)> {
+    let id = Uuid::now_v7();
+    diesel::insert_into(sessions::table)
+        .values((
+            sessions::id.eq(DbUuid(id)),
+            sessions::created_at.eq(DbTimestamp(now)),
+            sessions::updated_at.eq(DbTimestamp(now)),
+            sessions::summary.eq(""),
+        ))
+        .execute(conn)?;
+    let first = super::messages::append_in(conn, id, role, text)?;
+    let session = Session {
+        id,
+        created_at: now,
+        updated_at: first.created_at,
+        summary: String::new(),
+    };
+    Ok((session, first))
 }
 
 /// The first of `ids` whose row cannot be read back.
