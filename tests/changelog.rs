@@ -172,6 +172,7 @@ fn a_legacy_writer_without_clock_discipline_is_carried_over() {
 fn a_second_migration_command_while_one_runs_is_refused_and_changes_nothing() {
     let src = Legacy::new(&clean_sql(6, 4));
     let (_db, url) = pg();
+    pg_store(&url).migrate().unwrap();
     // Another sync holding the lock: refused at once, category unavailable.
     let held = MigrationLock::acquire(&url).unwrap();
     let err = copy(&src.path, &url, &CopyOptions::default()).unwrap_err();

@@ -158,8 +158,8 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     // Every check comes before the first write: source readable, target
     // reachable, no other migration command, the phase allows a copy.
     let mut src = Source::open(sqlite)?;
-    let mut pg = state::connect(postgres)?;
     let _lock = MigrationLock::acquire(postgres)?;
+    let mut pg = state::connect(postgres)?;
     let source_name = super::source::source_name(sqlite);
     let mut existing = state::load(&mut pg)?;
     copy_allowed(existing.as_ref(), opts.truncate, postgres)?;

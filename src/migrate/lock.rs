@@ -10,8 +10,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 
-use super::state;
-use crate::connection::DatabaseUrl;
+use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};
 
 /// The advisory lock key of the migration commands: "intrvmig" in ASCII.
@@ -39,7 +38,16 @@ impl MigrationLock {
     /// # Ok::<(), interview_store::Error>(())
     /// ```
     pub fn acquire(postgres: &DatabaseUrl) -> Result<MigrationLock> {
-        let mut conn = state::connect(postgres)?;
+        // A bare connection: the schema migrations run after the lock is held.
+        let mut conn = match postgres.establish()? {
+            AnyConnection::Postgres(pg) => pg,
+            AnyConnection::Sqlite(_) => {
+                return Err(Error::invalid(
+                    "postgres",
+                    format!("{} is not a PostgreSQL URL", postgres.masked()),
+                ))
+            }
+        };
         let got: Got = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
             .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
             .get_result(&mut conn)?;

@@ -82,6 +82,11 @@ pub(crate) fn retire(conn: &mut AnyConnection, moved_to: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pauses a database (waits out writes in flight).
+pub(crate) fn pause(conn: &mut AnyConnection) -> Result<()> {
+    maintenance::pause(conn)
+}
+
 /// Makes a database live: pause off, no longer retired.
 pub(crate) fn make_live(conn: &mut AnyConnection) -> Result<()> {
     // Until the pause helper's `crate::maintenance::make_live` lands on main.

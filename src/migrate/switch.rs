@@ -97,14 +97,22 @@ fn to_postgres(
         require_sqlite_caught_up(sqlite, st)?;
     }
     let report = require_equal(sqlite, postgres)?;
+    // Retired first, then checked again: a write that slipped in after the
+    // checks (someone resumed SQLite meanwhile) is caught before PostgreSQL
+    // goes live, and SQLite is left paused, nothing lost.
+    pause::retire(&mut lite, &postgres.masked())?;
     if !already_switched {
+        if let Err(e) = require_sqlite_caught_up(sqlite, st) {
+            pause::make_live(&mut lite)?;
+            pause::pause(&mut lite)?;
+            return Err(e);
+        }
         pg.transaction(|pg| {
             changelog::install_pg(pg)?;
             let from = changelog::pg_position(pg)?;
             state::mark_switched(pg, from)
         })?;
     }
-    pause::retire(&mut lite, &postgres.masked())?;
     pause::make_live(&mut pause::open_pg(postgres)?)?;
     log::info!(
         "switched: {} is live; {} is retired",
@@ -187,13 +195,22 @@ fn to_sqlite(
     }
     let report = require_equal(sqlite, postgres)?;
     let mut lite = pause::open_sqlite(sqlite)?;
+    // Retired first, then checked again, as on the way there.
+    let mut pg_maint = pause::open_pg(postgres)?;
+    pause::retire(&mut pg_maint, &sqlite.display().to_string())?;
     if !already_switched {
+        let position = changelog::pg_position(pg)?;
+        if position > st.rollback_change_seq {
+            pause::make_live(&mut pg_maint)?;
+            pause::pause(&mut pg_maint)?;
+            return Err(Error::Refused(format!(
+                "{} was written to during the switch (change log at {position}): it is paused \
+                 again; run `migrate rollback-sync`, then switch",
+                postgres.masked()
+            )));
+        }
         state::mark_rolled_back(pg)?;
     }
-    pause::retire(
-        &mut pause::open_pg(postgres)?,
-        &sqlite.display().to_string(),
-    )?;
     pause::make_live(&mut lite)?;
     // SQLite serves without a migration in view: its log would only grow.
     // A new cutover starts with `copy --truncate --yes`, which installs it again.
