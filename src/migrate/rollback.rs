@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::changelog::{self, Changes};
 use super::lock::MigrationLock;
 use super::state;
-use crate::connection::{AnyConnection, DatabaseUrl};
+use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
@@ -79,7 +79,7 @@ pub fn rollback_sync(sqlite: &Path, postgres: &DatabaseUrl) -> Result<RollbackRe
         change_seq: rows.changes.last_seq,
         ..Default::default()
     };
-    write_into_sqlite(&mut lite, |c| apply(c, &rows, &mut report))?;
+    super::pause::write_into_sqlite(&mut lite, |c| apply(c, &rows, &mut report))?;
     pg.transaction(|pg| {
         state::advance_rollback(pg, report.change_seq)?;
         changelog::trim_pg(pg, report.change_seq)
@@ -102,7 +102,7 @@ fn rollback_allowed(pg: &mut PgConnection, postgres: &DatabaseUrl) -> Result<i64
             )))
         }
     }
-    if !super::pause::pg_paused(pg)? {
+    if !super::pause::pg_paused(postgres)? {
         return Err(Error::Refused(format!(
             "{} is not paused: writes in flight could be missed. Run `migrate pause --postgres …` first",
             postgres.masked()
@@ -115,18 +115,6 @@ fn rollback_allowed(pg: &mut PgConnection, postgres: &DatabaseUrl) -> Result<i64
         )));
     }
     Ok(st.map_or(0, |s| s.rollback_change_seq))
-}
-
-/// One SQLite write transaction that passes the pause (SQLite is retired
-/// while PostgreSQL is live).
-fn write_into_sqlite(
-    conn: &mut AnyConnection,
-    f: impl FnOnce(&mut SqliteConnection) -> Result<()>,
-) -> Result<()> {
-    super::pause::write_while_paused(conn, |conn| match conn {
-        AnyConnection::Sqlite(c) => f(c),
-        AnyConnection::Postgres(_) => Err(Error::invalid("sqlite", "not a SQLite connection")),
-    })
 }
 
 /// The rows PostgreSQL's log names, as they are now.

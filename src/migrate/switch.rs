@@ -128,13 +128,13 @@ fn to_postgres(
 
 /// SQLite paused, and every entry of its log applied by sync.
 fn require_sqlite_caught_up(sqlite: &Path, st: &State) -> Result<()> {
-    let mut src = Source::open(sqlite)?;
-    if !pause::sqlite_paused(src.conn())? {
+    if !pause::sqlite_paused(sqlite)? {
         return Err(Error::Refused(format!(
             "{} is not paused: run `migrate pause --sqlite …`, then `migrate sync`, then switch",
             sqlite.display()
         )));
     }
+    let mut src = Source::open(sqlite)?;
     let position = changelog::sqlite_position(src.conn())?;
     let mark = st.mark_change_seq.unwrap_or(0);
     if position > mark {
@@ -177,7 +177,7 @@ fn to_sqlite(
         }
     };
     if !already_switched {
-        if !pause::pg_paused(pg)? {
+        if !pause::pg_paused(postgres)? {
             return Err(Error::Refused(format!(
                 "{} is not paused: run `migrate pause --postgres …`, then `migrate rollback-sync`, then switch",
                 postgres.masked()
