@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::{Connection, PgConnection, SqliteConnection};
 
 use crate::error::{Error, Result};
@@ -19,6 +19,38 @@ pub enum AnyConnection {
     Postgres(PgConnection),
     /// SQLite through libsqlite3.
     Sqlite(SqliteConnection),
+}
+
+impl AnyConnection {
+    /// Runs `f` in one write transaction: committed if it succeeds, rolled back if not.
+    ///
+    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock
+    /// up front (waiting up to the busy timeout), so writers queue instead of
+    /// failing with "database is locked" when a read turns into a write.
+    pub(crate) fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            AnyConnection::Sqlite(c) => {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+            }
+            AnyConnection::Postgres(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN"),
+        }?;
+        let result = f(self);
+        let end = match (self, result.is_ok()) {
+            (AnyConnection::Sqlite(c), true) => AnsiTransactionManager::commit_transaction(c),
+            (AnyConnection::Postgres(c), true) => AnsiTransactionManager::commit_transaction(c),
+            (AnyConnection::Sqlite(c), false) => AnsiTransactionManager::rollback_transaction(c),
+            (AnyConnection::Postgres(c), false) => AnsiTransactionManager::rollback_transaction(c),
+        };
+        match (result, end) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e.into()),
+            // The operation's own error says more than a failed rollback.
+            (Err(e), _) => Err(e),
+        }
+    }
 }
 
 /// Which database engine a [`DatabaseUrl`] points at.

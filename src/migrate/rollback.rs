@@ -78,8 +78,10 @@ pub fn rollback_sync(postgres: &Store, sqlite: &Store) -> Result<RollbackReport>
         Ok(q.order(sessions::updated_at.asc()).load(conn)?)
     })?;
 
+    // SQLite is paused (or retired) at this point of a rollback: this one
+    // transaction writes through the pause while every other writer stays refused.
     sqlite.with_connection(|conn| {
-        conn.transaction(|conn| {
+        crate::maintenance::write_while_paused(conn, |conn| {
             for row in &changed {
                 let updated = diesel::update(sessions::table.find(row.id))
                     .set((

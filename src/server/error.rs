@@ -44,10 +44,18 @@ impl From<Error> for ApiError {
         if category == Category::Db {
             log::error!("database error: {e}");
         }
+        let message = match e {
+            // Where the data went would tell clients how the databases are wired.
+            Error::Retired { .. } => {
+                log::warn!("{e}");
+                "writes are refused: this database is retired".to_string()
+            }
+            e => e.to_string(),
+        };
         ApiError {
             status,
             category: category.as_str(),
-            message: e.to_string(),
+            message,
         }
     }
 }

@@ -4,12 +4,10 @@ pub(crate) mod drafts;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 
 pub use drafts::Draft;
@@ -50,8 +48,10 @@ pub struct Health {
     pub db_up: bool,
     /// The backend in use.
     pub backend: Backend,
-    /// Whether writes are paused.
+    /// Whether writes are paused, as the database says (`false` when it did not answer).
     pub read_only: bool,
+    /// Where the data moved, if the database is retired.
+    pub retired_to: Option<String>,
     /// How long the check took.
     pub latency: Duration,
     /// Why the database is considered down.
@@ -71,7 +71,7 @@ pub struct TableCounts {
 
 /// The interview repository over SQLite or PostgreSQL.
 ///
-/// Cheap to clone: clones share one pool and one read-only switch. Every
+/// Cheap to clone: clones share one pool. Every
 /// method blocks on the database; async callers run them with
 /// `spawn_blocking`.
 ///
@@ -100,10 +100,6 @@ pub struct Store {
 struct Inner {
     pool: Pool,
     config: StoreConfig,
-    read_only: AtomicBool,
-    // Writers hold it shared for their whole transaction; turning read-only on
-    // takes it exclusively, so it returns only after in-flight writes are done.
-    write_gate: RwLock<()>,
     // SQLite admits one writer at a time. Queued here, the next writer starts as
     // soon as the previous one commits; left to the busy handler, it sleeps in
     // steps growing to 100 ms, which made p99 write latency tens of milliseconds
@@ -116,7 +112,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("url", self.url())
-            .field("read_only", &self.is_read_only())
             .finish()
     }
 }
@@ -138,8 +133,6 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 config,
-                read_only: AtomicBool::new(false),
-                write_gate: RwLock::new(()),
                 sqlite_writer: parking_lot::FairMutex::new(()),
             }),
         })
@@ -168,27 +161,41 @@ impl Store {
         self.inner.pool.run(crate::migrations::run_pending)
     }
 
-    /// Pauses (`true`) or resumes (`false`) writes.
+    /// Pauses (`true`) or resumes (`false`) writes, in the database.
     ///
-    /// While paused every write returns [`Error::ReadOnly`] and reads go on.
-    /// Turning the pause on waits for writes already in flight, so once this
-    /// returns no write can commit until the pause is lifted.
-    pub fn set_read_only(&self, on: bool) {
-        let _exclusive = self
-            .inner
-            .write_gate
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        self.inner.read_only.store(on, Ordering::SeqCst);
+    /// The pause is a row of the database enforced by its triggers (see
+    /// [`crate::maintenance`]), so it holds for every process and every other
+    /// writer of the database, and survives restarts. While paused every write
+    /// returns [`Error::ReadOnly`] and reads go on. Turning the pause on waits
+    /// for writes already in flight, so once this returns no write can commit
+    /// until the pause is lifted. Resuming a retired database fails with
+    /// [`Error::Retired`].
+    pub fn set_read_only(&self, on: bool) -> Result<()> {
+        // On SQLite the flag is a write: it queues with this store's writers.
+        let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
+        self.inner.pool.run(|conn| {
+            if on {
+                crate::maintenance::pause(conn)
+            } else {
+                crate::maintenance::resume(conn)
+            }
+        })?;
         log::info!(
-            "store writes {}",
-            if on { "paused (read-only)" } else { "resumed" }
+            "store writes {} at {}",
+            if on { "paused (read-only)" } else { "resumed" },
+            self.url().masked()
         );
+        Ok(())
     }
 
-    /// Whether writes are paused.
-    pub fn is_read_only(&self) -> bool {
-        self.inner.read_only.load(Ordering::SeqCst)
+    /// Whether writes are paused, as the database says.
+    pub fn is_read_only(&self) -> Result<bool> {
+        Ok(self.maintenance()?.paused)
+    }
+
+    /// The database's maintenance state: paused, retired and where to.
+    pub fn maintenance(&self) -> Result<crate::maintenance::Maintenance> {
+        self.read(crate::maintenance::read)
     }
 
     /// Connection pool state, for monitoring.
@@ -209,7 +216,8 @@ impl Store {
             .name("interview-store-health".into())
             .spawn(move || {
                 let r = store.inner.pool.get_within(timeout).and_then(|mut pooled| {
-                    let r = pooled.conn.batch_execute("SELECT 1").map_err(Error::from);
+                    // One query: the database answers, and says whether it is paused.
+                    let r = crate::maintenance::read(&mut pooled.conn);
                     if r.as_ref().is_err_and(Error::is_connection_lost) {
                         pooled.lost = true;
                     }
@@ -217,18 +225,22 @@ impl Store {
                 });
                 let _ = tx.send(r);
             });
-        let error = match spawned {
-            Err(e) => Some(format!("cannot start health check: {e}")),
+        let answer = match spawned {
+            Err(e) => Err(format!("cannot start health check: {e}")),
             Ok(_) => match rx.recv_timeout(timeout) {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {timeout:?}")),
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
             },
+        };
+        let (maintenance, error) = match answer {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e)),
         };
         Health {
             db_up: error.is_none(),
             backend: self.backend(),
-            read_only: self.is_read_only(),
+            read_only: maintenance.as_ref().is_some_and(|m| m.paused),
+            retired_to: maintenance.and_then(|m| m.retired_to),
             latency: started.elapsed(),
             error,
         }
@@ -256,56 +268,21 @@ impl Store {
         self.inner.pool.run(f)
     }
 
-    /// Runs `f` in one transaction, unless writes are paused.
+    /// Runs `f` in one write transaction ([`AnyConnection::write_transaction`]).
     ///
-    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock
-    /// up front (waiting up to the busy timeout), so writers queue instead of
-    /// failing with "database is locked" when a read turns into a write.
     /// `f` gets the current time read after the lock is held: on SQLite,
     /// where writers are serialised, timestamps then follow commit order,
-    /// which is what makes `updated_at` usable as a high-water mark.
+    /// which is what makes `updated_at` usable as a high-water mark. No
+    /// pause check here: the database's triggers refuse writes while paused.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
     ) -> Result<T> {
-        let _shared = self
-            .inner
-            .write_gate
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.is_read_only() {
-            return Err(Error::ReadOnly);
-        }
         // Taken before the pool checkout, so queued writers do not hold connections.
         let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
-        self.inner.pool.run(|conn| {
-            let begin = match conn {
-                AnyConnection::Sqlite(c) => {
-                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
-                }
-                AnyConnection::Postgres(c) => {
-                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN")
-                }
-            };
-            begin?;
-            let result = f(conn, timestamp::now());
-            let end = match (conn, result.is_ok()) {
-                (AnyConnection::Sqlite(c), true) => AnsiTransactionManager::commit_transaction(c),
-                (AnyConnection::Postgres(c), true) => AnsiTransactionManager::commit_transaction(c),
-                (AnyConnection::Sqlite(c), false) => {
-                    AnsiTransactionManager::rollback_transaction(c)
-                }
-                (AnyConnection::Postgres(c), false) => {
-                    AnsiTransactionManager::rollback_transaction(c)
-                }
-            };
-            match (result, end) {
-                (Ok(v), Ok(())) => Ok(v),
-                (Ok(_), Err(e)) => Err(e.into()),
-                // The operation's own error says more than a failed rollback.
-                (Err(e), _) => Err(e),
-            }
-        })
+        self.inner
+            .pool
+            .run(|conn| conn.write_transaction(|conn| f(conn, timestamp::now())))
     }
 
     fn check_text(&self, field: &'static str, value: &str) -> Result<()> {
