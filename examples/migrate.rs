@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, Progress, Selection, SyncOptions, Table};
-use interview_store::{Error, Store, StoreConfig};
+use interview_store::{maintenance, Error, Store, StoreConfig};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,32 @@ struct Postgres {
         hide_env_values = true
     )]
     url: DatabaseUrl,
+}
+
+/// Exactly one database, named on the command line only (never from the environment,
+/// where both are usually set).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct OneDatabase {
+    /// An SQLite database file (never created).
+    #[arg(long = "sqlite")]
+    sqlite: Option<PathBuf>,
+    /// A PostgreSQL URL.
+    #[arg(long = "postgres")]
+    postgres: Option<DatabaseUrl>,
+}
+
+impl OneDatabase {
+    fn url(self) -> interview_store::Result<DatabaseUrl> {
+        match (self.sqlite, self.postgres) {
+            (Some(path), None) => Ok(DatabaseUrl::sqlite(path.display().to_string())),
+            (None, Some(url)) => Ok(url),
+            _ => Err(Error::invalid(
+                "database",
+                "give exactly one of --sqlite and --postgres",
+            )),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -123,10 +149,23 @@ enum Command {
         #[command(flatten)]
         sqlite: Sqlite,
     },
-    /// What has been copied, when, the high-water marks and the rejects.
+    /// Pause writes in the database itself: every writer refused, reads go on; survives restarts.
+    Pause {
+        #[command(flatten)]
+        database: OneDatabase,
+    },
+    /// Lift the pause (refused on a retired database: only switching back to it makes it live).
+    Resume {
+        #[command(flatten)]
+        database: OneDatabase,
+    },
+    /// What has been copied, when, the high-water marks, the rejects and the pause.
     Status {
         #[command(flatten)]
         postgres: Postgres,
+        /// Also report this SQLite file's pause.
+        #[arg(long = "sqlite")]
+        sqlite: Option<PathBuf>,
         /// Print as one JSON object.
         #[arg(long)]
         json: bool,
@@ -354,14 +393,32 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { database } => set_pause(database.url()?, true),
+        Command::Resume { database } => set_pause(database.url()?, false),
         Command::Status {
             postgres,
+            sqlite,
             json: as_json,
         } => {
             let status = migrate::status(&postgres.url)?;
+            let sqlite = match sqlite {
+                Some(path) => {
+                    let url = DatabaseUrl::sqlite(path.display().to_string());
+                    Some(maintenance::read(&mut maintenance::connect(&url)?)?)
+                }
+                None => None,
+            };
             if as_json {
-                json(&status);
+                let mut v = serde_json::to_value(&status).expect("reports serialise");
+                if let Some(m) = &sqlite {
+                    v["sqlite_maintenance"] = serde_json::to_value(m).expect("reports serialise");
+                }
+                json(&v);
                 return Ok(ExitCode::SUCCESS);
+            }
+            println!("{}: {}", postgres.url.masked(), status.maintenance);
+            if let Some(m) = &sqlite {
+                println!("sqlite: {m}");
             }
             match &status.state {
                 None => println!("{}: nothing copied yet", postgres.url.masked()),
@@ -396,6 +453,18 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
+fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
+    let mut conn = maintenance::connect(&url)?;
+    if on {
+        maintenance::pause(&mut conn)?;
+    } else {
+        maintenance::resume(&mut conn)?;
+    }
+    println!("{}: {}", url.masked(), maintenance::read(&mut conn)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Bars per table on a terminal; a log line per batch otherwise.

@@ -60,7 +60,10 @@ pub struct Maintenance {
 impl std::fmt::Display for Maintenance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.retired_to, self.paused) {
-            (Some(to), _) => write!(f, "retired: writes refused for good, the data moved to {to}")?,
+            (Some(to), _) => write!(
+                f,
+                "retired: writes refused for good, the data moved to {to}"
+            )?,
             (None, true) => f.write_str("paused: writes refused, reads go on")?,
             (None, false) => f.write_str("live: writes accepted")?,
         }
@@ -96,10 +99,9 @@ pub fn connect(url: &DatabaseUrl) -> Result<AnyConnection> {
 
 /// Reads the maintenance state.
 pub fn read(conn: &mut AnyConnection) -> Result<Maintenance> {
-    let (paused, retired_to, changed_at): (bool, Option<String>, Option<DbTimestamp>) =
-        m::table
-            .select((m::paused, m::retired_to, m::changed_at))
-            .first(conn)?;
+    let (paused, retired_to, changed_at): (bool, Option<String>, Option<DbTimestamp>) = m::table
+        .select((m::paused, m::retired_to, m::changed_at))
+        .first(conn)?;
     Ok(Maintenance {
         paused,
         retired_to,
@@ -117,7 +119,10 @@ pub fn read(conn: &mut AnyConnection) -> Result<Maintenance> {
 pub fn pause(conn: &mut AnyConnection) -> Result<()> {
     conn.write_transaction(|conn| {
         diesel::update(m::table.filter(m::paused.eq(false)))
-            .set((m::paused.eq(true), m::changed_at.eq(DbTimestamp(timestamp::now()))))
+            .set((
+                m::paused.eq(true),
+                m::changed_at.eq(DbTimestamp(timestamp::now())),
+            ))
             .execute(conn)?;
         Ok(())
     })?;
@@ -134,7 +139,10 @@ pub fn resume(conn: &mut AnyConnection) -> Result<()> {
             return Err(Error::Retired { moved_to });
         }
         diesel::update(m::table.filter(m::paused.eq(true)))
-            .set((m::paused.eq(false), m::changed_at.eq(DbTimestamp(timestamp::now()))))
+            .set((
+                m::paused.eq(false),
+                m::changed_at.eq(DbTimestamp(timestamp::now())),
+            ))
             .execute(conn)?;
         Ok(())
     })
@@ -255,7 +263,9 @@ pub(crate) fn refusal(message: &str) -> Option<Error> {
     if message.starts_with(PAUSED_MESSAGE) {
         return Some(Error::ReadOnly);
     }
-    message.strip_prefix(RETIRED_PREFIX).map(|to| Error::Retired {
-        moved_to: to.to_string(),
-    })
+    message
+        .strip_prefix(RETIRED_PREFIX)
+        .map(|to| Error::Retired {
+            moved_to: to.to_string(),
+        })
 }

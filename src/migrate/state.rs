@@ -92,6 +92,8 @@ pub struct Status {
     pub tables: Vec<TableProgress>,
     /// Every recorded reject.
     pub rejects: Vec<Reject>,
+    /// Whether PostgreSQL's writes are paused, or it is retired (see [`crate::maintenance`]).
+    pub maintenance: crate::maintenance::Maintenance,
 }
 
 /// Reads the migration's bookkeeping from PostgreSQL.
@@ -101,6 +103,7 @@ pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
         state: load(&mut pg)?,
         tables: progress(&mut pg)?,
         rejects: rejects(&mut pg)?,
+        maintenance: crate::maintenance::read(&mut postgres.establish()?)?,
     })
 }
 

@@ -110,9 +110,7 @@ struct Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("url", self.url())
-            .finish()
+        f.debug_struct("Store").field("url", self.url()).finish()
     }
 }
 
