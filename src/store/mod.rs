@@ -201,9 +201,11 @@ impl Store {
         self.inner.pool.state()
     }
 
-    /// Checks that the database answers `SELECT 1` within the configured health timeout.
+    /// Checks that the database answers within the configured health timeout, and reads its pause.
     ///
-    /// Never blocks longer than that timeout, even when the server hangs.
+    /// One query, of the maintenance row (so a database without this crate's
+    /// migrations counts as down). Never blocks longer than that timeout,
+    /// even when the server hangs.
     pub fn health(&self) -> Health {
         let timeout = self.inner.config.health_timeout;
         let started = Instant::now();
