@@ -346,8 +346,11 @@ backend_test!(
         store
             .with_connection(|c| {
                 maintenance::write_while_paused(c, |c| {
-                    diesel::sql_query("DELETE FROM drafts").execute(c)?;
-                    Ok(())
+                    // A transaction inside is a savepoint of the same transaction.
+                    c.transaction::<_, Error, _>(|c| {
+                        diesel::sql_query("DELETE FROM drafts").execute(c)?;
+                        Ok(())
+                    })
                 })
             })
             .unwrap();
