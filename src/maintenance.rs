@@ -83,14 +83,15 @@ pub fn connect(url: &DatabaseUrl) -> Result<AnyConnection> {
     if url.backend() == crate::Backend::Sqlite
         && !std::path::Path::new(url.connection_string()).exists()
     {
-        return Err(Error::Connect {
-            url: url.masked(),
-            reason: format!("no such SQLite file: {}", url.connection_string()),
+        return Err(Error::NoSuchFile {
+            path: url.connection_string().to_string(),
         });
     }
     let mut conn = url.establish()?;
     ConnectionSetup {
         busy_timeout: crate::PoolConfig::default().busy_timeout,
+        // Pausing waits out writers in flight, however long they take.
+        statement_timeout: None,
     }
     .apply(&mut conn)?;
     crate::migrations::run_pending(&mut conn)?;

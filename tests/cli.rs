@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::legacy::{clean_sql, Legacy};
@@ -25,7 +25,13 @@ fn migrate_bin() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
+    run_in(Path::new("."), args)
+}
+
+/// Runs the tool in `dir`, so a file it might create by mistake lands there.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(migrate_bin())
+        .current_dir(dir)
         .args(args)
         .env_remove("INTERVIEW_SQLITE_PATH")
         .env_remove("INTERVIEW_POSTGRES_URL")
@@ -128,77 +134,102 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     assert!(text(&o).contains("copied"), "{}", text(&o));
 }
 
-/// The `sqlite3` shell, if installed: another program writing the file, with its own (older) SQLite.
-fn sqlite3_shell(path: &std::path::Path, sql: &str) -> Option<Output> {
-    Command::new("sqlite3").arg(path).arg(sql).output().ok()
+/// A loopback port where nothing listens.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
-fn pause_and_resume_hold_in_the_database_for_every_writer() {
-    let src = Legacy::new(&clean_sql(1, 1));
-    let sqlite = src.path.to_str().unwrap();
-    let insert = "INSERT INTO drafts (session_id, content, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'x', '2025-01-01T00:00:00Z');";
-
-    let o = run(&["pause", "--sqlite", sqlite]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(text(&o).contains("paused"), "{}", text(&o));
-    if let Some(shell) = sqlite3_shell(&src.path, insert) {
-        assert!(!shell.status.success(), "the sqlite3 shell was refused");
-        assert!(
-            text(&shell).contains("interview-store: writes are paused"),
-            "{}",
-            text(&shell)
-        );
-    }
-    let refused = std::panic::catch_unwind(|| src.exec(insert));
-    assert!(refused.is_err(), "a plain connection is refused too");
-
-    let o = run(&["resume", "--sqlite", sqlite]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(text(&o).contains("live"), "{}", text(&o));
-    src.exec(insert);
-
-    let db = common::PgDatabase::create();
-    let o = run(&["pause", "--postgres", &db.url]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = run(&["status", "--postgres", &db.url, "--sqlite", sqlite]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        text(&o).contains("paused: writes refused") && text(&o).contains("sqlite: live"),
-        "{}",
-        text(&o)
+fn a_keyword_value_string_is_postgres_and_its_password_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password='hunter2 x' dbname=interview",
+        closed_port()
     );
-    let o = run(&["status", "--postgres", &db.url, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["maintenance"]["paused"], true, "{v}");
-    let o = run(&["resume", "--postgres", &db.url]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for args in [
+        vec!["setup", "--postgres", &conninfo],
+        vec!["status", "--postgres", &conninfo],
+    ] {
+        // With the info log on, which names the database being opened.
+        let o = Command::new(migrate_bin())
+            .current_dir(dir.path())
+            .args(&args)
+            .env_remove("INTERVIEW_POSTGRES_URL")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(text(&o).contains("password=***"), "{}", text(&o));
+        assert!(!text(&o).contains("hunter2"), "{}", text(&o));
+    }
+    // Not PostgreSQL: refused as usage (exit 2), the value never repeated.
+    for bad in [
+        "interview.db",
+        "mysql://app:hunter2@db/x",
+        "hots=db password=hunter2",
+    ] {
+        let o = run_in(dir.path(), &["setup", "--postgres", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(!text(&o).contains("hunter2"), "{}", text(&o));
+    }
+    let o = Command::new(migrate_bin())
+        .current_dir(dir.path())
+        .args(["setup"])
+        .env("INTERVIEW_POSTGRES_URL", "interview.db")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a PostgreSQL URL"), "{}", text(&o));
+    assert_eq!(
+        files_in(dir.path()),
+        Vec::<String>::new(),
+        "no file was created"
+    );
 }
 
 #[test]
-fn pause_needs_exactly_one_database_and_never_creates_a_file() {
+fn every_command_on_a_missing_sqlite_file_exits_3_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");
-    for cmd in ["pause", "resume"] {
-        let o = run(&[cmd, "--sqlite", missing.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let m = missing.to_str().unwrap();
+    let pg = format!(
+        "postgres://app:hunter2@127.0.0.1:{}/interview",
+        closed_port()
+    );
+    let out = dir.path().join("backup.db");
+    let commands: [&[&str]; 7] = [
+        &["check", "--sqlite", m],
+        &["copy", "--sqlite", m, "--postgres", &pg],
+        &["sync", "--sqlite", m, "--postgres", &pg],
+        &["verify", "--sqlite", m, "--postgres", &pg],
+        &["compare", "--sqlite", m, "--postgres", &pg],
+        &["rollback-sync", "--postgres", &pg, "--sqlite", m],
+        &["backup", "--sqlite", m, "--out", out.to_str().unwrap()],
+    ];
+    for args in commands {
+        let o = run_in(dir.path(), args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o));
         assert!(
-            text(&o).contains(&format!("no such SQLite file: {}", missing.display())),
-            "{}",
+            text(&o).contains(&format!("no such SQLite file: {m}")),
+            "{args:?}: {}",
             text(&o)
         );
-        assert!(!missing.exists(), "{cmd} created the file");
+        assert_eq!(
+            files_in(dir.path()),
+            Vec::<String>::new(),
+            "{args:?} created a file"
+        );
     }
-    assert_eq!(run(&["pause"]).status.code(), Some(2), "no database");
-    let o = run(&[
-        "pause",
-        "--sqlite",
-        "a.db",
-        "--postgres",
-        "postgres://u@127.0.0.1:1/x",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "two databases: {}", text(&o));
 }
+
 /// Serves the interview API for `store` on a loopback port from a thread of its own.
 #[cfg(feature = "server")]
 fn serve_in_background(
@@ -297,3 +328,75 @@ backend_test!(
         assert!(text(&o).contains("0 of 6 steps passed"), "{}", text(&o));
     }
 );
+
+/// The `sqlite3` shell, if installed: another program writing the file, with its own (older) SQLite.
+fn sqlite3_shell(path: &std::path::Path, sql: &str) -> Option<Output> {
+    Command::new("sqlite3").arg(path).arg(sql).output().ok()
+}
+
+#[test]
+fn pause_and_resume_hold_in_the_database_for_every_writer() {
+    let src = Legacy::new(&clean_sql(1, 1));
+    let sqlite = src.path.to_str().unwrap();
+    let insert = "INSERT INTO drafts (session_id, content, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'x', '2025-01-01T00:00:00Z');";
+
+    let o = run(&["pause", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("paused"), "{}", text(&o));
+    if let Some(shell) = sqlite3_shell(&src.path, insert) {
+        assert!(!shell.status.success(), "the sqlite3 shell was refused");
+        assert!(
+            text(&shell).contains("interview-store: writes are paused"),
+            "{}",
+            text(&shell)
+        );
+    }
+    let refused = std::panic::catch_unwind(|| src.exec(insert));
+    assert!(refused.is_err(), "a plain connection is refused too");
+
+    let o = run(&["resume", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("live"), "{}", text(&o));
+    src.exec(insert);
+
+    let db = common::PgDatabase::create();
+    let o = run(&["pause", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["status", "--postgres", &db.url, "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("paused: writes refused") && text(&o).contains("sqlite: live"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["status", "--postgres", &db.url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["maintenance"]["paused"], true, "{v}");
+    let o = run(&["resume", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn pause_needs_exactly_one_database_and_never_creates_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    for cmd in ["pause", "resume"] {
+        let o = run(&[cmd, "--sqlite", missing.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("no such SQLite file: {}", missing.display())),
+            "{}",
+            text(&o)
+        );
+        assert!(!missing.exists(), "{cmd} created the file");
+    }
+    assert_eq!(run(&["pause"]).status.code(), Some(2), "no database");
+    let o = run(&[
+        "pause",
+        "--sqlite",
+        "a.db",
+        "--postgres",
+        "postgres://u@127.0.0.1:1/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "two databases: {}", text(&o));
+}

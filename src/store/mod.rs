@@ -1,16 +1,19 @@
 //! The repository: [`Store`] and the operations on sessions, messages and drafts.
 
 pub(crate) mod drafts;
+pub(crate) mod health;
+pub(crate) mod idempotency;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 pub use drafts::Draft;
+pub use idempotency::{Claim, KeyPolicy, Recorded, Ticket};
 pub use messages::{Message, Role};
 pub use sessions::{Page, Session, SessionWithMessages};
 
@@ -106,6 +109,8 @@ struct Inner {
     // with a few threads (see benches/contention.rs). Fair (first come, first
     // served), so a writer's wait is bounded by the queue ahead of it.
     sqlite_writer: parking_lot::FairMutex<()>,
+    // The one health check in flight, shared by every caller of `health`.
+    health: health::Probe,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,6 +137,7 @@ impl Store {
                 pool,
                 config,
                 sqlite_writer: parking_lot::FairMutex::new(()),
+                health: health::Probe::default(),
             }),
         })
     }
@@ -170,7 +176,10 @@ impl Store {
     /// [`Error::Retired`].
     pub fn set_read_only(&self, on: bool) -> Result<()> {
         // On SQLite the flag is a write: it queues with this store's writers.
-        let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
+        let _writer = match self.backend() {
+            Backend::Sqlite => Some(self.sqlite_writer_turn()?),
+            Backend::Postgres => None,
+        };
         self.inner.pool.run(|conn| {
             if on {
                 crate::maintenance::pause(conn)
@@ -203,36 +212,15 @@ impl Store {
 
     /// Checks that the database answers within the configured health timeout, and reads its pause.
     ///
-    /// One query, of the maintenance row (so a database without this crate's
-    /// migrations counts as down). Never blocks longer than that timeout,
-    /// even when the server hangs.
+    /// One check (a read of the maintenance row, so a database without this
+    /// crate's migrations counts as down). Never blocks longer than that timeout,
+    /// even when the server hangs, and never runs more than one check at a time:
+    /// concurrent callers share the check in flight, so a hung database cannot
+    /// pile up threads.
     pub fn health(&self) -> Health {
         let timeout = self.inner.config.health_timeout;
         let started = Instant::now();
-        let (tx, rx) = mpsc::channel();
-        let store = self.clone();
-        // On a hung server the query may outlive the timeout; the thread ends when it does.
-        let spawned = std::thread::Builder::new()
-            .name("interview-store-health".into())
-            .spawn(move || {
-                let r = store.inner.pool.get_within(timeout).and_then(|mut pooled| {
-                    // One query: the database answers, and says whether it is paused.
-                    let r = crate::maintenance::read(&mut pooled.conn);
-                    if r.as_ref().is_err_and(Error::is_connection_lost) {
-                        pooled.lost = true;
-                    }
-                    r
-                });
-                let _ = tx.send(r);
-            });
-        let answer = match spawned {
-            Err(e) => Err(format!("cannot start health check: {e}")),
-            Ok(_) => match rx.recv_timeout(timeout) {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            },
-        };
-        let (maintenance, error) = match answer {
+        let (maintenance, error) = match self.inner.health.check(self, timeout) {
             Ok(m) => (Some(m), None),
             Err(e) => (None, Some(e)),
         };
@@ -279,10 +267,26 @@ impl Store {
         f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
     ) -> Result<T> {
         // Taken before the pool checkout, so queued writers do not hold connections.
-        let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
+        // Bounded like a checkout: a stuck writer turns the queue into 503s, not a pile of threads.
+        let _writer = match self.backend() {
+            Backend::Sqlite => Some(self.sqlite_writer_turn()?),
+            Backend::Postgres => None,
+        };
         self.inner
             .pool
             .run(|conn| conn.write_transaction(|conn| f(conn, timestamp::now())))
+    }
+
+    fn sqlite_writer_turn(&self) -> Result<parking_lot::FairMutexGuard<'_, ()>> {
+        let wait = self.inner.config.pool.connection_timeout;
+        self.inner
+            .sqlite_writer
+            .try_lock_for(wait)
+            .ok_or_else(|| Error::PoolTimeout {
+                waited: wait,
+                url: self.url().masked(),
+                last_error: Some("the writers queued ahead did not finish in time".into()),
+            })
     }
 
     fn check_text(&self, field: &'static str, value: &str) -> Result<()> {
