@@ -35,13 +35,30 @@ struct Sqlite {
 
 #[derive(Args)]
 struct Postgres {
-    /// The PostgreSQL URL (`sslmode=require` and friends work).
+    /// The PostgreSQL URL (`sslmode=verify-full&sslrootcert=…` and friends work).
     #[arg(
         long = "postgres",
         env = "INTERVIEW_POSTGRES_URL",
         hide_env_values = true
     )]
-    url: DatabaseUrl,
+    given_url: DatabaseUrl,
+    /// Cache prepared statements on PostgreSQL: `off` behind a transaction pooler (PgBouncer, Supavisor).
+    #[arg(
+        long = "pg-statement-cache",
+        env = "INTERVIEW_PG_STATEMENT_CACHE",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    statement_cache: bool,
+}
+
+impl Postgres {
+    /// The URL with the statement cache setting applied.
+    fn url(&self) -> DatabaseUrl {
+        self.given_url
+            .clone()
+            .with_statement_cache(self.statement_cache)
+    }
 }
 
 #[derive(Subcommand)]
@@ -195,11 +212,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             })
         }
         Command::Setup { postgres } => {
-            let store = open(&postgres.url)?;
+            let store = open(&postgres.url())?;
             let applied = store.migrate()?;
             println!(
                 "{}: schema up to date ({} migration(s) applied)",
-                postgres.url.masked(),
+                postgres.url().masked(),
                 applied.len()
             );
             Ok(ExitCode::SUCCESS)
@@ -214,7 +231,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             log::info!(
                 "copying {} into {}",
                 sqlite.path.display(),
-                postgres.url.masked()
+                postgres.url().masked()
             );
             let opts = CopyOptions {
                 batch_size,
@@ -223,7 +240,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 progress: Some(progress_reporter()),
                 ..Default::default()
             };
-            let report = migrate::copy(&sqlite.path, &postgres.url, &opts)?;
+            let report = migrate::copy(&sqlite.path, &postgres.url(), &opts)?;
             for (t, c) in Table::ALL.iter().zip(report.tables) {
                 println!("{t}: {} copied, {} rejected", c.copied, c.rejected);
             }
@@ -244,7 +261,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             reject_file,
         } => {
-            let report = migrate::sync(&sqlite.path, &postgres.url, &SyncOptions { reject_file })?;
+            let report =
+                migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
                 "sessions: {} new, {} changed; messages: {}; drafts: {}; rejected: {:?}; in {:.1?}",
                 report.sessions_inserted,
@@ -261,7 +279,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             json: as_json,
         } => {
-            let report = migrate::verify(&sqlite.path, &postgres.url)?;
+            let report = migrate::verify(&sqlite.path, &postgres.url())?;
             if as_json {
                 json(&report);
             } else {
@@ -305,7 +323,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             session,
         } => {
             let left = open(&DatabaseUrl::sqlite(sqlite.path.display().to_string()))?;
-            let right = open(&postgres.url)?;
+            let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
@@ -344,7 +362,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RollbackSync { postgres, sqlite } => {
-            let pg = open(&postgres.url)?;
+            let pg = open(&postgres.url())?;
             let lite = open(&DatabaseUrl::sqlite(sqlite.path.display().to_string()))?;
             lite.migrate()?;
             let report = migrate::rollback_sync(&pg, &lite)?;
@@ -358,13 +376,13 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             json: as_json,
         } => {
-            let status = migrate::status(&postgres.url)?;
+            let status = migrate::status(&postgres.url())?;
             if as_json {
                 json(&status);
                 return Ok(ExitCode::SUCCESS);
             }
             match &status.state {
-                None => println!("{}: nothing copied yet", postgres.url.masked()),
+                None => println!("{}: nothing copied yet", postgres.url().masked()),
                 Some(s) => println!(
                     "source {} — {} (started {}, copied {}, last sync {})\nmarks: session rowid {}, message id {}, draft id {}, sessions updated_at {}",
                     s.source,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{CacheSize, SimpleConnection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 
 use crate::error::{Error, Result};
@@ -80,6 +80,8 @@ pub struct DatabaseUrl {
     backend: Backend,
     // For SQLite: the path handed to sqlite3_open; for PostgreSQL: the URL as given.
     target: String,
+    // Whether PostgreSQL connections keep diesel's prepared statement cache.
+    statement_cache: bool,
 }
 
 impl DatabaseUrl {
@@ -88,7 +90,33 @@ impl DatabaseUrl {
         DatabaseUrl {
             backend: Backend::Sqlite,
             target: path.into(),
+            statement_cache: true,
         }
+    }
+
+    /// The same URL with diesel's prepared statement cache on (the default) or
+    /// off for PostgreSQL connections.
+    ///
+    /// Turn it off behind a transaction-mode pooler (PgBouncer before 1.21,
+    /// Supavisor's transaction port): the cache prepares each SELECT and INSERT
+    /// once under a name like `__diesel_stmt_0`, and the pooler runs the next
+    /// transaction on a server connection where that name does not exist.
+    /// Off, every query goes through libpq's unnamed statement. SQLite ignores it.
+    ///
+    /// ```
+    /// use interview_store::DatabaseUrl;
+    /// let url: DatabaseUrl = "postgres://app@pooler:6432/interview".parse().unwrap();
+    /// assert!(url.statement_cache());
+    /// assert!(!url.with_statement_cache(false).statement_cache());
+    /// ```
+    pub fn with_statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = on;
+        self
+    }
+
+    /// Whether PostgreSQL connections opened from this URL cache prepared statements.
+    pub fn statement_cache(&self) -> bool {
+        self.statement_cache
     }
 
     /// Which backend this URL points at.
@@ -110,14 +138,27 @@ impl DatabaseUrl {
     }
 
     /// Opens one connection of the right variant (never tries the other backend).
+    ///
+    /// A failed TLS handshake or certificate check is [`Error::Tls`], any
+    /// other failure [`Error::Connect`]; both carry the URL with its password masked.
     pub fn establish(&self) -> Result<AnyConnection> {
         let conn = match self.backend {
             Backend::Sqlite => SqliteConnection::establish(&self.target).map(AnyConnection::Sqlite),
-            Backend::Postgres => PgConnection::establish(&self.target).map(AnyConnection::Postgres),
+            Backend::Postgres => PgConnection::establish(&self.target).map(|mut c| {
+                if !self.statement_cache {
+                    c.set_prepared_statement_cache_size(CacheSize::Disabled);
+                }
+                AnyConnection::Postgres(c)
+            }),
         };
-        conn.map_err(|e| Error::Connect {
-            url: self.masked(),
-            reason: mask_in_text(&e.to_string(), &self.target),
+        conn.map_err(|e| {
+            let url = self.masked();
+            let reason = mask_in_text(&e.to_string(), &self.target);
+            if self.backend == Backend::Postgres && is_tls_failure(&reason) {
+                Error::Tls { url, reason }
+            } else {
+                Error::Connect { url, reason }
+            }
         })
     }
 }
@@ -146,6 +187,7 @@ impl std::str::FromStr for DatabaseUrl {
             return Ok(DatabaseUrl {
                 backend: Backend::Postgres,
                 target: s.to_string(),
+                statement_cache: true,
             });
         }
         if let Some(path) =
@@ -164,6 +206,15 @@ impl std::str::FromStr for DatabaseUrl {
         }
         Ok(DatabaseUrl::sqlite(s))
     }
+}
+
+/// Whether libpq's connection failure is about TLS: a certificate that does
+/// not verify or name the host, a missing root certificate, a server without TLS.
+fn is_tls_failure(reason: &str) -> bool {
+    let lower = reason.to_ascii_lowercase();
+    lower.contains("certificate")
+        || lower.contains("ssl error")
+        || lower.contains("does not support ssl")
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -221,8 +272,10 @@ fn password_of(url: &str) -> Option<&str> {
 /// Runs the per-connection setup on every new pooled connection.
 ///
 /// SQLite: WAL, enforced foreign keys, a busy timeout and `synchronous=NORMAL`
-/// (durable across application crashes, and fast in WAL mode). PostgreSQL: the
-/// session time zone set to UTC, so text renderings agree with SQLite.
+/// (durable across application crashes, and fast in WAL mode). PostgreSQL:
+/// nothing, so a connection holds no session state a transaction-mode pooler
+/// would lose: timestamps travel as binary `TIMESTAMPTZ`, whatever the
+/// session's time zone.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSetup {
     pub busy_timeout: Duration,
@@ -235,7 +288,7 @@ impl ConnectionSetup {
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
-            AnyConnection::Postgres(c) => c.batch_execute("SET TIME ZONE 'UTC'"),
+            AnyConnection::Postgres(_) => Ok(()),
         }
     }
 }

@@ -20,7 +20,8 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// `INTERVIEW_ADMIN_TOKEN`; admin endpoints are off when unset.
     pub admin_token: Option<String>,
-    /// `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`.
+    /// `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`,
+    /// `INTERVIEW_PG_STATEMENT_CACHE` (`on`, the default, or `off` behind a transaction pooler).
     pub store: StoreConfig,
     /// `INTERVIEW_REQUEST_TIMEOUT_MS` (default 10,000): longest wait on the database per request.
     pub request_timeout: Duration,
@@ -53,6 +54,9 @@ impl ServerConfig {
         }
         store.pool.connection_timeout = ms("INTERVIEW_POOL_TIMEOUT_MS", 5_000)?;
         store.health_timeout = ms("INTERVIEW_HEALTH_TIMEOUT_MS", 2_000)?;
+        if let Some(v) = get("INTERVIEW_PG_STATEMENT_CACHE") {
+            store.pg_statement_cache = on_off("INTERVIEW_PG_STATEMENT_CACHE", &v)?;
+        }
         let addr = get("INTERVIEW_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(ServerConfig {
             backend: get("INTERVIEW_DB_BACKEND").map_or(Ok(Backend::Sqlite), |v| v.parse())?,
@@ -67,7 +71,7 @@ impl ServerConfig {
         })
     }
 
-    /// The database the backend flag selects.
+    /// The database the backend flag selects, with the statement cache setting.
     pub fn database_url(&self) -> Result<DatabaseUrl> {
         match self.backend {
             Backend::Sqlite => Ok(DatabaseUrl::sqlite(self.sqlite_path.clone())),
@@ -88,8 +92,20 @@ impl ServerConfig {
                         "is not a postgres:// URL",
                     ));
                 }
-                Ok(url)
+                Ok(url.with_statement_cache(self.store.pg_statement_cache))
             }
         }
+    }
+}
+
+/// Reads a switch: `on`/`off`, `true`/`false`, `yes`/`no` or `1`/`0`.
+fn on_off(name: &'static str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(Error::invalid(
+            name,
+            format!("{value:?} is neither \"on\" nor \"off\""),
+        )),
     }
 }
