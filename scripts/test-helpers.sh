@@ -25,7 +25,8 @@ as_pg() {
 # Sets `dir` to a new temp dir the helper's user owns (not echoed: the list of dirs to
 # remove must grow in this shell, not in a command substitution's subshell).
 helper_dir() {
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/interview-$1.XXXXXX")
+  # /tmp, not $TMPDIR: the postgres user must reach it.
+  dir=$(mktemp -d "/tmp/interview-$1.XXXXXX")
   if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; fi
   helpers_dirs+=("$dir")
 }
