@@ -14,7 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, Progress, Selection, SyncOptions, Table};
-use interview_store::{Error, Store, StoreConfig};
+use interview_store::{Backend, Error, Store, StoreConfig};
+
+#[path = "support/checklist.rs"]
+mod checklist;
 
 #[derive(Parser)]
 #[command(
@@ -139,6 +142,28 @@ enum Command {
         postgres: Postgres,
         #[command(flatten)]
         sqlite: Sqlite,
+    },
+    /// The validation checklist against the running service (exit 1 if any step fails).
+    ///
+    /// Health names the expected backend; start, chat, session read, draft and
+    /// latest draft pass through one probe session. With --sqlite and --postgres
+    /// it also checks that the live side holds at least the other side's rows.
+    Checklist {
+        /// The service's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        server: String,
+        /// The backend /health must name: sqlite or postgres.
+        #[arg(long)]
+        backend: Backend,
+        /// The SQLite file, for the row-count step.
+        #[arg(long, requires = "postgres")]
+        sqlite: Option<PathBuf>,
+        /// The PostgreSQL URL, for the row-count step.
+        #[arg(long, requires = "sqlite", hide_env_values = true)]
+        postgres: Option<DatabaseUrl>,
+        /// Longest wait for each request, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
     },
     /// What has been copied, when, the high-water marks and the rejects.
     Status {
@@ -372,6 +397,35 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Checklist {
+            server,
+            backend,
+            sqlite,
+            postgres,
+            timeout_secs,
+        } => {
+            let mut steps =
+                checklist::run(&server, backend.as_str(), Duration::from_secs(timeout_secs));
+            if let (Some(path), Some(url)) = (sqlite, postgres) {
+                steps.push(row_counts(&path, &url, backend));
+            }
+            for s in &steps {
+                println!(
+                    "{} {:<13} {} ({} ms)",
+                    if s.passed { "PASS" } else { "FAIL" },
+                    s.name,
+                    s.detail,
+                    s.elapsed.as_millis()
+                );
+            }
+            let failed = steps.iter().filter(|s| !s.passed).count();
+            println!("{} of {} steps passed", steps.len() - failed, steps.len());
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Status {
             postgres,
             json: as_json,
@@ -413,6 +467,46 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The checklist's row-count step: the live side holds at least every row of the retired one.
+fn row_counts(sqlite: &std::path::Path, postgres: &DatabaseUrl, live: Backend) -> checklist::Step {
+    let started = std::time::Instant::now();
+    let outcome = (|| -> interview_store::Result<Result<String, String>> {
+        if !sqlite.exists() {
+            return Ok(Err(format!("no such SQLite file: {}", sqlite.display())));
+        }
+        let lite = open(&DatabaseUrl::sqlite(sqlite.display().to_string()))?.counts()?;
+        let pg = open(postgres)?.counts()?;
+        let (live_counts, other) = match live {
+            Backend::Postgres => (pg, lite),
+            Backend::Sqlite => (lite, pg),
+        };
+        let shown = format!(
+            "{live}: {} sessions, {} messages, {} drafts; other side: {}, {}, {}",
+            live_counts.sessions,
+            live_counts.messages,
+            live_counts.drafts,
+            other.sessions,
+            other.messages,
+            other.drafts
+        );
+        let holds_all = live_counts.sessions >= other.sessions
+            && live_counts.messages >= other.messages
+            && live_counts.drafts >= other.drafts;
+        Ok(if holds_all {
+            Ok(shown)
+        } else {
+            Err(format!("rows missing on the live side: {shown}"))
+        })
+    })();
+    let outcome = outcome.unwrap_or_else(|e| Err(e.to_string()));
+    checklist::Step {
+        name: "row counts",
+        passed: outcome.is_ok(),
+        detail: outcome.unwrap_or_else(|e| e),
+        elapsed: started.elapsed(),
     }
 }
 

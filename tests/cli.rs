@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::legacy::{clean_sql, Legacy};
+#[allow(unused_imports)]
+use common::TestDb;
 
 /// The example binary cargo builds next to the test binaries.
 fn migrate_bin() -> PathBuf {
@@ -125,3 +127,102 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("copied"), "{}", text(&o));
 }
+
+/// Serves the interview API for `store` on a loopback port from a thread of its own.
+#[cfg(feature = "server")]
+fn serve_in_background(
+    store: interview_store::Store,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ready_tx
+                .send(format!("http://{}", listener.local_addr().unwrap()))
+                .unwrap();
+            let state = interview_store::server::AppState::new(store);
+            interview_store::server::serve(listener, state, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    (ready_rx.recv().unwrap(), stop_tx)
+}
+
+#[cfg(feature = "server")]
+backend_test!(
+    checklist_passes_on_the_live_backend_and_fails_naming_the_step,
+    |db: &TestDb| {
+        let (base, stop) = serve_in_background(db.store());
+        let other = match db.backend {
+            interview_store::Backend::Sqlite => "postgres",
+            interview_store::Backend::Postgres => "sqlite",
+        };
+
+        let o = run(&[
+            "checklist",
+            "--server",
+            &base,
+            "--backend",
+            db.backend.as_str(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        for step in [
+            "health",
+            "start",
+            "chat",
+            "session read",
+            "draft",
+            "latest draft",
+        ] {
+            assert!(
+                text(&o).contains(&format!("PASS {step:<13}")),
+                "{step}: {}",
+                text(&o)
+            );
+        }
+        assert!(text(&o).contains("6 of 6 steps passed"), "{}", text(&o));
+        // The probe is one session, marked as such in its summary.
+        let sessions = db
+            .store()
+            .list_sessions(interview_store::Page::default())
+            .unwrap();
+        assert_eq!(sessions.len(), 1);
+        assert!(
+            sessions[0].summary.contains("[checklist probe]"),
+            "{:?}",
+            sessions[0]
+        );
+
+        let o = run(&["checklist", "--server", &base, "--backend", other]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("FAIL health"), "{}", text(&o));
+        assert!(
+            text(&o).contains("did not pick up the switch"),
+            "{}",
+            text(&o)
+        );
+
+        let _ = stop.send(());
+        let o = run(&[
+            "checklist",
+            "--server",
+            &base,
+            "--backend",
+            db.backend.as_str(),
+            "--timeout-secs",
+            "2",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "a stopped service fails every step: {}",
+            text(&o)
+        );
+        assert!(text(&o).contains("0 of 6 steps passed"), "{}", text(&o));
+    }
+);
