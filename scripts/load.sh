@@ -12,7 +12,7 @@
 # and the error count (non-2xx answers and socket errors) per backend and process count, and
 # the servers' own error log lines. Needs wrk (Debian package, installed when missing) and the
 # PostgreSQL at INTERVIEW_TEST_POSTGRES_URL's server. INTERVIEW_LOAD_POSTGRES_URL (a server
-# URL, e.g. a pooler, with `INTERVIEW_PG_STATEMENT_CACHE=off`) replaces the direct one.
+# URL without the database name, e.g. a pooler's, with INTERVIEW_PG_STATEMENT_CACHE=off) replaces the direct one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -78,6 +78,12 @@ for backend in $backends; do
     out=$(SESSIONS="${ids#,}" TARGETS="$list" wrk -t$((2 * procs)) -c"$conns" -d"${secs}s" --latency \
       -s scripts/load/mixed.lua "http://${targets[0]}")
     echo "== $backend, $procs process(es)"; echo "$out"
+    # Each process's own count, from its metrics: every process took its share.
+    served=""
+    for t in "${targets[@]}"; do
+      n=$(curl -fs "http://$t/metrics" | awk '/^interview_http_requests_total/ {n += $NF} END {print n + 0}')
+      served="$served $n"
+    done
     stop_servers
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
@@ -87,8 +93,8 @@ for backend in $backends; do
     if [ "$logged" != 0 ]; then
       echo "-- server log lines with ERROR/WARN: $logged (first 5)"; grep -E "ERROR|WARN" "$work/server-$run.log" | head -n 5
     fi
-    summary+=("$(printf '%-9s %d process(es) %10s req/s   p99 %8s   errors %s   (\"database is locked\" in server logs: %s)' \
-      "$backend" "$procs" "$rps" "$p99" "$errors" "$locked")")
+    summary+=("$(printf '%-9s %d process(es) %10s req/s   p99 %8s   errors %s   (\"database is locked\" in server logs: %s; requests per process:%s)' \
+      "$backend" "$procs" "$rps" "$p99" "$errors" "$locked" "$served")")
   done
 done
 echo
