@@ -38,11 +38,12 @@ struct Sqlite {
 
 #[derive(Args)]
 struct Postgres {
-    /// The PostgreSQL URL (`sslmode=verify-full&sslrootcert=…` and friends work).
+    /// The PostgreSQL URL or keyword/value string (`sslmode=verify-full&sslrootcert=…` and friends work).
     #[arg(
         long = "postgres",
         env = "INTERVIEW_POSTGRES_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = PostgresArg
     )]
     given_url: DatabaseUrl,
     /// Cache prepared statements on PostgreSQL: `off` behind a transaction pooler (PgBouncer, Supavisor).
@@ -61,6 +62,32 @@ impl Postgres {
         self.given_url
             .clone()
             .with_statement_cache(self.statement_cache)
+    }
+}
+
+/// Accepts PostgreSQL only, and never echoes the value (it may hold a password).
+#[derive(Clone)]
+struct PostgresArg;
+
+impl clap::builder::TypedValueParser for PostgresArg {
+    type Value = DatabaseUrl;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--postgres: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("is not valid UTF-8".into()))?;
+        DatabaseUrl::postgres(text).map_err(|e| refuse(e.to_string()))
     }
 }
 
@@ -159,7 +186,7 @@ enum Command {
         #[arg(long, requires = "postgres")]
         sqlite: Option<PathBuf>,
         /// The PostgreSQL URL, for the row-count step.
-        #[arg(long, requires = "sqlite", hide_env_values = true)]
+        #[arg(long, requires = "sqlite", hide_env_values = true, value_parser = PostgresArg)]
         postgres: Option<DatabaseUrl>,
         /// Longest wait for each request, in seconds.
         #[arg(long, default_value_t = 10)]
@@ -347,7 +374,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sample,
             session,
         } => {
-            let left = open(&DatabaseUrl::sqlite(sqlite.path.display().to_string()))?;
+            let left = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
             let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
@@ -387,8 +414,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RollbackSync { postgres, sqlite } => {
+            let lite = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
             let pg = open(&postgres.url())?;
-            let lite = open(&DatabaseUrl::sqlite(sqlite.path.display().to_string()))?;
             lite.migrate()?;
             let report = migrate::rollback_sync(&pg, &lite)?;
             println!(
@@ -474,10 +501,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
 fn row_counts(sqlite: &std::path::Path, postgres: &DatabaseUrl, live: Backend) -> checklist::Step {
     let started = std::time::Instant::now();
     let outcome = (|| -> interview_store::Result<Result<String, String>> {
-        if !sqlite.exists() {
-            return Ok(Err(format!("no such SQLite file: {}", sqlite.display())));
-        }
-        let lite = open(&DatabaseUrl::sqlite(sqlite.display().to_string()))?.counts()?;
+        let lite = open(&DatabaseUrl::existing_sqlite(sqlite)?)?.counts()?;
         let pg = open(postgres)?.counts()?;
         let (live_counts, other) = match live {
             Backend::Postgres => (pg, lite),

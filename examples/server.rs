@@ -4,7 +4,10 @@
 //! - `INTERVIEW_SQLITE_PATH` (default `interview.db`), `INTERVIEW_POSTGRES_URL`
 //! - `INTERVIEW_ADDR` (default `127.0.0.1:8080`), `INTERVIEW_ADMIN_TOKEN` (admin endpoints off when unset)
 //! - `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`,
-//!   `INTERVIEW_REQUEST_TIMEOUT_MS`; `RUST_LOG` for logging (default `info`)
+//!   `INTERVIEW_REQUEST_TIMEOUT_MS`, `INTERVIEW_CONNECT_TIMEOUT_MS`, `INTERVIEW_STATEMENT_TIMEOUT_MS`
+//! - `INTERVIEW_HEADER_READ_TIMEOUT_MS`, `INTERVIEW_HTTP_TIMEOUT_MS`, `INTERVIEW_MAX_CONCURRENT_REQUESTS`,
+//!   `INTERVIEW_SHUTDOWN_TIMEOUT_MS`, `INTERVIEW_IDEMPOTENCY_RETENTION_HOURS` (see README, "Security")
+//! - `RUST_LOG` for logging (default `info`)
 //!
 //! Run: `cargo run --all-features --example server`
 
@@ -46,6 +49,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         interviewer: Arc::new(ScriptedInterviewer),
         admin_token: config.admin_token.clone(),
         request_timeout: config.request_timeout,
+        limits: config.limits.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     log::info!("listening on http://{}", listener.local_addr()?);

@@ -2,11 +2,14 @@
 //! the per-connection setup.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use diesel::connection::{CacheSize, SimpleConnection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 
+pub use crate::conninfo::mask_password;
+use crate::conninfo::{self, mask_in_text};
 use crate::error::{Error, Result};
 
 /// A connection to SQLite or PostgreSQL; every query is written once against it.
@@ -61,19 +64,25 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// A parsed database location; the scheme picks the backend.
+/// A parsed database location; its form picks the backend.
 ///
-/// `postgres://…` and `postgresql://…` are PostgreSQL; `sqlite://PATH`,
-/// `sqlite:PATH` and a plain path are SQLite. Any other `scheme://` is refused
-/// rather than silently taken for a file name.
+/// `postgres://…`, `postgresql://…` and libpq keyword/value strings
+/// (`host=db user=app dbname=interview`) are PostgreSQL; `sqlite://PATH`,
+/// `sqlite:PATH` and a plain path are SQLite. Any other `scheme://`, and a
+/// keyword/value string libpq would refuse, is refused rather than silently
+/// taken for a file name. `Display` and `Debug` mask every password.
 ///
 /// ```
 /// use interview_store::{Backend, DatabaseUrl};
 /// let url: DatabaseUrl = "postgres://app:s3cret@db.internal/interview".parse().unwrap();
 /// assert_eq!(url.backend(), Backend::Postgres);
 /// assert_eq!(url.masked(), "postgres://app:***@db.internal/interview");
+/// let kv: DatabaseUrl = "host=db user=app password='s3 cret' dbname=interview".parse().unwrap();
+/// assert_eq!(kv.backend(), Backend::Postgres);
+/// assert_eq!(kv.to_string(), "host=db user=app password=*** dbname=interview");
 /// let file: DatabaseUrl = "sqlite://data/interview.db".parse().unwrap();
 /// assert_eq!(file.connection_string(), "data/interview.db");
+/// assert!(DatabaseUrl::postgres("data/interview.db").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl {
@@ -82,14 +91,18 @@ pub struct DatabaseUrl {
     target: String,
     // Whether PostgreSQL connections keep diesel's prepared statement cache.
     statement_cache: bool,
+    // SQLite only: whether opening may create the file. The migration tool
+    // works on files that exist; only a service creates its own database.
+    create: bool,
 }
 
 impl DatabaseUrl {
-    /// An SQLite database at `path`.
+    /// An SQLite database at `path`, created if missing (a warning names it then).
     pub fn sqlite(path: impl Into<String>) -> Self {
         DatabaseUrl {
             backend: Backend::Sqlite,
             target: path.into(),
+            create: true,
             statement_cache: true,
         }
     }
@@ -119,6 +132,56 @@ impl DatabaseUrl {
         self.statement_cache
     }
 
+
+    /// An SQLite file that must already exist: opening it never creates one,
+    /// and fails with [`Error::NoSuchFile`] when it is missing.
+    ///
+    /// ```
+    /// use interview_store::{DatabaseUrl, Error, Store, StoreConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("missing.db");
+    /// let url = DatabaseUrl::existing_sqlite(&path).unwrap();
+    /// let err = Store::open(url, StoreConfig::default()).unwrap_err();
+    /// assert!(matches!(err, Error::NoSuchFile { .. }), "{err}");
+    /// assert!(!path.exists());
+    /// ```
+    pub fn existing_sqlite(path: &Path) -> Result<Self> {
+        let target = path.to_str().ok_or_else(|| {
+            Error::invalid(
+                "sqlite path",
+                format!("{} is not valid UTF-8", path.display()),
+            )
+        })?;
+        Ok(DatabaseUrl {
+            backend: Backend::Sqlite,
+            target: target.to_string(),
+            create: false,
+            statement_cache: true,
+        })
+    }
+
+    /// Parses `s` and accepts only PostgreSQL: a `postgres://` or
+    /// `postgresql://` URL, or a libpq keyword/value string.
+    ///
+    /// The error never repeats `s`, which may hold a password.
+    ///
+    /// ```
+    /// use interview_store::DatabaseUrl;
+    /// assert!(DatabaseUrl::postgres("host=db dbname=interview").is_ok());
+    /// let err = DatabaseUrl::postgres("interview.db").unwrap_err();
+    /// assert!(err.to_string().contains("not a PostgreSQL"), "{err}");
+    /// ```
+    pub fn postgres(s: &str) -> Result<Self> {
+        let url: DatabaseUrl = s.parse()?;
+        if url.backend != Backend::Postgres {
+            return Err(Error::invalid(
+                "postgres url",
+                "is not a PostgreSQL URL: expected postgres://USER@HOST/DB or keyword/value pairs like host=HOST dbname=DB, not a SQLite file",
+            ));
+        }
+        Ok(url)
+    }
+
     /// Which backend this URL points at.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -129,7 +192,7 @@ impl DatabaseUrl {
         &self.target
     }
 
-    /// The URL with any password replaced by `***`: the only form fit for logs.
+    /// The URL with every password replaced by `***`: the only form fit for logs.
     pub fn masked(&self) -> String {
         match self.backend {
             Backend::Sqlite => format!("sqlite://{}", self.target),
@@ -137,30 +200,139 @@ impl DatabaseUrl {
         }
     }
 
+    /// The same database with libpq's `connect_timeout` set, unless the URL sets one.
+    pub(crate) fn with_connect_timeout(&self, timeout: Duration) -> DatabaseUrl {
+        if self.backend != Backend::Postgres || self.sets("connect_timeout") {
+            return self.clone();
+        }
+        // libpq counts whole seconds.
+        let secs = (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1);
+        let separator = if !crate::conninfo::is_uri(&self.target) {
+            " " // keyword/value form
+        } else if self.target.contains('?') {
+            "&"
+        } else {
+            "?"
+        };
+        DatabaseUrl {
+            target: format!("{}{separator}connect_timeout={secs}", self.target),
+            ..self.clone()
+        }
+    }
+
+    /// Whether a PostgreSQL connection string sets `key` itself.
+    fn sets(&self, key: &str) -> bool {
+        if crate::conninfo::is_uri(&self.target) {
+            let query = self.target.split_once('?').map_or("", |(_, q)| q);
+            return query.split('&').any(|p| {
+                p.split('=')
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case(key))
+            });
+        }
+        crate::conninfo::parse_pairs(&self.target)
+            .is_ok_and(|pairs| pairs.iter().any(|p| p.key.eq_ignore_ascii_case(key)))
+    }
+
     /// Opens one connection of the right variant (never tries the other backend).
     ///
     /// A failed TLS handshake or certificate check is [`Error::Tls`], any
     /// other failure [`Error::Connect`]; both carry the URL with its password masked.
     pub fn establish(&self) -> Result<AnyConnection> {
-        let conn = match self.backend {
-            Backend::Sqlite => SqliteConnection::establish(&self.target).map(AnyConnection::Sqlite),
-            Backend::Postgres => PgConnection::establish(&self.target).map(|mut c| {
-                if !self.statement_cache {
-                    c.set_prepared_statement_cache_size(CacheSize::Disabled);
-                }
-                AnyConnection::Postgres(c)
-            }),
-        };
-        conn.map_err(|e| {
+        match self.backend {
+            Backend::Sqlite if !self.create => {
+                open_existing_sqlite(Path::new(&self.target)).map(AnyConnection::Sqlite)
+            }
+            Backend::Sqlite => self.establish_or_create_sqlite().map(AnyConnection::Sqlite),
+            Backend::Postgres => self.establish_postgres().map(AnyConnection::Postgres),
+        }
+    }
+
+    fn establish_postgres(&self) -> Result<PgConnection> {
+        let mut conn = PgConnection::establish(&self.target).map_err(|e| {
             let url = self.masked();
             let reason = mask_in_text(&e.to_string(), &self.target);
-            if self.backend == Backend::Postgres && is_tls_failure(&reason) {
+            if is_tls_failure(&reason) {
                 Error::Tls { url, reason }
             } else {
                 Error::Connect { url, reason }
             }
+        })?;
+        if !self.statement_cache {
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        Ok(conn)
+    }
+
+    fn establish_or_create_sqlite(&self) -> Result<SqliteConnection> {
+        let path = Path::new(&self.target);
+        let existed = path.exists();
+        let conn = SqliteConnection::establish(&self.target).map_err(|e| Error::Connect {
+            url: self.masked(),
+            reason: e.to_string(),
+        })?;
+        if !existed && path.exists() {
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            log::warn!(
+                "created a new, empty SQLite database at {}",
+                shown.display()
+            );
+        }
+        Ok(conn)
+    }
+}
+
+/// Opens an SQLite file that must exist; never creates one.
+///
+/// Fails with [`Error::NoSuchFile`] when `path` is not a file, and opens it
+/// with SQLite's `mode=rw`, so a file removed meanwhile is not recreated.
+/// Every migration command that reads or updates a file opens it here (or
+/// through [`DatabaseUrl::existing_sqlite`]).
+pub fn open_existing_sqlite(path: &Path) -> Result<SqliteConnection> {
+    require_sqlite_file(path)?;
+    let shown = path.display().to_string();
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::invalid("sqlite path", format!("{shown} is not valid UTF-8")))?;
+    SqliteConnection::establish(&existing_file_uri(text)).map_err(|e| Error::Connect {
+        url: format!("sqlite://{shown}"),
+        reason: e.to_string(),
+    })
+}
+
+/// Fails with [`Error::NoSuchFile`] unless `path` is an existing file.
+///
+/// For steps that must find the SQLite file before touching anything else
+/// (e.g. before connecting to PostgreSQL).
+pub fn require_sqlite_file(path: &Path) -> Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Error::NoSuchFile {
+            path: path.display().to_string(),
         })
     }
+}
+
+/// An SQLite URI opening `path` read-write without creating it.
+fn existing_file_uri(path: &str) -> String {
+    // An absolute path gets an empty authority, so a path starting with `//`
+    // is not read as a host name.
+    let mut uri = String::from(if path.starts_with('/') {
+        "file://"
+    } else {
+        "file:"
+    });
+    for c in path.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3F"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=rw");
+    uri
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -182,13 +354,14 @@ impl std::str::FromStr for DatabaseUrl {
         if s.is_empty() {
             return Err(Error::invalid("database url", "is empty"));
         }
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return Ok(DatabaseUrl {
-                backend: Backend::Postgres,
-                target: s.to_string(),
-                statement_cache: true,
-            });
+        let postgres = |target: &str| DatabaseUrl {
+            backend: Backend::Postgres,
+            target: target.to_string(),
+            create: false,
+            statement_cache: true,
+        };
+        if conninfo::is_uri(s) {
+            return Ok(postgres(s));
         }
         if let Some(path) =
             strip_prefix_ci(s, "sqlite://").or_else(|| strip_prefix_ci(s, "sqlite:"))
@@ -198,10 +371,26 @@ impl std::str::FromStr for DatabaseUrl {
             }
             return Ok(DatabaseUrl::sqlite(path));
         }
+        if conninfo::looks_like_pairs(s) {
+            return match conninfo::parse_pairs(s) {
+                Ok(_) => Ok(postgres(s)),
+                Err(e) => Err(Error::invalid("database url", e.to_string())),
+            };
+        }
         if let Some((scheme, _)) = s.split_once("://") {
+            // Only a plain scheme is repeated: the text before `://` may hold anything.
+            let shown = if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            {
+                format!("unsupported scheme {scheme:?}")
+            } else {
+                "unsupported URL".to_string()
+            };
             return Err(Error::invalid(
                 "database url",
-                format!("unsupported scheme {scheme:?}: use postgres://, sqlite:// or a file path"),
+                format!("{shown}: use postgres://, keyword/value pairs, sqlite:// or a file path"),
             ));
         }
         Ok(DatabaseUrl::sqlite(s))
@@ -218,67 +407,24 @@ fn is_tls_failure(reason: &str) -> bool {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
-}
-
-/// Replaces the password of a `scheme://user:password@host…` URL, and any
-/// `password=` query parameter, with `***`.
-///
-/// ```
-/// use interview_store::connection::mask_password;
-/// assert_eq!(mask_password("postgres://u:p%40ss@h:5432/db?sslmode=require"), "postgres://u:***@h:5432/db?sslmode=require");
-/// assert_eq!(mask_password("postgres://h/db?user=u&password=x"), "postgres://h/db?user=u&password=***");
-/// assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
-/// ```
-pub fn mask_password(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-            }
-        }
+    if conninfo::starts_with_ci(s, prefix) {
+        s.get(prefix.len()..)
+    } else {
+        None
     }
-    let lower = out.to_ascii_lowercase();
-    if let Some(i) = lower.find("password=") {
-        let start = i + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |j| start + j);
-        out.replace_range(start..end, "***");
-    }
-    out
-}
-
-/// Removes the password of `url` from a driver message that might echo it.
-fn mask_in_text(text: &str, url: &str) -> String {
-    match password_of(url) {
-        Some(p) if !p.is_empty() => text.replace(p, "***"),
-        _ => text.to_string(),
-    }
-}
-
-fn password_of(url: &str) -> Option<&str> {
-    let rest = &url[url.find("://")? + 3..];
-    let auth = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &auth[..auth.rfind('@')?];
-    Some(&userinfo[userinfo.find(':')? + 1..])
 }
 
 /// Runs the per-connection setup on every new pooled connection.
 ///
 /// SQLite: WAL, enforced foreign keys, a busy timeout and `synchronous=NORMAL`
 /// (durable across application crashes, and fast in WAL mode). PostgreSQL:
-/// nothing, so a connection holds no session state a transaction-mode pooler
-/// would lose: timestamps travel as binary `TIMESTAMPTZ`, whatever the
-/// session's time zone.
+/// the statement timeout when one is configured, and nothing else: timestamps
+/// travel as binary `TIMESTAMPTZ` whatever the session's time zone, so a
+/// transaction-mode pooler loses nothing the store relies on.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSetup {
     pub busy_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
 }
 
 impl ConnectionSetup {
@@ -288,7 +434,16 @@ impl ConnectionSetup {
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
-            AnyConnection::Postgres(_) => Ok(()),
+            AnyConnection::Postgres(c) => match self.statement_timeout {
+                // A session setting: behind a transaction pooler it lands on one
+                // server connection only; set it on the role there (README,
+                // Managed PostgreSQL).
+                Some(t) => c.batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    t.as_millis().max(1)
+                )),
+                None => Ok(()),
+            },
         }
     }
 }
@@ -349,5 +504,42 @@ pub(crate) struct Customizer(pub ConnectionSetup);
 impl r2d2::CustomizeConnection<PoolConnection, Error> for Customizer {
     fn on_acquire(&self, conn: &mut PoolConnection) -> Result<()> {
         self.0.apply(&mut conn.conn).map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(url: &str) -> String {
+        let url: DatabaseUrl = url.parse().unwrap();
+        url.with_connect_timeout(Duration::from_millis(2500))
+            .connection_string()
+            .to_string()
+    }
+
+    #[test]
+    fn connect_timeout_is_added_in_the_form_of_the_string_unless_set() {
+        assert_eq!(
+            with_timeout("postgres://u@h/db"),
+            "postgres://u@h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("host=h user=u dbname=db"),
+            "host=h user=u dbname=db connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u@h/db?Connect_Timeout=7"),
+            "postgres://u@h/db?Connect_Timeout=7"
+        );
+        assert_eq!(
+            with_timeout("host=h connect_timeout = 7"),
+            "host=h connect_timeout = 7"
+        );
+        assert_eq!(with_timeout("sqlite://x.db"), "x.db");
     }
 }

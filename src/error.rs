@@ -55,6 +55,12 @@ pub enum Error {
         /// libpq's account of the TLS failure.
         reason: String,
     },
+    /// An SQLite file that must exist (the migration tool never creates one) is missing.
+    #[error("no such SQLite file: {path}")]
+    NoSuchFile {
+        /// The path as given.
+        path: String,
+    },
     /// A query failed, or a stored value could not be read back.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -141,7 +147,9 @@ impl Error {
             Error::NotFound { .. } => Category::NotFound,
             Error::InvalidInput { .. } => Category::Input,
             Error::ReadOnly => Category::ReadOnly,
-            Error::PoolTimeout { .. } | Error::Connect { .. } => Category::Unavailable,
+            Error::PoolTimeout { .. } | Error::Connect { .. } | Error::NoSuchFile { .. } => {
+                Category::Unavailable
+            }
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
             Error::Database(_)
             | Error::Tls { .. }

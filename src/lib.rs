@@ -13,9 +13,12 @@
 //! `chrono::DateTime<Utc>` timestamps at microsecond precision.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
+mod breaker;
 #[allow(missing_docs)] // the MultiConnection derive generates undocumented items
 pub mod connection;
+mod conninfo;
 pub mod error;
 pub mod migrate;
 pub mod migrations;
@@ -32,8 +35,8 @@ pub use connection::{AnyConnection, Backend, DatabaseUrl};
 pub use error::{Category, Error, Result};
 pub use pool::{PoolConfig, PoolState};
 pub use store::{
-    Draft, Health, Message, Page, Role, Session, SessionWithMessages, Store, StoreConfig,
-    TableCounts,
+    Claim, Draft, Health, KeyPolicy, Message, Page, Recorded, Role, Session, SessionWithMessages,
+    Store, StoreConfig, TableCounts, Ticket,
 };
 
 // The README's Rust examples run as doctests, so they cannot rot.

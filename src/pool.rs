@@ -1,8 +1,10 @@
 //! The one place that owns database connections: an r2d2 pool with a bounded wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::breaker::Breaker;
 use crate::connection::{AnyConnection, ConnectionSetup, Customizer, DatabaseUrl, Manager};
 use crate::error::{Error, Result};
 
@@ -24,6 +26,16 @@ pub struct PoolConfig {
     pub connection_timeout: Duration,
     /// How long SQLite waits on a locked database before giving up.
     pub busy_timeout: Duration,
+    /// PostgreSQL: longest wait to open one connection (libpq `connect_timeout`,
+    /// whole seconds, rounded up). Without it a server that accepts TCP but never
+    /// answers would hang the connection attempt forever. A `connect_timeout` in
+    /// the URL wins.
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest a statement may run (`statement_timeout`, set on
+    /// each new connection); `None` leaves the server's setting. Off by default
+    /// because the migration tool runs long bulk statements; the HTTP server
+    /// sets 30 s (`INTERVIEW_STATEMENT_TIMEOUT_MS`).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +45,8 @@ impl Default for PoolConfig {
             min_idle: Some(1),
             connection_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: None,
         }
     }
 }
@@ -61,6 +75,7 @@ pub(crate) struct Pool {
     timeout: Duration,
     timeouts: AtomicU64,
     waits: AtomicU64,
+    breaker: Arc<Breaker>,
 }
 
 impl Pool {
@@ -74,11 +89,14 @@ impl Pool {
         // Fail fast with the driver's own reason rather than a generic pool timeout,
         // and switch a new SQLite file to WAL before the pool opens connections
         // in parallel (changing the journal mode needs the database to itself).
-        let mut probe = url.establish()?;
-        ConnectionSetup {
+        let connect_url = url.with_connect_timeout(config.connect_timeout);
+        let setup = ConnectionSetup {
             busy_timeout: config.busy_timeout,
-        }
-        .apply(&mut probe)?;
+            statement_timeout: config.statement_timeout,
+        };
+        let mut probe = connect_url.establish()?;
+        setup.apply(&mut probe)?;
+        let breaker = Breaker::new(connect_url.clone());
         let inner = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(config.min_idle.map(|m| m.min(max_size)))
@@ -86,17 +104,16 @@ impl Pool {
             // A ping per checkout would double the round trips of a short query;
             // dead connections are found by the operations instead (see `run`).
             .test_on_check_out(false)
-            .connection_customizer(Box::new(Customizer(ConnectionSetup {
-                busy_timeout: config.busy_timeout,
-            })))
-            .error_handler(Box::new(LogErrors))
-            .build_unchecked(Manager { url: url.clone() });
+            .connection_customizer(Box::new(Customizer(setup)))
+            .error_handler(Box::new(LogErrors(breaker.clone())))
+            .build_unchecked(Manager { url: connect_url });
         let pool = Pool {
             inner,
             url,
             timeout: config.connection_timeout,
             timeouts: AtomicU64::new(0),
             waits: AtomicU64::new(0),
+            breaker,
         };
         Ok(pool)
     }
@@ -113,19 +130,37 @@ impl Pool {
         result
     }
 
+    /// A connection within `wait`; at once an error while the database is known to be unreachable.
     pub(crate) fn get_within(&self, wait: Duration) -> Result<PooledConnection> {
         if self.inner.state().idle_connections == 0 {
             self.waits.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.get_timeout(wait).map_err(|e| {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-            Error::PoolTimeout {
-                waited: wait,
-                url: self.url.masked(),
-                last_error: Some(e.to_string())
-                    .filter(|m| !m.is_empty() && m != "timed out waiting for connection"),
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(refused) = self.breaker.refusal() {
+                // An idle connection may still work (the failure may have been
+                // "too many clients"); a dead one fails at once on use anyway.
+                // What must not happen is waiting for a new one.
+                return self.inner.try_get().ok_or(refused);
             }
-        })
+            // Short slices, so a breaker that opens meanwhile ends the wait.
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(BREAKER_CHECK);
+            match self.inner.get_timeout(slice) {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() >= deadline => {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::PoolTimeout {
+                        waited: wait,
+                        url: self.url.masked(),
+                        last_error: Some(e.to_string())
+                            .filter(|m| !m.is_empty() && m != "timed out waiting for connection"),
+                    });
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     pub(crate) fn state(&self) -> PoolState {
@@ -144,11 +179,18 @@ impl Pool {
     }
 }
 
+/// How often a waiting checkout looks at the breaker.
+const BREAKER_CHECK: Duration = Duration::from_millis(25);
+
+/// Logs the pool's failed connection attempts, and opens the breaker on them.
 #[derive(Debug)]
-struct LogErrors;
+struct LogErrors(Arc<Breaker>);
 
 impl r2d2::HandleError<Error> for LogErrors {
     fn handle_error(&self, error: Error) {
         log::warn!("connection pool: {error}");
+        if let Error::Connect { .. } = error {
+            self.0.trip(crate::breaker::reason_of(error));
+        }
     }
 }

@@ -42,6 +42,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::types::sql::{MultiTimestamp, MultiUuid};
+
+    /// Idempotency keys of the HTTP API and the responses recorded under them.
+    idempotency_keys (scope, key) {
+        scope -> Text,
+        key -> Text,
+        request_hash -> Text,
+        token -> MultiUuid,
+        status_code -> Nullable<Integer>,
+        response_body -> Nullable<Text>,
+        created_at -> MultiTimestamp,
+        claimed_at -> MultiTimestamp,
+        completed_at -> Nullable<MultiTimestamp>,
+    }
+}
+
 diesel::joinable!(messages -> sessions (session_id));
 diesel::joinable!(drafts -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(sessions, messages, drafts);

@@ -131,6 +131,23 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
     out
 }
 
+/// Shows stored bytes that are not valid UTF-8 for an error message: quoted,
+/// printable ASCII as is, everything else as `\xNN`, at most `max` bytes.
+pub(crate) fn escape_bytes(b: &[u8], max: usize) -> String {
+    let mut out = String::from("\"");
+    out.extend(
+        b.iter()
+            .take(max)
+            .flat_map(|c| std::ascii::escape_default(*c))
+            .map(char::from),
+    );
+    out.push('"');
+    if b.len() > max {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,20 +94,29 @@ impl ToSql<sql::MultiTimestamp, Pg> for DbTimestamp {
 
 // SQLite: text, parsed leniently and written canonically.
 
-fn sqlite_text<'a>(
-    value: <Sqlite as diesel::backend::Backend>::RawValue<'a>,
-) -> deserialize::Result<&'a str> {
-    let ptr = <*const str as FromSql<diesel::sql_types::Text, Sqlite>>::from_sql(value)?;
-    // SAFETY: diesel guarantees the text outlives the raw value it was read from,
-    // and we copy out of it before `from_sql` returns.
-    Ok(unsafe { &*ptr })
+/// The stored bytes of a SQLite value as UTF-8, read from the live value.
+///
+/// Strict on purpose: an id or timestamp holding invalid UTF-8 is corrupt,
+/// never a lossy decoding that might happen to parse. Reading the value as a
+/// blob hands out its bytes unconverted (numbers as their text form).
+fn sqlite_text<'v>(
+    value: &'v mut diesel::sqlite::SqliteValue<'_, '_, '_>,
+) -> deserialize::Result<&'v str> {
+    let bytes = value.read_blob();
+    std::str::from_utf8(bytes).map_err(|_| {
+        format!(
+            "invalid UTF-8 in stored text {}",
+            timestamp::escape_bytes(bytes, 60)
+        )
+        .into()
+    })
 }
 
 impl FromSql<sql::MultiUuid, Sqlite> for DbUuid {
     fn from_sql(
-        bytes: <Sqlite as diesel::backend::Backend>::RawValue<'_>,
+        mut value: <Sqlite as diesel::backend::Backend>::RawValue<'_>,
     ) -> deserialize::Result<Self> {
-        let text = sqlite_text(bytes)?;
+        let text = sqlite_text(&mut value)?;
         uuid::Uuid::parse_str(text)
             .map(DbUuid)
             .map_err(|e| format!("invalid UUID {:?}: {e}", timestamp::shorten(text, 40)).into())
@@ -123,9 +132,9 @@ impl ToSql<sql::MultiUuid, Sqlite> for DbUuid {
 
 impl FromSql<sql::MultiTimestamp, Sqlite> for DbTimestamp {
     fn from_sql(
-        bytes: <Sqlite as diesel::backend::Backend>::RawValue<'_>,
+        mut value: <Sqlite as diesel::backend::Backend>::RawValue<'_>,
     ) -> deserialize::Result<Self> {
-        timestamp::parse(sqlite_text(bytes)?)
+        timestamp::parse(sqlite_text(&mut value)?)
             .map(DbTimestamp)
             .map_err(Into::into)
     }

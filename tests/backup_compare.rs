@@ -57,6 +57,28 @@ fn backup_of_a_live_database_is_consistent_and_never_overwrites() {
 }
 
 #[test]
+fn a_backup_is_private_to_its_owner_and_needs_an_existing_source() {
+    let db = common::TestDb::new(Backend::Sqlite);
+    let store = db.store();
+    store.start_session().unwrap();
+    let path = db.url.trim_start_matches("sqlite://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backup.db");
+    backup(std::path::Path::new(&path), &out).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "backup mode {mode:o}");
+    }
+
+    let missing = dir.path().join("missing.db");
+    let err = backup(&missing, &dir.path().join("other.db")).unwrap_err();
+    assert!(matches!(err, Error::NoSuchFile { .. }), "{err}");
+    assert!(!missing.exists() && !dir.path().join("other.db").exists());
+}
+
+#[test]
 fn compare_finds_equal_sides_equal_and_names_each_difference() {
     let lite = common::TestDb::new(Backend::Sqlite);
     let pg = common::TestDb::new(Backend::Postgres);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::legacy::{clean_sql, Legacy};
@@ -25,7 +25,13 @@ fn migrate_bin() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
+    run_in(Path::new("."), args)
+}
+
+/// Runs the tool in `dir`, so a file it might create by mistake lands there.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(migrate_bin())
+        .current_dir(dir)
         .args(args)
         .env_remove("INTERVIEW_SQLITE_PATH")
         .env_remove("INTERVIEW_POSTGRES_URL")
@@ -126,6 +132,102 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     let o = run(&["status", "--postgres", &db.url]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("copied"), "{}", text(&o));
+}
+
+/// A loopback port where nothing listens.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_keyword_value_string_is_postgres_and_its_password_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password='hunter2 x' dbname=interview",
+        closed_port()
+    );
+    for args in [
+        vec!["setup", "--postgres", &conninfo],
+        vec!["status", "--postgres", &conninfo],
+    ] {
+        // With the info log on, which names the database being opened.
+        let o = Command::new(migrate_bin())
+            .current_dir(dir.path())
+            .args(&args)
+            .env_remove("INTERVIEW_POSTGRES_URL")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(text(&o).contains("password=***"), "{}", text(&o));
+        assert!(!text(&o).contains("hunter2"), "{}", text(&o));
+    }
+    // Not PostgreSQL: refused as usage (exit 2), the value never repeated.
+    for bad in [
+        "interview.db",
+        "mysql://app:hunter2@db/x",
+        "hots=db password=hunter2",
+    ] {
+        let o = run_in(dir.path(), &["setup", "--postgres", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(!text(&o).contains("hunter2"), "{}", text(&o));
+    }
+    let o = Command::new(migrate_bin())
+        .current_dir(dir.path())
+        .args(["setup"])
+        .env("INTERVIEW_POSTGRES_URL", "interview.db")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a PostgreSQL URL"), "{}", text(&o));
+    assert_eq!(
+        files_in(dir.path()),
+        Vec::<String>::new(),
+        "no file was created"
+    );
+}
+
+#[test]
+fn every_command_on_a_missing_sqlite_file_exits_3_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let m = missing.to_str().unwrap();
+    let pg = format!(
+        "postgres://app:hunter2@127.0.0.1:{}/interview",
+        closed_port()
+    );
+    let out = dir.path().join("backup.db");
+    let commands: [&[&str]; 7] = [
+        &["check", "--sqlite", m],
+        &["copy", "--sqlite", m, "--postgres", &pg],
+        &["sync", "--sqlite", m, "--postgres", &pg],
+        &["verify", "--sqlite", m, "--postgres", &pg],
+        &["compare", "--sqlite", m, "--postgres", &pg],
+        &["rollback-sync", "--postgres", &pg, "--sqlite", m],
+        &["backup", "--sqlite", m, "--out", out.to_str().unwrap()],
+    ];
+    for args in commands {
+        let o = run_in(dir.path(), args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("no such SQLite file: {m}")),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert_eq!(
+            files_in(dir.path()),
+            Vec::<String>::new(),
+            "{args:?} created a file"
+        );
+    }
 }
 
 /// Serves the interview API for `store` on a loopback port from a thread of its own.

@@ -142,3 +142,52 @@ fn postgres_over_tls_with_sslmode_require() {
         .unwrap();
     assert!(on_tls, "the connection is encrypted");
 }
+
+#[test]
+fn statement_timeout_cancels_a_long_statement() {
+    let pg = common::PgDatabase::create();
+    let config = StoreConfig {
+        pool: PoolConfig {
+            statement_timeout: Some(Duration::from_millis(200)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = Store::connect(&pg.url, config).unwrap();
+    let err = store
+        .with_connection(|c| {
+            diesel::sql_query("SELECT pg_sleep(5)").execute(c)?;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    // The connection stays usable.
+    store
+        .with_connection(|c| Ok(diesel::sql_query("SELECT 1").execute(c)?))
+        .unwrap();
+}
+
+#[test]
+fn connect_timeout_bounds_a_server_that_never_answers() {
+    // Accepts TCP and then says nothing, like a hung server or a black-holed route.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("postgres://app@127.0.0.1:{port}/interview");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let config = StoreConfig {
+            pool: PoolConfig {
+                connect_timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let _ = tx.send(Store::connect(&url, config).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("connecting to a silent server must give up by itself");
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Unavailable, "{err}");
+    drop(silent);
+}

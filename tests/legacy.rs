@@ -1,10 +1,13 @@
 //! Opening a database written by the legacy service (SQLite only by nature).
 
+mod common;
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel::SqliteConnection;
-use interview_store::{timestamp, Role, Store, StoreConfig};
+use interview_store::migrate::{compare, Selection};
+use interview_store::{timestamp, Error, Role, Store, StoreConfig};
 
 const LEGACY_SCHEMA: &str = include_str!("fixtures/legacy-schema.sql");
 
@@ -56,8 +59,8 @@ fn legacy_file_opens_migrates_and_reads_back_unchanged() {
     let store = Store::connect(path, StoreConfig::default()).unwrap();
     assert_eq!(
         store.migrate().unwrap().len(),
-        1,
-        "the adopting migration runs once"
+        2,
+        "the adopting migration and the idempotency-key table, once each"
     );
     assert_eq!(dump(path), before, "adopting the file changed no row");
 
@@ -152,4 +155,113 @@ fn unreadable_legacy_value_is_an_error_naming_it() {
         err.contains("messages row 1") && err.contains("\"bot\""),
         "{err}"
     );
+}
+
+/// `text` with the byte 0xFF (never valid in UTF-8) spliced in before its last character, as SQL.
+fn with_invalid_byte(text: &str) -> String {
+    let (head, last) = text.split_at(text.len() - 1);
+    format!("'{head}' || CAST(x'ff' AS TEXT) || '{last}'")
+}
+
+#[test]
+fn invalid_utf8_in_ids_and_timestamps_is_corrupt_on_every_read_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-utf8.db");
+    let path = path.to_str().unwrap();
+    let ts = "2024-05-01T10:00:00Z";
+    let bad_ts = with_invalid_byte(ts);
+    let a = "7c9e6679-7425-40de-944b-e07fc1f90ae7"; // created_at holds 0xFF
+    let b = "0f5a7d8e-3b1c-4a2e-9f00-1234567890ab"; // its id holds 0xFF
+    let c = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"; // a message's created_at holds 0xFF
+    let d = "9a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9"; // a draft's created_at holds 0xFF
+    let mut conn = SqliteConnection::establish(path).unwrap();
+    conn.batch_execute(LEGACY_SCHEMA).unwrap();
+    conn.batch_execute(&format!(
+        "INSERT INTO sessions VALUES ('{a}', {bad_ts}, '{ts}', '');
+         INSERT INTO sessions VALUES ({bad_b}, '{ts}', '{ts}', '');
+         INSERT INTO sessions VALUES ('{c}', '{ts}', '{ts}', '');
+         INSERT INTO sessions VALUES ('{d}', '{ts}', '{ts}', '');
+         INSERT INTO messages (session_id, role, text, created_at) VALUES ('{c}', 'user', 'hi', {bad_ts});
+         INSERT INTO drafts (session_id, content, created_at) VALUES ('{d}', 'draft', {bad_ts});",
+        bad_b = with_invalid_byte(b),
+    ))
+    .unwrap();
+    let store = Store::connect(path, StoreConfig::default()).unwrap();
+    store.migrate().unwrap();
+
+    // Never a lossy decoding that might parse: the stored bytes are shown as they are.
+    let corrupt = |r: Result<String, Error>, names: &str| {
+        let e = r.expect_err("an unreadable row must not read as a value");
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert_eq!(e.category(), interview_store::Category::Db);
+        let text = e.to_string();
+        assert!(
+            text.contains(names) && text.contains("invalid UTF-8") && text.contains("\\xff"),
+            "{text}"
+        );
+        text
+    };
+    let text = corrupt(
+        store
+            .get_session(a.parse().unwrap())
+            .map(|s| format!("{s:?}")),
+        &format!("session {a}"),
+    );
+    assert!(text.contains("created_at"), "{text}");
+    let text = corrupt(
+        store
+            .get_session(c.parse().unwrap())
+            .map(|s| format!("{s:?}")),
+        &format!("session {c}"),
+    );
+    assert!(text.contains("created_at"), "{text}");
+    corrupt(
+        store
+            .latest_draft(d.parse().unwrap())
+            .map(|s| format!("{s:?}")),
+        &format!("drafts of session {d}"),
+    );
+    // A page names itself, the column and the stored bytes.
+    corrupt(
+        store
+            .list_sessions(interview_store::Page::default())
+            .map(|s| format!("{s:?}")),
+        "sessions page",
+    );
+
+    // The dual-read compare: a sample meets the unreadable id, named sessions each their row.
+    let pg_db = common::TestDb::new(interview_store::Backend::Postgres);
+    let pg = pg_db.store();
+    let text = corrupt(
+        compare(&store, &pg, &Selection::Sample(10)).map(|r| format!("{r:?}")),
+        "session ids",
+    );
+    let (head, last) = b.split_at(b.len() - 1);
+    assert!(text.contains(&format!("\"{head}\\xff{last}\"")), "{text}");
+    let ids: Vec<uuid::Uuid> = [a, c, d].iter().map(|s| s.parse().unwrap()).collect();
+    common::seed_identical(&pg, &ids);
+    let report = compare(&store, &pg, &Selection::Sessions(ids.clone())).unwrap();
+    assert_eq!(report.differences.len(), 3, "{report:?}");
+    for (diff, id) in report.differences.iter().zip(&ids) {
+        assert_eq!(diff.session, *id);
+        assert!(
+            diff.what.starts_with("unreadable on sqlite")
+                && diff.what.contains("invalid UTF-8")
+                && diff.what.contains(&format!("session {id}")),
+            "{diff:?}"
+        );
+    }
+
+    // Once every id reads, a page names the row that does not.
+    conn.batch_execute(&format!(
+        "DELETE FROM sessions WHERE id NOT IN ('{a}', '{c}', '{d}')"
+    ))
+    .unwrap();
+    let text = corrupt(
+        store
+            .list_sessions(interview_store::Page::default())
+            .map(|s| format!("{s:?}")),
+        &format!("session {a} (sessions page"),
+    );
+    assert!(text.contains("created_at"), "{text}");
 }

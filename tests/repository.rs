@@ -271,3 +271,153 @@ backend_test!(a_chat_turn_is_stored_whole_or_not_at_all, |db: &TestDb| {
         Err(Error::NotFound { .. })
     ));
 });
+
+backend_test!(
+    idempotency_key_records_its_response_with_the_write,
+    |db: &TestDb| {
+        use interview_store::{Claim, KeyPolicy, Recorded};
+        let store = db.store();
+        let (session, _) = store.start_session_with(Role::Assistant, "Q").unwrap();
+        let answer = |status| Recorded {
+            status,
+            body: "{\"ok\":true}".into(),
+        };
+        let scope = "POST /interview/chat";
+        let fresh = KeyPolicy::default();
+        let Claim::Run(first) = store.claim_idempotency_key(scope, "k", "h", fresh).unwrap() else {
+            panic!("a new key runs");
+        };
+        assert_eq!(
+            store.claim_idempotency_key(scope, "k", "h", fresh).unwrap(),
+            Claim::InProgress
+        );
+        assert_eq!(
+            store
+                .claim_idempotency_key(scope, "k", "other", fresh)
+                .unwrap(),
+            Claim::Mismatch
+        );
+        // The first holder is presumed gone once its lease has passed: a retry takes the key over ...
+        let lapsed = KeyPolicy {
+            lease: std::time::Duration::ZERO,
+            ..fresh
+        };
+        let Claim::Run(second) = store
+            .claim_idempotency_key(scope, "k", "h", lapsed)
+            .unwrap()
+        else {
+            panic!("a lapsed claim is taken over");
+        };
+        // ... and the first holder's late write is rolled back with its response: nothing twice.
+        let late =
+            store.append_messages_once(&first, session.id, &[(Role::User, "late")], None, |_| {
+                answer(200)
+            });
+        assert!(late.is_err(), "{late:?}");
+        assert_eq!(store.get_session(session.id).unwrap().messages.len(), 1);
+        store
+            .append_messages_once(&second, session.id, &[(Role::User, "once")], None, |_| {
+                answer(200)
+            })
+            .unwrap();
+        assert_eq!(
+            store.claim_idempotency_key(scope, "k", "h", fresh).unwrap(),
+            Claim::Replay(answer(200))
+        );
+        assert_eq!(store.get_session(session.id).unwrap().messages.len(), 2);
+
+        // A failed write records nothing, and a released key runs again.
+        let Claim::Run(t) = store
+            .claim_idempotency_key(scope, "k2", "h", fresh)
+            .unwrap()
+        else {
+            panic!()
+        };
+        let unknown = uuid::Uuid::now_v7();
+        let err = store
+            .append_messages_once(&t, unknown, &[(Role::User, "x")], None, |_| answer(200))
+            .unwrap_err();
+        assert_eq!(err.category(), Category::NotFound);
+        store.release_idempotency_key(&t).unwrap();
+        assert!(matches!(
+            store
+                .claim_idempotency_key(scope, "k2", "h", fresh)
+                .unwrap(),
+            Claim::Run(_)
+        ));
+
+        // Keys are scoped per endpoint, and pruned after their retention.
+        assert!(matches!(
+            store
+                .claim_idempotency_key("POST /interview/draft", "k", "h", fresh)
+                .unwrap(),
+            Claim::Run(_)
+        ));
+        assert_eq!(
+            store
+                .prune_idempotency_keys(std::time::Duration::from_secs(3600))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .prune_idempotency_keys(std::time::Duration::ZERO)
+                .unwrap(),
+            3
+        );
+    }
+);
+
+backend_test!(
+    health_runs_one_check_at_a_time_while_the_database_hangs,
+    |db: &TestDb| {
+        use std::time::Duration;
+        // One connection, held by a slow caller: to health the database hangs.
+        let store = db.store_with(StoreConfig {
+            pool: interview_store::PoolConfig {
+                max_size: 1,
+                min_idle: Some(1),
+                connection_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            health_timeout: Duration::from_millis(1500),
+            ..Default::default()
+        });
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .with_connection(|_| {
+                        std::thread::sleep(Duration::from_millis(2500));
+                        Ok(())
+                    })
+                    .unwrap()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || store.health())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let checks = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            // "interview-store-health", cut to the 15 bytes Linux keeps of a thread name.
+            .filter(|name| name.trim() == "interview-store")
+            .count();
+        // Tests of this file run in parallel in one process (this one on the other
+        // backend too), so a few checks may be theirs; one per caller would be 20.
+        assert!(checks <= 3, "{checks} health check threads for 20 callers");
+        for c in callers {
+            let h = c.join().unwrap();
+            assert!(!h.db_up, "the only connection is held");
+            assert!(h.error.is_some());
+        }
+        holder.join().unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(store.health().db_up, "up again once the connection is free");
+    }
+);

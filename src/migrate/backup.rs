@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use diesel::SqliteConnection;
 
+use crate::connection::open_existing_sqlite;
 use crate::error::{Error, Result};
 use crate::store::TableCounts;
 
@@ -38,7 +38,8 @@ struct Count {
 /// Uses `VACUUM INTO`, which reads inside one read transaction: on a
 /// WAL-mode database the service keeps writing meanwhile and is not blocked.
 /// The copy is then opened and must pass `PRAGMA integrity_check`, or it is
-/// deleted and an error returned. An existing `out` is never overwritten.
+/// deleted and an error returned. An existing `out` is never overwritten; the
+/// backup is readable by its owner only (mode 0600), as the database may be.
 ///
 /// ```
 /// # fn main() -> interview_store::Result<()> {
@@ -52,28 +53,18 @@ struct Count {
 /// # Ok(()) }
 /// ```
 pub fn backup(source: &Path, out: &Path) -> Result<BackupReport> {
-    if out.exists() {
-        return Err(Error::invalid(
-            "backup path",
-            format!("{} already exists; choose a new file", out.display()),
-        ));
-    }
-    if !source.is_file() {
-        return Err(Error::invalid(
-            "sqlite path",
-            format!("{} is not a file", source.display()),
-        ));
-    }
-    let source_str = path_str(source)?;
+    let mut conn = open_existing_sqlite(source)?;
     let out_str = path_str(out)?;
-    let mut conn = SqliteConnection::establish(source_str).map_err(|e| Error::Connect {
-        url: format!("sqlite://{source_str}"),
-        reason: e.to_string(),
-    })?;
     conn.batch_execute("PRAGMA busy_timeout = 10000")?;
+    create_private(out)?;
     // SQLite takes the file name as a string literal here; quotes are doubled.
-    conn.batch_execute(&format!("VACUUM INTO '{}'", out_str.replace('\'', "''")))?;
+    // It writes into the empty file created above, keeping its mode.
+    let vacuum = conn.batch_execute(&format!("VACUUM INTO '{}'", out_str.replace('\'', "''")));
     drop(conn);
+    if let Err(e) = vacuum {
+        let _ = std::fs::remove_file(out);
+        return Err(e.into());
+    }
 
     let verified = verify_copy(out_str);
     if verified.is_err() {
@@ -94,10 +85,7 @@ pub fn backup(source: &Path, out: &Path) -> Result<BackupReport> {
 }
 
 fn verify_copy(path: &str) -> Result<TableCounts> {
-    let mut conn = SqliteConnection::establish(path).map_err(|e| Error::Connect {
-        url: format!("sqlite://{path}"),
-        reason: e.to_string(),
-    })?;
+    let mut conn = open_existing_sqlite(Path::new(path))?;
     let checks = diesel::sql_query("PRAGMA integrity_check").load::<Check>(&mut conn)?;
     if checks.len() != 1 || checks[0].integrity_check != "ok" {
         let problems: Vec<_> = checks
@@ -122,6 +110,29 @@ fn verify_copy(path: &str) -> Result<TableCounts> {
         messages: count("messages")?,
         drafts: count("drafts")?,
     })
+}
+
+/// Creates `out` empty, readable by its owner only, and fails if it exists.
+///
+/// The mode is set at creation, so the data is never readable by others,
+/// not even for a moment; creating exclusively also means an existing file is
+/// never overwritten, whoever creates it meanwhile.
+fn create_private(out: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(out) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::invalid(
+            "backup path",
+            format!("{} already exists; choose a new file", out.display()),
+        )),
+        Err(source) => Err(Error::Io {
+            path: out.display().to_string(),
+            source,
+        }),
+    }
 }
 
 fn path_str(p: &Path) -> Result<&str> {

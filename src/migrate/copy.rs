@@ -146,6 +146,8 @@ const DEFERRED: &[(&str, &str)] = &[
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result<CopyReport> {
+    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
     if opts.batch_size < 1 {
         return Err(Error::invalid("batch size", "must be at least 1"));

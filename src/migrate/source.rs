@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The three tables, in load order (sessions first: children are judged against them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -171,16 +171,7 @@ impl Source {
     /// Opens an existing file; never creates one, never changes its journal mode.
     pub fn open(path: &Path) -> Result<Source> {
         let shown = path.display().to_string();
-        if !path.is_file() {
-            return Err(Error::Connect {
-                url: shown,
-                reason: "no such SQLite file".into(),
-            });
-        }
-        let mut conn = SqliteConnection::establish(&shown).map_err(|e| Error::Connect {
-            url: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut conn = crate::connection::open_existing_sqlite(path)?;
         conn.batch_execute("PRAGMA busy_timeout = 10000")?;
         let mode = diesel::sql_query("PRAGMA journal_mode")
             .get_result::<Mode>(&mut conn)?

@@ -106,6 +106,13 @@ pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
 
 /// Opens a PostgreSQL connection with the schema and bookkeeping tables in place.
 pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
+    // Checked before connecting: opening a SQLite URL could create a file.
+    if url.backend() != crate::Backend::Postgres {
+        return Err(Error::invalid(
+            "postgres",
+            format!("{} is not a PostgreSQL URL", url.masked()),
+        ));
+    }
     let mut conn = url.establish()?;
     crate::migrations::run_pending(&mut conn)?;
     // No session settings: behind a transaction-mode pooler they would not

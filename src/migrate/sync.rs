@@ -62,6 +62,8 @@ pub struct SyncReport {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result<SyncReport> {
+    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
     let mut pg = state::connect(postgres)?;
     let source_name = super::source::source_name(sqlite);

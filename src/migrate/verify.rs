@@ -188,6 +188,8 @@ impl Digest {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
+    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
     let mut pg = state::connect(postgres)?;
     let recorded: HashSet<(String, String)> = state::rejects(&mut pg)?

@@ -7,6 +7,8 @@ use crate::connection::{Backend, DatabaseUrl};
 use crate::error::{Error, Result};
 use crate::store::StoreConfig;
 
+use super::Limits;
+
 /// Everything the example server reads from its environment.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -14,17 +16,23 @@ pub struct ServerConfig {
     pub backend: Backend,
     /// `INTERVIEW_SQLITE_PATH` (default `interview.db`).
     pub sqlite_path: String,
-    /// `INTERVIEW_POSTGRES_URL`; required when the backend is `postgres`.
-    pub postgres_url: Option<String>,
+    /// `INTERVIEW_POSTGRES_URL`, a PostgreSQL URL or keyword/value string
+    /// (anything else is refused); required when the backend is `postgres`.
+    /// Its `Debug` masks the password.
+    pub postgres_url: Option<DatabaseUrl>,
     /// `INTERVIEW_ADDR` (default `127.0.0.1:8080`).
     pub addr: SocketAddr,
     /// `INTERVIEW_ADMIN_TOKEN`; admin endpoints are off when unset.
     pub admin_token: Option<String>,
     /// `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`,
+    /// `INTERVIEW_CONNECT_TIMEOUT_MS` (default 10,000),
+    /// `INTERVIEW_STATEMENT_TIMEOUT_MS` (default 30,000; `0` leaves the server's setting) and
     /// `INTERVIEW_PG_STATEMENT_CACHE` (`on`, the default, or `off` behind a transaction pooler).
     pub store: StoreConfig,
     /// `INTERVIEW_REQUEST_TIMEOUT_MS` (default 10,000): longest wait on the database per request.
     pub request_timeout: Duration,
+    /// Header read and HTTP timeouts, concurrency, shutdown deadline, idempotency-key retention.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -57,17 +65,47 @@ impl ServerConfig {
         if let Some(v) = get("INTERVIEW_PG_STATEMENT_CACHE") {
             store.pg_statement_cache = on_off("INTERVIEW_PG_STATEMENT_CACHE", &v)?;
         }
+        store.pool.connect_timeout = ms("INTERVIEW_CONNECT_TIMEOUT_MS", 10_000)?;
+        store.pool.statement_timeout =
+            Some(ms("INTERVIEW_STATEMENT_TIMEOUT_MS", 30_000)?).filter(|t| !t.is_zero());
+        let count = |k: &'static str, default: usize| -> Result<usize> {
+            get(k).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Error::invalid(k, format!("{v:?} is not a positive number")))
+            })
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            header_read_timeout: ms("INTERVIEW_HEADER_READ_TIMEOUT_MS", 5_000)?,
+            http_timeout: ms("INTERVIEW_HTTP_TIMEOUT_MS", 30_000)?,
+            max_concurrent_requests: count(
+                "INTERVIEW_MAX_CONCURRENT_REQUESTS",
+                defaults.max_concurrent_requests,
+            )?,
+            shutdown_timeout: ms("INTERVIEW_SHUTDOWN_TIMEOUT_MS", 10_000)?,
+            idempotency_retention: Duration::from_secs(3600).saturating_mul(
+                u32::try_from(count("INTERVIEW_IDEMPOTENCY_RETENTION_HOURS", 24)?).map_err(
+                    |_| Error::invalid("INTERVIEW_IDEMPOTENCY_RETENTION_HOURS", "is too large"),
+                )?,
+            ),
+        };
         let addr = get("INTERVIEW_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(ServerConfig {
             backend: get("INTERVIEW_DB_BACKEND").map_or(Ok(Backend::Sqlite), |v| v.parse())?,
             sqlite_path: get("INTERVIEW_SQLITE_PATH").unwrap_or_else(|| "interview.db".into()),
-            postgres_url: get("INTERVIEW_POSTGRES_URL"),
+            postgres_url: get("INTERVIEW_POSTGRES_URL")
+                .map(|v| DatabaseUrl::postgres(&v).map_err(postgres_setting))
+                .transpose()?,
             addr: addr.parse().map_err(|_| {
                 Error::invalid("INTERVIEW_ADDR", format!("{addr:?} is not HOST:PORT"))
             })?,
             admin_token: get("INTERVIEW_ADMIN_TOKEN"),
             store,
             request_timeout: ms("INTERVIEW_REQUEST_TIMEOUT_MS", 10_000)?,
+            limits,
         })
     }
 
@@ -75,25 +113,16 @@ impl ServerConfig {
     pub fn database_url(&self) -> Result<DatabaseUrl> {
         match self.backend {
             Backend::Sqlite => Ok(DatabaseUrl::sqlite(self.sqlite_path.clone())),
-            Backend::Postgres => {
-                let url: DatabaseUrl = self
-                    .postgres_url
-                    .as_deref()
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "INTERVIEW_POSTGRES_URL",
-                            "must be set when INTERVIEW_DB_BACKEND=postgres",
-                        )
-                    })?
-                    .parse()?;
-                if url.backend() != Backend::Postgres {
-                    return Err(Error::invalid(
+            Backend::Postgres => self
+                .postgres_url
+                .clone()
+                .map(|url| url.with_statement_cache(self.store.pg_statement_cache))
+                .ok_or_else(|| {
+                    Error::invalid(
                         "INTERVIEW_POSTGRES_URL",
-                        "is not a postgres:// URL",
-                    ));
-                }
-                Ok(url.with_statement_cache(self.store.pg_statement_cache))
-            }
+                        "must be set when INTERVIEW_DB_BACKEND=postgres",
+                    )
+                }),
         }
     }
 }
@@ -107,5 +136,59 @@ fn on_off(name: &'static str, value: &str) -> Result<bool> {
             name,
             format!("{value:?} is neither \"on\" nor \"off\""),
         )),
+    }
+}
+
+/// Names the setting in a refusal of `INTERVIEW_POSTGRES_URL` (whose value is never repeated).
+fn postgres_setting(e: Error) -> Error {
+    match e {
+        Error::InvalidInput { reason, .. } => Error::invalid("INTERVIEW_POSTGRES_URL", reason),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<ServerConfig> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ServerConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn hardening_settings_have_defaults_and_read_the_environment() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.store.pool.statement_timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(c.store.pool.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.limits.idempotency_retention,
+            Duration::from_secs(24 * 3600)
+        );
+        let c = config(&[
+            ("INTERVIEW_STATEMENT_TIMEOUT_MS", "0"),
+            ("INTERVIEW_MAX_CONCURRENT_REQUESTS", "8"),
+            ("INTERVIEW_IDEMPOTENCY_RETENTION_HOURS", "48"),
+        ])
+        .unwrap();
+        assert_eq!(c.store.pool.statement_timeout, None);
+        assert_eq!(c.limits.max_concurrent_requests, 8);
+        assert_eq!(
+            c.limits.idempotency_retention,
+            Duration::from_secs(48 * 3600)
+        );
+        let err = config(&[("INTERVIEW_MAX_CONCURRENT_REQUESTS", "0")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("INTERVIEW_MAX_CONCURRENT_REQUESTS"),
+            "{err}"
+        );
     }
 }

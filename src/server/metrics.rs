@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{counter, gauge, histogram};
@@ -61,13 +62,31 @@ pub fn operation(op: &'static str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
+/// The `method` label: the standard methods by name, anything else `other`.
+///
+/// Label values come from fixed sets (methods, route templates, status codes),
+/// so a client sending made-up methods or paths cannot create new series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: requests by route and status, and their latency.
 pub async fn track_requests(req: Request, next: Next) -> Response {
+    // The route template, never the path as sent: ids and unknown paths would each be a series.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();

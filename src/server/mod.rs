@@ -1,28 +1,39 @@
 //! The interview HTTP API on top of the store (feature `server`).
 //!
 //! [`router`] builds the axum router, so a service can mount it; [`serve`]
-//! runs it with graceful shutdown. Store calls run on tokio's blocking pool
-//! (see [`blocking`]), never on the async workers.
+//! runs it with a header read timeout and graceful shutdown with a deadline.
+//! Store calls run on tokio's blocking pool (see [`blocking`]), never on the
+//! async workers.
 
+mod auth;
 pub mod blocking;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod interviewer;
+pub mod limits;
 pub mod metrics;
 mod routes;
+mod serve;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Router;
-use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
 pub use interviewer::{Interviewer, ScriptedInterviewer};
+pub use limits::Limits;
+pub use serve::{serve, shutdown_signal};
 
 use crate::Store;
 
@@ -40,6 +51,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Longest a request waits for the database before answering 503.
     pub request_timeout: Duration,
+    /// Timeouts, concurrency and idempotency-key retention.
+    pub limits: Limits,
 }
 
 impl AppState {
@@ -50,50 +63,43 @@ impl AppState {
             interviewer: Arc::new(ScriptedInterviewer),
             admin_token: None,
             request_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 }
 
 /// The API's router: `/health`, `/interview/*`, `/admin/maintenance`, `/metrics`.
+///
+/// Every request gets an `x-request-id` (the client's, or a new UUID), a
+/// deadline ([`Limits::http_timeout`]) and a place among at most
+/// [`Limits::max_concurrent_requests`]; beyond that it is answered 503 at once.
 pub fn router(state: AppState) -> Router {
     metrics::install();
+    let limits = state.limits.clone();
+    let overload = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::Category::Unavailable.as_str(),
+                "the server is at its limit of concurrent requests; retry later",
+            )
+            .into_response()
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests.max(1),
+        ));
     routes::routes()
-        .layer(axum::middleware::from_fn(metrics::track_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.http_timeout,
+        ))
+        .layer(overload)
+        .layer(axum::middleware::from_fn(error::finish_errors))
+        .layer(axum::middleware::from_fn(metrics::track_requests))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` resolves; requests in flight then finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    log::info!("shutting down: finishing requests in flight");
 }

@@ -7,12 +7,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson};
-use super::{blocking, metrics, AppState};
+use super::idempotency::{self, Begin};
+use super::{auth, blocking, metrics, AppState};
 use crate::store::{Draft, Message, Role};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -93,29 +94,58 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn start(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     // The body is `{}`; an empty one is accepted too, anything else that is not an object is refused.
-    if !body.iter().all(u8::is_ascii_whitespace) {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::input(format!("malformed JSON: {e}")))?;
         if !v.is_object() {
             return Err(ApiError::input("the body must be a JSON object"));
         }
-    }
-    let opening = state.interviewer.opening();
-    let (session, reply) = call(&state, "start_session", move |store| {
-        store.start_session_with(Role::Assistant, &opening)
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"session_id": session.id, "created_at": session.created_at, "reply": message_json(&reply)})),
+        v
+    };
+    let ticket = match idempotency::begin(
+        &state,
+        &headers,
+        "POST /interview/start",
+        request.to_string().as_bytes(),
     )
-        .into_response())
+    .await?
+    {
+        Begin::Answer(response) => return Ok(response),
+        Begin::Run(ticket) => ticket,
+    };
+    let opening = state.interviewer.opening();
+    let held = ticket.clone();
+    let result = call(&state, "start_session", move |store| {
+        let respond = |(session, reply): &(crate::Session, Message)| {
+            idempotency::recorded(StatusCode::CREATED, &start_json(session, reply))
+        };
+        match &held {
+            Some(t) => store.start_session_once(t, Role::Assistant, &opening, respond),
+            None => store.start_session_with(Role::Assistant, &opening),
+        }
+    })
+    .await;
+    let (session, reply) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            idempotency::release(&state, ticket).await;
+            return Err(e);
+        }
+    };
+    Ok((StatusCode::CREATED, Json(start_json(&session, &reply))).into_response())
 }
 
-#[derive(Deserialize)]
+fn start_json(session: &crate::Session, reply: &Message) -> Value {
+    json!({"session_id": session.id, "created_at": session.created_at, "reply": message_json(reply)})
+}
+
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ChatRequest {
     session_id: String,
@@ -124,14 +154,22 @@ struct ChatRequest {
 
 async fn chat(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&req.session_id)?;
     if req.text.trim().is_empty() {
         return Err(ApiError::input("text must not be empty"));
     }
+    let request = serde_json::to_vec(&req).unwrap_or_default();
+    let ticket =
+        match idempotency::begin(&state, &headers, "POST /interview/chat", &request).await? {
+            Begin::Answer(response) => return Ok(response),
+            Begin::Run(ticket) => ticket,
+        };
     let interviewer = state.interviewer.clone();
-    let (message, reply) = call(&state, "chat", move |store| {
+    let held = ticket.clone();
+    let result = call(&state, "chat", move |store| {
         // The reply is worked out first, then the whole turn is stored in one
         // transaction: a pause or a failure never leaves half a turn behind.
         let mut history = store.get_session(id)?.messages;
@@ -151,23 +189,37 @@ async fn chat(
             created_at: crate::timestamp::now(),
         });
         let summary = interviewer.summarize(&history);
-        let [mine, reply]: [Message; 2] = store
-            .append_messages(
-                id,
-                &[(Role::User, &req.text), (Role::Assistant, &answer)],
-                Some(&summary),
-            )?
-            .try_into()
-            .map_err(|v: Vec<Message>| crate::Error::Corrupt {
-                what: format!("chat turn of session {id}"),
-                reason: format!("{} messages stored instead of 2", v.len()),
-            })?;
-        Ok((mine, reply))
+        let turns = [
+            (Role::User, req.text.as_str()),
+            (Role::Assistant, answer.as_str()),
+        ];
+        let stored = match &held {
+            Some(t) => store.append_messages_once(t, id, &turns, Some(&summary), |stored| {
+                idempotency::recorded(StatusCode::OK, &chat_json(id, stored))
+            })?,
+            None => store.append_messages(id, &turns, Some(&summary))?,
+        };
+        let [mine, reply]: [Message; 2] =
+            stored
+                .try_into()
+                .map_err(|v: Vec<Message>| crate::Error::Corrupt {
+                    what: format!("chat turn of session {id}"),
+                    reason: format!("{} messages stored instead of 2", v.len()),
+                })?;
+        Ok([mine, reply])
     })
-    .await?;
-    Ok(Json(
-        json!({"session_id": id, "message": message_json(&message), "reply": message_json(&reply)}),
-    ))
+    .await;
+    match result {
+        Ok(turn) => Ok(Json(chat_json(id, &turn)).into_response()),
+        Err(e) => {
+            idempotency::release(&state, ticket).await;
+            Err(e)
+        }
+    }
+}
+
+fn chat_json(id: Uuid, turn: &[Message]) -> Value {
+    json!({"session_id": id, "message": turn.first().map(message_json), "reply": turn.get(1).map(message_json)})
 }
 
 async fn session(
@@ -185,7 +237,7 @@ async fn session(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct DraftRequest {
     session_id: String,
@@ -194,19 +246,38 @@ struct DraftRequest {
 
 async fn draft(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<DraftRequest>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&req.session_id)?;
+    let request = serde_json::to_vec(&req).unwrap_or_default();
+    let ticket =
+        match idempotency::begin(&state, &headers, "POST /interview/draft", &request).await? {
+            Begin::Answer(response) => return Ok(response),
+            Begin::Run(ticket) => ticket,
+        };
     let interviewer = state.interviewer.clone();
-    let draft = call(&state, "save_draft", move |store| {
+    let held = ticket.clone();
+    let result = call(&state, "save_draft", move |store| {
         let content = match req.content {
             Some(c) => c,
             None => interviewer.compose_draft(&store.get_session(id)?.messages),
         };
-        store.save_draft(id, &content)
+        match &held {
+            Some(t) => store.save_draft_once(t, id, &content, |d| {
+                idempotency::recorded(StatusCode::CREATED, &draft_json(d))
+            }),
+            None => store.save_draft(id, &content),
+        }
     })
-    .await?;
-    Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response())
+    .await;
+    match result {
+        Ok(draft) => Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response()),
+        Err(e) => {
+            idempotency::release(&state, ticket).await;
+            Err(e)
+        }
+    }
 }
 
 async fn latest_draft(
@@ -234,22 +305,18 @@ async fn maintenance(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(expected) = state.admin_token.as_deref() else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            category: "not_found",
-            message: "admin endpoints are disabled: INTERVIEW_ADMIN_TOKEN is not set".into(),
-        });
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin endpoints are disabled: INTERVIEW_ADMIN_TOKEN is not set",
+        ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-        return Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            category: "auth",
-            message: "missing or wrong bearer token".into(),
-        });
+    if !auth::bearer_matches(&headers, expected) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "missing or wrong bearer token",
+        ));
     }
     let req: MaintenanceRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::input(format!("expected {{\"read_only\": true|false}}: {e}")))?;
@@ -262,8 +329,4 @@ async fn maintenance(
     .await?;
     log::warn!("maintenance: read_only = {}", req.read_only);
     Ok(Json(json!({"read_only": req.read_only})))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -51,29 +51,7 @@ impl Store {
     /// Fails with [`Error::NotFound`] for an unknown session.
     pub fn save_draft(&self, session_id: Uuid, content: &str) -> Result<Draft> {
         self.check_text("content", content)?;
-        self.write(|conn, now| {
-            let id = diesel::insert_into(drafts::table)
-                .values((
-                    drafts::session_id.eq(DbUuid(session_id)),
-                    drafts::content.eq(content),
-                    drafts::created_at.eq(DbTimestamp(now)),
-                ))
-                .returning(drafts::id)
-                .get_result::<i64>(conn)
-                .map_err(|e| match e {
-                    // Both backends enforce the foreign key (SQLite through PRAGMA foreign_keys).
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        Error::not_found(format!("session {session_id}"))
-                    }
-                    other => Error::from(other),
-                })?;
-            Ok(Draft {
-                id,
-                session_id,
-                content: content.to_string(),
-                created_at: now,
-            })
-        })
+        self.write(|conn, now| save_draft_in(conn, now, session_id, content))
     }
 
     /// The most recently saved draft of a session, if any.
@@ -89,4 +67,34 @@ impl Store {
                 .map(Draft::from))
         })
     }
+}
+
+/// Inserts a draft inside the caller's write transaction.
+pub(crate) fn save_draft_in(
+    conn: &mut crate::AnyConnection,
+    now: DateTime<Utc>,
+    session_id: Uuid,
+    content: &str,
+) -> Result<Draft> {
+    let id = diesel::insert_into(drafts::table)
+        .values((
+            drafts::session_id.eq(DbUuid(session_id)),
+            drafts::content.eq(content),
+            drafts::created_at.eq(DbTimestamp(now)),
+        ))
+        .returning(drafts::id)
+        .get_result::<i64>(conn)
+        .map_err(|e| match e {
+            // Both backends enforce the foreign key (SQLite through PRAGMA foreign_keys).
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                Error::not_found(format!("session {session_id}"))
+            }
+            other => Error::from(other),
+        })?;
+    Ok(Draft {
+        id,
+        session_id,
+        content: content.to_string(),
+        created_at: now,
+    })
 }

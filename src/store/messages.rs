@@ -138,25 +138,38 @@ impl Store {
         turns: &[(Role, &str)],
         summary: Option<&str>,
     ) -> Result<Vec<Message>> {
+        self.check_turns(turns, summary)?;
+        self.write(|conn, _| append_turns_in(conn, session_id, turns, summary))
+    }
+
+    pub(crate) fn check_turns(&self, turns: &[(Role, &str)], summary: Option<&str>) -> Result<()> {
         for (_, text) in turns {
             self.check_text("text", text)?;
         }
         if let Some(s) = summary {
             self.check_text("summary", s)?;
         }
-        self.write(|conn, _| {
-            let stored = turns
-                .iter()
-                .map(|(role, text)| append_in(conn, session_id, *role, text))
-                .collect::<Result<Vec<_>>>()?;
-            if let Some(s) = summary {
-                diesel::update(sessions::table.find(DbUuid(session_id)))
-                    .set(sessions::summary.eq(s))
-                    .execute(conn)?;
-            }
-            Ok(stored)
-        })
+        Ok(())
     }
+}
+
+/// Appends a turn and sets the summary inside the caller's write transaction.
+pub(crate) fn append_turns_in(
+    conn: &mut crate::AnyConnection,
+    session_id: Uuid,
+    turns: &[(Role, &str)],
+    summary: Option<&str>,
+) -> Result<Vec<Message>> {
+    let stored = turns
+        .iter()
+        .map(|(role, text)| append_in(conn, session_id, *role, text))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(s) = summary {
+        diesel::update(sessions::table.find(DbUuid(session_id)))
+            .set(sessions::summary.eq(s))
+            .execute(conn)?;
+    }
+    Ok(stored)
 }
 
 /// Appends one message inside the caller's write transaction.

@@ -1,18 +1,21 @@
 //! The repository: [`Store`] and the operations on sessions, messages and drafts.
 
 pub(crate) mod drafts;
+pub(crate) mod health;
+pub(crate) mod idempotency;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 
 pub use drafts::Draft;
+pub use idempotency::{Claim, KeyPolicy, Recorded, Ticket};
 pub use messages::{Message, Role};
 pub use sessions::{Page, Session, SessionWithMessages};
 
@@ -118,6 +121,8 @@ struct Inner {
     // with a few threads (see benches/contention.rs). Fair (first come, first
     // served), so a writer's wait is bounded by the queue ahead of it.
     sqlite_writer: parking_lot::FairMutex<()>,
+    // The one health check in flight, shared by every caller of `health`.
+    health: health::Probe,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,6 +158,7 @@ impl Store {
                 read_only: AtomicBool::new(false),
                 write_gate: RwLock::new(()),
                 sqlite_writer: parking_lot::FairMutex::new(()),
+                health: health::Probe::default(),
             }),
         })
     }
@@ -210,33 +216,13 @@ impl Store {
 
     /// Checks that the database answers `SELECT 1` within the configured health timeout.
     ///
-    /// Never blocks longer than that timeout, even when the server hangs.
+    /// Never blocks longer than that timeout, even when the server hangs, and
+    /// never runs more than one check at a time: concurrent callers share the
+    /// check in flight, so a hung database cannot pile up threads.
     pub fn health(&self) -> Health {
         let timeout = self.inner.config.health_timeout;
         let started = Instant::now();
-        let (tx, rx) = mpsc::channel();
-        let store = self.clone();
-        // On a hung server the query may outlive the timeout; the thread ends when it does.
-        let spawned = std::thread::Builder::new()
-            .name("interview-store-health".into())
-            .spawn(move || {
-                let r = store.inner.pool.get_within(timeout).and_then(|mut pooled| {
-                    let r = pooled.conn.batch_execute("SELECT 1").map_err(Error::from);
-                    if r.as_ref().is_err_and(Error::is_connection_lost) {
-                        pooled.lost = true;
-                    }
-                    r
-                });
-                let _ = tx.send(r);
-            });
-        let error = match spawned {
-            Err(e) => Some(format!("cannot start health check: {e}")),
-            Ok(_) => match rx.recv_timeout(timeout) {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {timeout:?}")),
-            },
-        };
+        let error = self.inner.health.check(self, timeout).err();
         Health {
             db_up: error.is_none(),
             backend: self.backend(),
@@ -289,7 +275,11 @@ impl Store {
             return Err(Error::ReadOnly);
         }
         // Taken before the pool checkout, so queued writers do not hold connections.
-        let _writer = (self.backend() == Backend::Sqlite).then(|| self.inner.sqlite_writer.lock());
+        // Bounded like a checkout: a stuck writer turns the queue into 503s, not a pile of threads.
+        let _writer = match self.backend() {
+            Backend::Sqlite => Some(self.sqlite_writer_turn()?),
+            Backend::Postgres => None,
+        };
         self.inner.pool.run(|conn| {
             let begin = match conn {
                 AnyConnection::Sqlite(c) => {
@@ -318,6 +308,18 @@ impl Store {
                 (Err(e), _) => Err(e),
             }
         })
+    }
+
+    fn sqlite_writer_turn(&self) -> Result<parking_lot::FairMutexGuard<'_, ()>> {
+        let wait = self.inner.config.pool.connection_timeout;
+        self.inner
+            .sqlite_writer
+            .try_lock_for(wait)
+            .ok_or_else(|| Error::PoolTimeout {
+                waited: wait,
+                url: self.url().masked(),
+                last_error: Some("the writers queued ahead did not finish in time".into()),
+            })
     }
 
     fn check_text(&self, field: &'static str, value: &str) -> Result<()> {

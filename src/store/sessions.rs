@@ -104,25 +104,7 @@ impl Store {
     /// opening question), in one transaction.
     pub fn start_session_with(&self, role: Role, text: &str) -> Result<(Session, Message)> {
         self.check_text("text", text)?;
-        self.write(|conn, now| {
-            let id = Uuid::now_v7();
-            diesel::insert_into(sessions::table)
-                .values((
-                    sessions::id.eq(DbUuid(id)),
-                    sessions::created_at.eq(DbTimestamp(now)),
-                    sessions::updated_at.eq(DbTimestamp(now)),
-                    sessions::summary.eq(""),
-                ))
-                .execute(conn)?;
-            let first = super::messages::append_in(conn, id, role, text)?;
-            let session = Session {
-                id,
-                created_at: now,
-                updated_at: first.created_at,
-                summary: String::new(),
-            };
-            Ok((session, first))
-        })
+        self.write(|conn, now| start_with_in(conn, now, role, text))
     }
 
     /// Reads a session and its messages in order.
@@ -206,17 +188,64 @@ impl Store {
                 format!("is {}, must not be negative", page.offset),
             ));
         }
-        self.read(|conn| {
-            Ok(sessions::table
+        let page_query = || {
+            sessions::table
                 .order((sessions::updated_at.desc(), sessions::id.desc()))
                 .limit(page.limit)
                 .offset(page.offset)
-                .select(SessionRow::as_select())
-                .load::<SessionRow>(conn)
-                .map_err(|e| Error::from(e).reading(|| format!("sessions page {page:?}")))?
-                .into_iter()
-                .map(Session::from)
-                .collect())
-        })
+        };
+        self.read(
+            |conn| match page_query().select(SessionRow::as_select()).load(conn) {
+                Ok(rows) => Ok(rows.into_iter().map(Session::from).collect()),
+                Err(e) => Err(Error::from(e).reading(|| {
+                    // Only on this error path: find the row, so the error names it.
+                    let ids = page_query().select(sessions::id).load::<DbUuid>(conn);
+                    let bad = ids.ok().and_then(|ids| first_unreadable(conn, ids));
+                    match bad {
+                        Some(id) => format!("session {id} (sessions page {page:?})"),
+                        None => format!("sessions page {page:?}"),
+                    }
+                })),
+            },
+        )
     }
+}
+
+/// Inserts a session and its first message inside the caller's write transaction.
+pub(crate) fn start_with_in(
+    conn: &mut crate::AnyConnection,
+    now: DateTime<Utc>,
+    role: Role,
+    text: &str,
+) -> Result<(Session, Message)> {
+    let id = Uuid::now_v7();
+    diesel::insert_into(sessions::table)
+        .values((
+            sessions::id.eq(DbUuid(id)),
+            sessions::created_at.eq(DbTimestamp(now)),
+            sessions::updated_at.eq(DbTimestamp(now)),
+            sessions::summary.eq(""),
+        ))
+        .execute(conn)?;
+    let first = super::messages::append_in(conn, id, role, text)?;
+    let session = Session {
+        id,
+        created_at: now,
+        updated_at: first.created_at,
+        summary: String::new(),
+    };
+    Ok((session, first))
+}
+
+/// The first of `ids` whose row cannot be read back.
+fn first_unreadable(conn: &mut crate::AnyConnection, ids: Vec<DbUuid>) -> Option<Uuid> {
+    ids.into_iter()
+        .find(|id| {
+            sessions::table
+                .find(*id)
+                .select(SessionRow::as_select())
+                .first::<SessionRow>(conn)
+                .is_err()
+        })
+        .map(|id| id.0)
 }

@@ -1,0 +1,151 @@
+//! The `Idempotency-Key` request header of the write endpoints.
+//!
+//! A repeat with the same key and the same request gets the first response
+//! (same status and body) and stores nothing; the same key with another
+//! request gets 422; a repeat while the first is still running gets 409. The
+//! keys live in the database (see `Store::claim_idempotency_key`), so this
+//! holds across retries that land on another server process.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::{blocking, AppState};
+use crate::error::Category;
+use crate::store::{Claim, Recorded, Ticket};
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+
+/// Longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// What the handler does next.
+pub(super) enum Begin {
+    /// Run the request; record its response under the ticket, if a key came.
+    Run(Option<Ticket>),
+    /// Answer this at once (the recorded response, 409 or 422).
+    Answer(Response),
+}
+
+/// Reads the key, if any, and claims it for a request in `scope` whose content is `request`.
+///
+/// `request` is the request as parsed (re-serialised), so a retry that only
+/// formats its JSON differently still counts as the same request.
+pub(super) async fn begin(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: &'static str,
+    request: &[u8],
+) -> Result<Begin, ApiError> {
+    let Some(raw) = headers.get(HEADER) else {
+        return Ok(Begin::Run(None));
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| (1..=MAX_KEY_LEN).contains(&k.len()))
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::input(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ))
+        })?
+        .to_string();
+    let hash = hex(&Sha256::digest(request));
+    let store = state.store.clone();
+    let policy = state.limits.key_policy();
+    let claim = blocking::run(state.request_timeout, move || {
+        store.claim_idempotency_key(scope, &key, &hash, policy)
+    })
+    .await?;
+    Ok(match claim {
+        Claim::Run(ticket) => Begin::Run(Some(ticket)),
+        Claim::Replay(recorded) => Begin::Answer(replay(recorded)),
+        Claim::InProgress => Begin::Answer(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a request with this Idempotency-Key is still running; retry later",
+            )
+            .into_response(),
+        ),
+        Claim::Mismatch => Begin::Answer(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Category::Input.as_str(),
+                "this Idempotency-Key was used with a different request",
+            )
+            .into_response(),
+        ),
+    })
+}
+
+/// Gives the key back after the request failed with nothing stored, so a retry runs at once.
+///
+/// Best effort: if the database is down too, the claim lapses after its lease.
+pub(super) async fn release(state: &AppState, ticket: Option<Ticket>) {
+    let Some(ticket) = ticket else { return };
+    let store = state.store.clone();
+    if let Err(e) = blocking::run(state.request_timeout, move || {
+        store.release_idempotency_key(&ticket)
+    })
+    .await
+    {
+        log::warn!("cannot release an idempotency key (it lapses after its lease): {e}");
+    }
+}
+
+/// The response to record: status and JSON body as sent.
+pub(super) fn recorded(status: StatusCode, body: &serde_json::Value) -> Recorded {
+    Recorded {
+        status: status.as_u16(),
+        body: body.to_string(),
+    }
+}
+
+fn replay(recorded: Recorded) -> Response {
+    let status = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::HeaderName::from_static("idempotent-replayed"),
+                HeaderValue::from_static("true"),
+            ),
+        ],
+        recorded.body,
+    )
+        .into_response()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deletes keys past their retention now and then, for as long as the server runs.
+pub(super) async fn prune_forever(state: AppState) {
+    let retention = state.limits.idempotency_retention;
+    // Often enough that the table holds little more than the retention's worth.
+    let every = (retention / 24).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+    loop {
+        let store = state.store.clone();
+        match blocking::run(state.request_timeout, move || {
+            store.prune_idempotency_keys(retention)
+        })
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!("pruned {n} idempotency keys older than {retention:?}"),
+            Err(e) => log::warn!("pruning idempotency keys: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
