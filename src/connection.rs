@@ -132,7 +132,6 @@ impl DatabaseUrl {
         self.statement_cache
     }
 
-
     /// An SQLite file that must already exist: opening it never creates one,
     /// and fails with [`Error::NoSuchFile`] when it is missing.
     ///
