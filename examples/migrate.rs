@@ -38,14 +38,31 @@ struct Sqlite {
 
 #[derive(Args)]
 struct Postgres {
-    /// The PostgreSQL URL or keyword/value string (`sslmode=require` and friends work).
+    /// The PostgreSQL URL or keyword/value string (`sslmode=verify-full&sslrootcert=…` and friends work).
     #[arg(
         long = "postgres",
         env = "INTERVIEW_POSTGRES_URL",
         hide_env_values = true,
         value_parser = PostgresArg
     )]
-    url: DatabaseUrl,
+    given_url: DatabaseUrl,
+    /// Cache prepared statements on PostgreSQL: `off` behind a transaction pooler (PgBouncer, Supavisor).
+    #[arg(
+        long = "pg-statement-cache",
+        env = "INTERVIEW_PG_STATEMENT_CACHE",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    statement_cache: bool,
+}
+
+impl Postgres {
+    /// The URL with the statement cache setting applied.
+    fn url(&self) -> DatabaseUrl {
+        self.given_url
+            .clone()
+            .with_statement_cache(self.statement_cache)
+    }
 }
 
 /// Exactly one database, named on the command line only (never from the environment,
@@ -57,7 +74,7 @@ struct OneDatabase {
     #[arg(long = "sqlite")]
     sqlite: Option<PathBuf>,
     /// A PostgreSQL URL.
-    #[arg(long = "postgres")]
+    #[arg(long = "postgres", value_parser = PostgresArg)]
     postgres: Option<DatabaseUrl>,
 }
 
@@ -286,11 +303,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             })
         }
         Command::Setup { postgres } => {
-            let store = open(&postgres.url)?;
+            let store = open(&postgres.url())?;
             let applied = store.migrate()?;
             println!(
                 "{}: schema up to date ({} migration(s) applied)",
-                postgres.url.masked(),
+                postgres.url().masked(),
                 applied.len()
             );
             Ok(ExitCode::SUCCESS)
@@ -305,7 +322,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             log::info!(
                 "copying {} into {}",
                 sqlite.path.display(),
-                postgres.url.masked()
+                postgres.url().masked()
             );
             let opts = CopyOptions {
                 batch_size,
@@ -314,7 +331,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 progress: Some(progress_reporter()),
                 ..Default::default()
             };
-            let report = migrate::copy(&sqlite.path, &postgres.url, &opts)?;
+            let report = migrate::copy(&sqlite.path, &postgres.url(), &opts)?;
             for (t, c) in Table::ALL.iter().zip(report.tables) {
                 println!("{t}: {} copied, {} rejected", c.copied, c.rejected);
             }
@@ -335,7 +352,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             reject_file,
         } => {
-            let report = migrate::sync(&sqlite.path, &postgres.url, &SyncOptions { reject_file })?;
+            let report =
+                migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
                 "sessions: {} new, {} changed; messages: {}; drafts: {}; rejected: {:?}; in {:.1?}",
                 report.sessions_inserted,
@@ -352,7 +370,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             json: as_json,
         } => {
-            let report = migrate::verify(&sqlite.path, &postgres.url)?;
+            let report = migrate::verify(&sqlite.path, &postgres.url())?;
             if as_json {
                 json(&report);
             } else {
@@ -396,7 +414,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             session,
         } => {
             let left = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
-            let right = open(&postgres.url)?;
+            let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
@@ -436,7 +454,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
         }
         Command::RollbackSync { postgres, sqlite } => {
             let lite = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
-            let pg = open(&postgres.url)?;
+            let pg = open(&postgres.url())?;
             lite.migrate()?;
             let report = migrate::rollback_sync(&pg, &lite)?;
             println!(
@@ -481,7 +499,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sqlite,
             json: as_json,
         } => {
-            let status = migrate::status(&postgres.url)?;
+            let status = migrate::status(&postgres.url())?;
             let sqlite = match sqlite {
                 Some(path) => {
                     let url = DatabaseUrl::sqlite(path.display().to_string());
@@ -497,12 +515,12 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 json(&v);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{}: {}", postgres.url.masked(), status.maintenance);
+            println!("{}: {}", postgres.url().masked(), status.maintenance);
             if let Some(m) = &sqlite {
                 println!("sqlite: {m}");
             }
             match &status.state {
-                None => println!("{}: nothing copied yet", postgres.url.masked()),
+                None => println!("{}: nothing copied yet", postgres.url().masked()),
                 Some(s) => println!(
                     "source {} — {} (started {}, copied {}, last sync {})\nmarks: session rowid {}, message id {}, draft id {}, sessions updated_at {}",
                     s.source,

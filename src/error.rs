@@ -50,6 +50,17 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The TLS handshake with PostgreSQL failed: a certificate that does not
+    /// verify against `sslrootcert` or does not name the host (`sslmode=verify-full`),
+    /// a missing root certificate file, or a server without TLS. A
+    /// configuration fault, not an outage: retrying does not help.
+    #[error("TLS to database {url} failed: {reason}")]
+    Tls {
+        /// The database, password masked.
+        url: String,
+        /// libpq's account of the TLS failure.
+        reason: String,
+    },
     /// An SQLite file that must exist (the migration tool never creates one) is missing.
     #[error("no such SQLite file: {path}")]
     NoSuchFile {
@@ -159,9 +170,11 @@ impl Error {
                 Category::Unavailable
             }
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
-            Error::Database(_) | Error::Corrupt { .. } | Error::Migration(_) | Error::Io { .. } => {
-                Category::Db
-            }
+            Error::Database(_)
+            | Error::Tls { .. }
+            | Error::Corrupt { .. }
+            | Error::Migration(_)
+            | Error::Io { .. } => Category::Db,
             Error::InvalidSource { .. } | Error::Refused(_) => Category::Input,
         }
     }

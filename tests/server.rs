@@ -1100,7 +1100,12 @@ fn spawn_server(db: &TestDb) -> (Killed, String) {
     let mut cmd = std::process::Command::new(server_bin());
     cmd.env("INTERVIEW_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
-        .env("INTERVIEW_DB_BACKEND", db.backend.as_str());
+        .env("INTERVIEW_DB_BACKEND", db.backend.as_str())
+        // Off for the run through PgBouncer (transaction mode), as an operator sets it there.
+        .env(
+            "INTERVIEW_PG_STATEMENT_CACHE",
+            if db.pg_statement_cache { "on" } else { "off" },
+        );
     match db.backend {
         interview_store::Backend::Sqlite => cmd.env(
             "INTERVIEW_SQLITE_PATH",

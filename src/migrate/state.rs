@@ -118,11 +118,10 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     }
     let mut conn = url.establish()?;
     crate::migrations::run_pending(&mut conn)?;
+    // No session settings: behind a transaction-mode pooler they would not
+    // stick, and timestamps travel as binary TIMESTAMPTZ whatever the time zone.
     match conn {
-        AnyConnection::Postgres(mut pg) => {
-            pg.batch_execute("SET TIME ZONE 'UTC'")?;
-            Ok(pg)
-        }
+        AnyConnection::Postgres(pg) => Ok(pg),
         AnyConnection::Sqlite(_) => Err(Error::invalid(
             "postgres",
             format!("{} is not a PostgreSQL URL", url.masked()),

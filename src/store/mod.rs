@@ -32,6 +32,13 @@ pub struct StoreConfig {
     pub max_text_bytes: usize,
     /// How long [`Store::health`] waits for the database before saying it is down.
     pub health_timeout: Duration,
+    /// Whether PostgreSQL connections cache prepared statements (default `true`).
+    ///
+    /// Set it to `false` behind a transaction-mode pooler (PgBouncer before
+    /// 1.21, Supavisor's transaction port): see
+    /// [`DatabaseUrl::with_statement_cache`]. The example server and the
+    /// migration tool read it from `INTERVIEW_PG_STATEMENT_CACHE=off`.
+    pub pg_statement_cache: bool,
 }
 
 impl Default for StoreConfig {
@@ -40,6 +47,7 @@ impl Default for StoreConfig {
             pool: PoolConfig::default(),
             max_text_bytes: 32 * 1024,
             health_timeout: Duration::from_secs(2),
+            pg_statement_cache: true,
         }
     }
 }
@@ -129,7 +137,11 @@ impl Store {
     }
 
     /// Like [`Store::connect`], with an already parsed URL.
+    ///
+    /// The statement cache is off when either `url` or `config` turns it off.
     pub fn open(url: DatabaseUrl, config: StoreConfig) -> Result<Store> {
+        let cache = url.statement_cache() && config.pg_statement_cache;
+        let url = url.with_statement_cache(cache);
         log::info!("opening {} store at {}", url.backend(), url.masked());
         let pool = Pool::open(url, &config.pool)?;
         Ok(Store {
