@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, Progress, Selection, SyncOptions, Table};
-use interview_store::{Backend, Error, Store, StoreConfig};
+use interview_store::{maintenance, Backend, Error, Store, StoreConfig};
 
 #[path = "support/checklist.rs"]
 mod checklist;
@@ -40,14 +40,57 @@ struct Sqlite {
 
 #[derive(Args)]
 struct Postgres {
-    /// The PostgreSQL URL or keyword/value string (`sslmode=require` and friends work).
+    /// The PostgreSQL URL or keyword/value string (`sslmode=verify-full&sslrootcert=…` and friends work).
     #[arg(
         long = "postgres",
         env = "INTERVIEW_POSTGRES_URL",
         hide_env_values = true,
         value_parser = PostgresArg
     )]
-    url: DatabaseUrl,
+    given_url: DatabaseUrl,
+    /// Cache prepared statements on PostgreSQL: `off` behind a transaction pooler (PgBouncer, Supavisor).
+    #[arg(
+        long = "pg-statement-cache",
+        env = "INTERVIEW_PG_STATEMENT_CACHE",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    statement_cache: bool,
+}
+
+impl Postgres {
+    /// The URL with the statement cache setting applied.
+    fn url(&self) -> DatabaseUrl {
+        self.given_url
+            .clone()
+            .with_statement_cache(self.statement_cache)
+    }
+}
+
+/// Exactly one database, named on the command line only (never from the environment,
+/// where both are usually set).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct OneDatabase {
+    /// An SQLite database file (never created).
+    #[arg(long = "sqlite")]
+    sqlite: Option<PathBuf>,
+    /// A PostgreSQL URL.
+    #[arg(long = "postgres", value_parser = PostgresArg)]
+    postgres: Option<DatabaseUrl>,
+}
+
+impl OneDatabase {
+    fn url(self) -> interview_store::Result<DatabaseUrl> {
+        match (self.sqlite, self.postgres) {
+            (Some(path), None) => Ok(DatabaseUrl::sqlite(path.display().to_string())),
+            (None, Some(url)) => Ok(url),
+            _ => Err(Error::invalid(
+                "database",
+                "give exactly one of --sqlite and --postgres",
+            )),
+        }
+    }
 }
 
 /// Accepts PostgreSQL only, and never echoes the value (it may hold a password).
@@ -171,6 +214,16 @@ enum Command {
         #[command(flatten)]
         sqlite: Sqlite,
     },
+    /// Pause writes in the database itself: every writer refused, reads go on; survives restarts.
+    Pause {
+        #[command(flatten)]
+        database: OneDatabase,
+    },
+    /// Lift the pause (refused on a retired database: only switching back to it makes it live).
+    Resume {
+        #[command(flatten)]
+        database: OneDatabase,
+    },
     /// The validation checklist against the running service (exit 1 if any step fails).
     ///
     /// Health names the expected backend; start, chat, session read, draft and
@@ -193,10 +246,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
-    /// What has been copied, when, the high-water marks and the rejects.
+    /// What has been copied, when, the high-water marks, the rejects and the pause.
     Status {
         #[command(flatten)]
         postgres: Postgres,
+        /// Also report this SQLite file's pause.
+        #[arg(long = "sqlite")]
+        sqlite: Option<PathBuf>,
         /// Print as one JSON object.
         #[arg(long)]
         json: bool,
@@ -271,11 +327,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             })
         }
         Command::Setup { postgres, sqlite } => {
-            let store = open(&postgres.url)?;
+            let store = open(&postgres.url())?;
             let applied = store.migrate()?;
             println!(
                 "{}: schema up to date ({} migration(s) applied)",
-                postgres.url.masked(),
+                postgres.url().masked(),
                 applied.len()
             );
             if let Some(path) = sqlite {
@@ -295,7 +351,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             log::info!(
                 "copying {} into {}",
                 sqlite.path.display(),
-                postgres.url.masked()
+                postgres.url().masked()
             );
             let opts = CopyOptions {
                 batch_size,
@@ -305,7 +361,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 progress: Some(progress_reporter()),
                 ..Default::default()
             };
-            let report = migrate::copy(&sqlite.path, &postgres.url, &opts)?;
+            let report = migrate::copy(&sqlite.path, &postgres.url(), &opts)?;
             for (t, c) in Table::ALL.iter().zip(report.tables) {
                 println!("{t}: {} copied, {} rejected", c.copied, c.rejected);
             }
@@ -326,7 +382,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             reject_file,
         } => {
-            let report = migrate::sync(&sqlite.path, &postgres.url, &SyncOptions { reject_file })?;
+            let report =
+                migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
                 "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
                  messages {} written, {} deleted; drafts {} written, {} deleted; rejected: {:?}; in {:.1?}",
@@ -349,7 +406,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             json: as_json,
         } => {
-            let report = migrate::verify(&sqlite.path, &postgres.url)?;
+            let report = migrate::verify(&sqlite.path, &postgres.url())?;
             if as_json {
                 json(&report);
             } else {
@@ -393,7 +450,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             session,
         } => {
             let left = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
-            let right = open(&postgres.url)?;
+            let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
@@ -440,11 +497,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Side::Postgres => Backend::Postgres,
                 Side::Sqlite => Backend::Sqlite,
             };
-            let report = migrate::switch(&sqlite.path, &postgres.url, to)?;
+            let report = migrate::switch(&sqlite.path, &postgres.url(), to)?;
             println!(
                 "{} is live{}; verify EQUAL",
                 match report.live {
-                    Backend::Postgres => postgres.url.masked(),
+                    Backend::Postgres => postgres.url().masked(),
                     Backend::Sqlite => sqlite.path.display().to_string(),
                 },
                 if report.already_switched {
@@ -456,7 +513,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RollbackSync { postgres, sqlite } => {
-            let report = migrate::rollback_sync(&sqlite.path, &postgres.url)?;
+            let report = migrate::rollback_sync(&sqlite.path, &postgres.url())?;
             println!(
                 "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
                  messages {} written, {} deleted; drafts {} written, {} deleted",
@@ -472,6 +529,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { database } => set_pause(database.url()?, true),
+        Command::Resume { database } => set_pause(database.url()?, false),
         Command::Checklist {
             server,
             backend,
@@ -503,15 +562,31 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
         }
         Command::Status {
             postgres,
+            sqlite,
             json: as_json,
         } => {
-            let status = migrate::status(&postgres.url)?;
+            let status = migrate::status(&postgres.url())?;
+            let sqlite = match sqlite {
+                Some(path) => {
+                    let url = DatabaseUrl::sqlite(path.display().to_string());
+                    Some(maintenance::read(&mut maintenance::connect(&url)?)?)
+                }
+                None => None,
+            };
             if as_json {
-                json(&status);
+                let mut v = serde_json::to_value(&status).expect("reports serialise");
+                if let Some(m) = &sqlite {
+                    v["sqlite_maintenance"] = serde_json::to_value(m).expect("reports serialise");
+                }
+                json(&v);
                 return Ok(ExitCode::SUCCESS);
             }
+            println!("{}: {}", postgres.url().masked(), status.maintenance);
+            if let Some(m) = &sqlite {
+                println!("sqlite: {m}");
+            }
             match &status.state {
-                None => println!("{}: nothing copied yet", postgres.url.masked()),
+                None => println!("{}: nothing copied yet", postgres.url().masked()),
                 Some(s) => println!(
                     "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
                      copy snapshot: session rowid {}, message id {}, draft id {}\n\
@@ -548,6 +623,18 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
+fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
+    let mut conn = maintenance::connect(&url)?;
+    if on {
+        maintenance::pause(&mut conn)?;
+    } else {
+        maintenance::resume(&mut conn)?;
+    }
+    println!("{}: {}", url.masked(), maintenance::read(&mut conn)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The checklist's row-count step: the live side holds at least every row of the retired one.

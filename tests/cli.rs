@@ -387,3 +387,75 @@ backend_test!(
         assert!(text(&o).contains("0 of 6 steps passed"), "{}", text(&o));
     }
 );
+
+/// The `sqlite3` shell, if installed: another program writing the file, with its own (older) SQLite.
+fn sqlite3_shell(path: &std::path::Path, sql: &str) -> Option<Output> {
+    Command::new("sqlite3").arg(path).arg(sql).output().ok()
+}
+
+#[test]
+fn pause_and_resume_hold_in_the_database_for_every_writer() {
+    let src = Legacy::new(&clean_sql(1, 1));
+    let sqlite = src.path.to_str().unwrap();
+    let insert = "INSERT INTO drafts (session_id, content, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'x', '2025-01-01T00:00:00Z');";
+
+    let o = run(&["pause", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("paused"), "{}", text(&o));
+    if let Some(shell) = sqlite3_shell(&src.path, insert) {
+        assert!(!shell.status.success(), "the sqlite3 shell was refused");
+        assert!(
+            text(&shell).contains("interview-store: writes are paused"),
+            "{}",
+            text(&shell)
+        );
+    }
+    let refused = std::panic::catch_unwind(|| src.exec(insert));
+    assert!(refused.is_err(), "a plain connection is refused too");
+
+    let o = run(&["resume", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("live"), "{}", text(&o));
+    src.exec(insert);
+
+    let db = common::PgDatabase::create();
+    let o = run(&["pause", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["status", "--postgres", &db.url, "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("paused: writes refused") && text(&o).contains("sqlite: live"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["status", "--postgres", &db.url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["maintenance"]["paused"], true, "{v}");
+    let o = run(&["resume", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn pause_needs_exactly_one_database_and_never_creates_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    for cmd in ["pause", "resume"] {
+        let o = run(&[cmd, "--sqlite", missing.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("no such SQLite file: {}", missing.display())),
+            "{}",
+            text(&o)
+        );
+        assert!(!missing.exists(), "{cmd} created the file");
+    }
+    assert_eq!(run(&["pause"]).status.code(), Some(2), "no database");
+    let o = run(&[
+        "pause",
+        "--sqlite",
+        "a.db",
+        "--postgres",
+        "postgres://u@127.0.0.1:1/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "two databases: {}", text(&o));
+}

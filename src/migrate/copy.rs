@@ -398,10 +398,6 @@ fn load(
     let (tx, rx) = mpsc::sync_channel::<Batch>(1);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<()> {
-            // The copy's own commits need not wait for the disk flush: a lost
-            // tail after a server crash loses batch and progress together, and
-            // the next run redoes both.
-            pg.batch_execute("SET synchronous_commit = off")?;
             let mut done: Vec<u64> = Table::ALL
                 .iter()
                 .map(|t| {
@@ -431,6 +427,11 @@ fn load(
                 }
                 let t = Instant::now();
                 pg.transaction(|pg| {
+                    // The copy's own commits need not wait for the disk flush: a
+                    // lost tail after a server crash loses batch and progress
+                    // together, and the next run redoes both. LOCAL: a session
+                    // setting would not stick behind a transaction-mode pooler.
+                    pg.batch_execute("SET LOCAL synchronous_commit = off")?;
                     copy_rows(pg, &batch.rows)?;
                     state::record_batch(
                         pg,

@@ -103,6 +103,8 @@ pub struct Status {
     pub tables: Vec<TableProgress>,
     /// Every recorded reject.
     pub rejects: Vec<Reject>,
+    /// Whether PostgreSQL's writes are paused, or it is retired (see [`crate::maintenance`]).
+    pub maintenance: crate::maintenance::Maintenance,
 }
 
 /// Reads the migration's bookkeeping from PostgreSQL.
@@ -112,6 +114,7 @@ pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
         state: load(&mut pg)?,
         tables: progress(&mut pg)?,
         rejects: rejects(&mut pg)?,
+        maintenance: crate::maintenance::read(&mut postgres.establish()?)?,
     })
 }
 
@@ -126,11 +129,10 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     }
     let mut conn = url.establish()?;
     crate::migrations::run_pending(&mut conn)?;
+    // No session settings: behind a transaction-mode pooler they would not
+    // stick, and timestamps travel as binary TIMESTAMPTZ whatever the time zone.
     match conn {
-        AnyConnection::Postgres(mut pg) => {
-            pg.batch_execute("SET TIME ZONE 'UTC'")?;
-            Ok(pg)
-        }
+        AnyConnection::Postgres(pg) => Ok(pg),
         AnyConnection::Sqlite(_) => Err(Error::invalid(
             "postgres",
             format!("{} is not a PostgreSQL URL", url.masked()),
