@@ -627,6 +627,12 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
 
 /// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
 fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
+    // One migration command at a time on PostgreSQL (a pause must not land in
+    // the middle of a switch); on SQLite the flag is written under its write lock.
+    let _lock = match url.backend() {
+        Backend::Postgres => Some(migrate::MigrationLock::acquire(&url)?),
+        Backend::Sqlite => None,
+    };
     let mut conn = maintenance::connect(&url)?;
     if on {
         maintenance::pause(&mut conn)?;

@@ -15,7 +15,7 @@ use interview_store::migrate::{
     self, change_log_entries, copy, rollback_sync, switch, sync, verify, CopyOptions,
     MigrationLock, SyncOptions,
 };
-use interview_store::{Backend, Category, Error, Role, Store, StoreConfig};
+use interview_store::{maintenance, Backend, Category, Error, Role, Store, StoreConfig};
 
 fn pg() -> (common::PgDatabase, DatabaseUrl) {
     let db = common::PgDatabase::create();
@@ -64,24 +64,13 @@ fn pg_count(url: &DatabaseUrl, sql: &str) -> i64 {
         .n
 }
 
-// PRE-MERGE stand-ins for `interview_store::maintenance::pause` (branch `pause`).
 fn pause_sqlite(path: &std::path::Path) {
-    SqliteConnection::establish(path.to_str().unwrap())
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS interview_maintenance (paused INTEGER NOT NULL, retired_to TEXT);
-             INSERT INTO interview_maintenance VALUES (1, NULL)",
-        )
-        .unwrap();
+    let url = DatabaseUrl::sqlite(path.display().to_string());
+    maintenance::pause(&mut maintenance::connect(&url).unwrap()).unwrap();
 }
 
 fn pause_pg(url: &DatabaseUrl) {
-    pg_conn(url)
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS interview_maintenance (paused BOOLEAN NOT NULL, retired_to TEXT);
-             INSERT INTO interview_maintenance VALUES (true, NULL)",
-        )
-        .unwrap();
+    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
 }
 
 fn assert_equal(src: &Legacy, url: &DatabaseUrl) {
@@ -273,6 +262,14 @@ fn phases_no_command_can_skip() {
     let report = switch(&src.path, &url, Backend::Postgres).unwrap();
     assert_eq!(report.live, Backend::Postgres);
 
+    // The retired file reads, and refuses every write naming where the data went.
+    let retired = src.store();
+    assert_eq!(retired.get_session(late.id).unwrap().messages.len(), 1);
+    match retired.start_session() {
+        Err(Error::Retired { moved_to }) => assert_eq!(moved_to, url.masked()),
+        other => panic!("{other:?}"),
+    }
+
     // The service writes on PostgreSQL.
     let pgs = pg_store(&url);
     let fresh = pgs.start_session().unwrap();
@@ -337,4 +334,14 @@ fn phases_no_command_can_skip() {
     // Back on SQLite, sync refuses too: a new cutover starts with copy --truncate --yes.
     let err = sync(&src.path, &url, &SyncOptions::default()).unwrap_err();
     assert!(err.to_string().contains("--truncate --yes"), "{err}");
+    let again = CopyOptions {
+        truncate: true,
+        confirmed: true,
+        ..Default::default()
+    };
+    copy(&src.path, &url, &again).unwrap();
+    lite.append_message(late.id, Role::User, "a second attempt")
+        .unwrap();
+    sync(&src.path, &url, &SyncOptions::default()).unwrap();
+    assert_equal(&src, &url);
 }

@@ -179,8 +179,16 @@ fn a_second_migration_command_exits_3_at_once() {
     // Another command holds the lock for its whole run.
     let url: interview_store::connection::DatabaseUrl = db.url.parse().unwrap();
     let held = interview_store::migrate::MigrationLock::acquire(&url).unwrap();
-    for cmd in ["sync", "copy", "rollback-sync", "switch"] {
-        let o = run(&[cmd, "--sqlite", sqlite, "--postgres", &db.url]);
+    for args in [
+        &["sync", "--sqlite", sqlite, "--postgres", &db.url][..],
+        &["copy", "--sqlite", sqlite, "--postgres", &db.url],
+        &["rollback-sync", "--sqlite", sqlite, "--postgres", &db.url],
+        &["switch", "--sqlite", sqlite, "--postgres", &db.url],
+        &["pause", "--postgres", &db.url],
+        &["resume", "--postgres", &db.url],
+    ] {
+        let cmd = args[0];
+        let o = run(args);
         assert_eq!(o.status.code(), Some(3), "{cmd}: {}", text(&o));
         assert!(
             text(&o).contains("another migration command is running"),

@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, SyncOptions};
 use interview_store::server::{self, AppState};
-use interview_store::{Backend, Category, Store, StoreConfig};
+use interview_store::{maintenance, Backend, Category, Store, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -157,17 +157,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-// PRE-MERGE stand-in for `interview_store::maintenance::pause` (branch `pause`).
 fn pause_db(url: &DatabaseUrl) {
-    let mut conn = url.establish().unwrap();
-    let sql = match url.backend() {
-        Backend::Sqlite => "CREATE TABLE IF NOT EXISTS interview_maintenance (paused INTEGER NOT NULL, retired_to TEXT); INSERT INTO interview_maintenance VALUES (1, NULL)",
-        Backend::Postgres => "CREATE TABLE IF NOT EXISTS interview_maintenance (paused BOOLEAN NOT NULL, retired_to TEXT); INSERT INTO interview_maintenance VALUES (true, NULL)",
-    };
-    match &mut conn {
-        interview_store::AnyConnection::Sqlite(c) => c.batch_execute(sql).unwrap(),
-        interview_store::AnyConnection::Postgres(c) => c.batch_execute(sql).unwrap(),
-    }
+    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
 }
 
 /// The legacy service: raw SQL on the file, its own clock, no care for `updated_at`.

@@ -4,25 +4,15 @@ mod common;
 
 use std::path::PathBuf;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{
     compare, copy, rollback_sync, switch, sync, CopyOptions, Selection, SyncOptions,
 };
-use interview_store::{Backend, Page, Role, Store, StoreConfig};
+use interview_store::{maintenance, Backend, Page, Role, Store, StoreConfig};
 
-// PRE-MERGE stand-ins for `interview_store::maintenance::pause` (branch `pause`).
 fn pause(url: &DatabaseUrl) {
-    let mut conn = url.establish().unwrap();
-    let sql = match url.backend() {
-        Backend::Sqlite => "CREATE TABLE IF NOT EXISTS interview_maintenance (paused INTEGER NOT NULL, retired_to TEXT); INSERT INTO interview_maintenance VALUES (1, NULL)",
-        Backend::Postgres => "CREATE TABLE IF NOT EXISTS interview_maintenance (paused BOOLEAN NOT NULL, retired_to TEXT); INSERT INTO interview_maintenance VALUES (true, NULL)",
-    };
-    match &mut conn {
-        interview_store::AnyConnection::Sqlite(c) => c.batch_execute(sql).unwrap(),
-        interview_store::AnyConnection::Postgres(c) => c.batch_execute(sql).unwrap(),
-    }
+    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
 }
 
 /// A SQLite service's file copied and switched to PostgreSQL.

@@ -179,6 +179,11 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             )));
         }
         log::info!("emptying the PostgreSQL tables (--truncate --yes)");
+        if existing.as_ref().is_some_and(|s| s.phase == "rolled_back") {
+            // Retired by the switch back: a new cutover starts from a writable,
+            // empty target, as before the first copy. The service is on SQLite.
+            super::pause::make_live(&mut super::pause::open_pg(postgres)?)?;
+        }
         pg.transaction(|pg| {
             changelog::uninstall_pg(pg)?;
             state::truncate(pg)

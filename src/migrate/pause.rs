@@ -1,102 +1,64 @@
 //! How the migration commands see and use the write pause held in each database.
 //!
-//! PRE-MERGE STAND-IN: the pause itself (`crate::maintenance`, branch `pause`)
-//! is not on this branch yet. These functions read its table where present
-//! and do nothing for retire/make_live/pause; the version on branch
-//! `changelog-pause-trial` (commit "With the pause: …") calls
-//! `crate::maintenance` and replaces this file when `pause` lands on main.
+//! The pause itself (table `interview_maintenance`, triggers refusing writes
+//! while paused, retirement) belongs to [`crate::maintenance`]; this is the one
+//! place the migration engine touches it, so that its phases stay readable.
+//! The change-log tables and the bookkeeping are not covered by the pause
+//! triggers: sync trims SQLite's log, and rollback-sync records its mark in
+//! PostgreSQL, while those sides are paused.
 
 use std::path::Path;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::Bool;
 
 use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};
+use crate::maintenance;
 
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    flag: bool,
-}
-
-/// The SQLite file for the migration's own writes; never creates one.
+/// The maintenance connection of the SQLite file (adopts a legacy file, so
+/// the pause table exists; never creates a file).
 pub(crate) fn open_sqlite(path: &Path) -> Result<AnyConnection> {
-    let mut conn = crate::connection::open_existing_sqlite(path)?;
-    conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")?;
-    Ok(AnyConnection::Sqlite(conn))
+    maintenance::connect(&DatabaseUrl::sqlite(path.display().to_string()))
 }
 
-/// A connection to PostgreSQL for the pause's own calls.
+/// The maintenance connection of PostgreSQL.
 pub(crate) fn open_pg(url: &DatabaseUrl) -> Result<AnyConnection> {
-    url.establish()
+    maintenance::connect(url)
 }
 
-/// Whether PostgreSQL's writes are paused.
+/// Whether PostgreSQL's writes are paused (or it is retired).
 pub(crate) fn pg_paused(url: &DatabaseUrl) -> Result<bool> {
-    let AnyConnection::Postgres(mut pg) = open_pg(url)? else {
-        return Err(Error::invalid("postgres", "not a PostgreSQL URL"));
-    };
-    let exists =
-        diesel::sql_query("SELECT to_regclass('interview_maintenance') IS NOT NULL AS flag")
-            .get_result::<Flag>(&mut pg)?
-            .flag;
-    if !exists {
-        return Ok(false);
-    }
-    Ok(diesel::sql_query(
-        "SELECT coalesce(bool_or(paused), false) AS flag FROM interview_maintenance",
-    )
-    .get_result::<Flag>(&mut pg)?
-    .flag)
+    Ok(maintenance::read(&mut open_pg(url)?)?.paused)
 }
 
-/// Whether the SQLite file's writes are paused.
+/// Whether the SQLite file's writes are paused (or it is retired).
 pub(crate) fn sqlite_paused(path: &Path) -> Result<bool> {
-    let mut conn = crate::connection::open_existing_sqlite(path)?;
-    let exists = diesel::sql_query(
-        "SELECT count(*) > 0 AS flag FROM sqlite_master WHERE type = 'table' AND name = 'interview_maintenance'",
-    )
-    .get_result::<Flag>(&mut conn)?
-    .flag;
-    if !exists {
-        return Ok(false);
-    }
-    Ok(
-        diesel::sql_query(
-            "SELECT coalesce(max(paused), 0) != 0 AS flag FROM interview_maintenance",
-        )
-        .get_result::<Flag>(&mut conn)?
-        .flag,
-    )
+    Ok(maintenance::read(&mut open_sqlite(path)?)?.paused)
 }
 
-/// Marks a database retired (stand-in: `crate::maintenance::retire`).
+/// Marks a database retired: paused for good, naming where the data went (masked).
 pub(crate) fn retire(conn: &mut AnyConnection, moved_to: &str) -> Result<()> {
-    let _ = (conn, moved_to);
-    Ok(())
+    maintenance::retire(conn, moved_to)
 }
 
-/// Pauses a database (stand-in: `crate::maintenance::pause`).
+/// Pauses a database (waits out writes in flight).
 pub(crate) fn pause(conn: &mut AnyConnection) -> Result<()> {
-    let _ = conn;
-    Ok(())
+    maintenance::pause(conn)
 }
 
-/// Makes a database live (stand-in: `crate::maintenance::make_live`).
+/// Makes a database live: pause off, no longer retired.
 pub(crate) fn make_live(conn: &mut AnyConnection) -> Result<()> {
-    let _ = conn;
-    Ok(())
+    maintenance::make_live(conn)
 }
 
-/// Runs `f` in one SQLite write transaction (stand-in: `crate::maintenance::write_while_paused`).
+/// Runs `f` in one SQLite write transaction that passes the pause (SQLite
+/// is retired while PostgreSQL is live), every other writer still refused.
 pub(crate) fn write_into_sqlite(
     conn: &mut AnyConnection,
     f: impl FnOnce(&mut SqliteConnection) -> Result<()>,
 ) -> Result<()> {
-    match conn {
-        AnyConnection::Sqlite(c) => c.immediate_transaction(|c| f(c)),
+    maintenance::write_while_paused(conn, |conn| match conn {
+        AnyConnection::Sqlite(c) => f(c),
         AnyConnection::Postgres(_) => Err(Error::invalid("sqlite", "not a SQLite connection")),
-    }
+    })
 }
