@@ -268,6 +268,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     })?;
 
     finish(&mut pg)?;
+    trim_before_snapshot(&mut src, &mut pg);
     let (tables, null_summaries) = tallies(&mut pg)?;
     if let Some(path) = &opts.reject_file {
         write_rejects(path, &state::rejects(&mut pg)?, false)?;
@@ -283,6 +284,23 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     };
     log::info!("copy finished: {report:?}");
     Ok(report)
+}
+
+/// Deletes the SQLite log entries the snapshot already holds (written
+/// between `setup` and the copy, or the keys' "every key" entry): the log
+/// then holds only what sync has still to apply. Best effort, as sync's trim.
+fn trim_before_snapshot(src: &mut Source, pg: &mut PgConnection) {
+    let trimmed = state::load(pg)
+        .map(|s| s.and_then(|s| s.mark_change_seq))
+        .and_then(|seq| match seq {
+            Some(seq) => changelog::trim_sqlite(src.conn(), seq),
+            None => Ok(0),
+        });
+    if let Err(e) = trimmed {
+        log::warn!(
+            "could not trim the change log entries the copy holds (the first sync will): {e}"
+        );
+    }
 }
 
 /// The phase check of a copy: never over a live PostgreSQL; over a retired
