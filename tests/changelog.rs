@@ -372,6 +372,10 @@ fn sync_carries_idempotency_keys_and_their_pruning() {
     let src = Legacy::new(&clean_sql(2, 1));
     let store = src.store();
     answer_under_key(&store, "old");
+    // Old before the copy, so that only the prune's delete names it afterwards.
+    src.exec(
+        "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE key = 'old'",
+    );
     let (_db, url) = pg();
     let copied = copy(&src.path, &url, &CopyOptions::default()).unwrap();
     assert_eq!(copied.idempotency_keys, 1);
@@ -384,9 +388,6 @@ fn sync_carries_idempotency_keys_and_their_pruning() {
         store.claim_idempotency_key("start", "running", "h", policy),
         Ok(interview_store::Claim::Run(_))
     ));
-    src.exec(
-        "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE key = 'old'",
-    );
     store
         .prune_idempotency_keys(std::time::Duration::from_secs(3600))
         .unwrap();
