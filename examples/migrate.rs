@@ -356,14 +356,13 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sample,
             session,
         } => {
-            let left = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
             let right = open(&postgres.url)?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
                 Selection::Sessions(session)
             };
-            let report = migrate::compare(&left, &right, &selection)?;
+            let report = migrate::compare_file(&sqlite.path, &right, &selection)?;
             for d in &report.differences {
                 println!("{} {}", d.session, d.what);
             }
