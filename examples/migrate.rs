@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release --example migrate -- <command> …`; see `--help` and
 //! docs/cutover.md. Exit status: 0 done, 1 the two sides differ (verify,
-//! compare), 2 invalid data or usage, 3 a database or file failed.
+//! compare), 2 invalid data or usage, or refused (wrong phase, `--truncate`
+//! without `--yes`), 3 a database or file failed, or another migration command
+//! is running on the same PostgreSQL database.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, Progress, Selection, SyncOptions, Table};
-use interview_store::{Backend, Error, Store, StoreConfig};
+use interview_store::{maintenance, Backend, Error, Store, StoreConfig};
 
 #[path = "support/checklist.rs"]
 mod checklist;
@@ -22,7 +24,7 @@ mod checklist;
 #[derive(Parser)]
 #[command(
     about = "Move an interview-store database from SQLite to PostgreSQL, and back",
-    after_help = "Exit status: 0 done, 1 the sides differ, 2 invalid data or usage, 3 a database or file failed."
+    after_help = "Exit status: 0 done, 1 the sides differ, 2 invalid data, usage, or refused (wrong phase, --truncate without --yes), 3 a database or file failed, or another migration command is running."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,14 +40,57 @@ struct Sqlite {
 
 #[derive(Args)]
 struct Postgres {
-    /// The PostgreSQL URL or keyword/value string (`sslmode=require` and friends work).
+    /// The PostgreSQL URL or keyword/value string (`sslmode=verify-full&sslrootcert=…` and friends work).
     #[arg(
         long = "postgres",
         env = "INTERVIEW_POSTGRES_URL",
         hide_env_values = true,
         value_parser = PostgresArg
     )]
-    url: DatabaseUrl,
+    given_url: DatabaseUrl,
+    /// Cache prepared statements on PostgreSQL: `off` behind a transaction pooler (PgBouncer, Supavisor).
+    #[arg(
+        long = "pg-statement-cache",
+        env = "INTERVIEW_PG_STATEMENT_CACHE",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    statement_cache: bool,
+}
+
+impl Postgres {
+    /// The URL with the statement cache setting applied.
+    fn url(&self) -> DatabaseUrl {
+        self.given_url
+            .clone()
+            .with_statement_cache(self.statement_cache)
+    }
+}
+
+/// Exactly one database, named on the command line only (never from the environment,
+/// where both are usually set).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct OneDatabase {
+    /// An SQLite database file (never created).
+    #[arg(long = "sqlite")]
+    sqlite: Option<PathBuf>,
+    /// A PostgreSQL URL.
+    #[arg(long = "postgres", value_parser = PostgresArg)]
+    postgres: Option<DatabaseUrl>,
+}
+
+impl OneDatabase {
+    fn url(self) -> interview_store::Result<DatabaseUrl> {
+        match (self.sqlite, self.postgres) {
+            (Some(path), None) => Ok(DatabaseUrl::sqlite(path.display().to_string())),
+            (None, Some(url)) => Ok(url),
+            _ => Err(Error::invalid(
+                "database",
+                "give exactly one of --sqlite and --postgres",
+            )),
+        }
+    }
 }
 
 /// Accepts PostgreSQL only, and never echoes the value (it may hold a password).
@@ -84,10 +129,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create or upgrade the PostgreSQL schema (idempotent).
+    /// Create or upgrade the PostgreSQL schema, and install the change log on the SQLite file (idempotent).
     Setup {
         #[command(flatten)]
         postgres: Postgres,
+        /// The SQLite file whose writes sync will follow (its change log is installed).
+        #[arg(long = "sqlite", env = "INTERVIEW_SQLITE_PATH")]
+        sqlite: Option<PathBuf>,
     },
     /// Bulk copy one snapshot of the source into PostgreSQL (resumable).
     Copy {
@@ -101,11 +149,14 @@ enum Command {
         /// Load valid rows and write invalid ones here as JSON lines (otherwise: strict).
         #[arg(long)]
         reject_file: Option<PathBuf>,
-        /// Empty the PostgreSQL tables first.
+        /// Empty the PostgreSQL tables first (after every check; needs --yes).
         #[arg(long)]
         truncate: bool,
+        /// Confirm --truncate; without it the copy only prints what it would delete (exit 2).
+        #[arg(long, requires = "truncate")]
+        yes: bool,
     },
-    /// Copy what changed in the source since the last copy or sync.
+    /// Apply what changed in the source since the copy or the last sync (its change log).
     Sync {
         #[command(flatten)]
         sqlite: Sqlite,
@@ -146,12 +197,32 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// After a cutover: copy into SQLite what was written to PostgreSQL since.
+    /// Make PostgreSQL (default) or SQLite the live side; the other is retired.
+    Switch {
+        #[command(flatten)]
+        sqlite: Sqlite,
+        #[command(flatten)]
+        postgres: Postgres,
+        /// The side to make live.
+        #[arg(long, value_enum, default_value_t = Side::Postgres)]
+        to: Side,
+    },
+    /// After a switch, with PostgreSQL paused: apply to SQLite what was written to PostgreSQL since.
     RollbackSync {
         #[command(flatten)]
         postgres: Postgres,
         #[command(flatten)]
         sqlite: Sqlite,
+    },
+    /// Pause writes in the database itself: every writer refused, reads go on; survives restarts.
+    Pause {
+        #[command(flatten)]
+        database: OneDatabase,
+    },
+    /// Lift the pause (refused on a retired database: only switching back to it makes it live).
+    Resume {
+        #[command(flatten)]
+        database: OneDatabase,
     },
     /// The validation checklist against the running service (exit 1 if any step fails).
     ///
@@ -175,14 +246,23 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
-    /// What has been copied, when, the high-water marks and the rejects.
+    /// What has been copied, when, the high-water marks, the rejects and the pause.
     Status {
         #[command(flatten)]
         postgres: Postgres,
+        /// Also report this SQLite file's pause.
+        #[arg(long = "sqlite")]
+        sqlite: Option<PathBuf>,
         /// Print as one JSON object.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Side {
+    Postgres,
+    Sqlite,
 }
 
 fn main() -> ExitCode {
@@ -246,14 +326,18 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        Command::Setup { postgres } => {
-            let store = open(&postgres.url)?;
+        Command::Setup { postgres, sqlite } => {
+            let store = open(&postgres.url())?;
             let applied = store.migrate()?;
             println!(
                 "{}: schema up to date ({} migration(s) applied)",
-                postgres.url.masked(),
+                postgres.url().masked(),
                 applied.len()
             );
+            if let Some(path) = sqlite {
+                migrate::install_change_log(&path)?;
+                println!("{}: change log installed", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Copy {
@@ -262,20 +346,22 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             batch_size,
             reject_file,
             truncate,
+            yes,
         } => {
             log::info!(
                 "copying {} into {}",
                 sqlite.path.display(),
-                postgres.url.masked()
+                postgres.url().masked()
             );
             let opts = CopyOptions {
                 batch_size,
                 reject_file,
                 truncate,
+                confirmed: yes,
                 progress: Some(progress_reporter()),
                 ..Default::default()
             };
-            let report = migrate::copy(&sqlite.path, &postgres.url, &opts)?;
+            let report = migrate::copy(&sqlite.path, &postgres.url(), &opts)?;
             for (t, c) in Table::ALL.iter().zip(report.tables) {
                 println!("{t}: {} copied, {} rejected", c.copied, c.rejected);
             }
@@ -296,13 +382,20 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             reject_file,
         } => {
-            let report = migrate::sync(&sqlite.path, &postgres.url, &SyncOptions { reject_file })?;
+            let report =
+                migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
-                "sessions: {} new, {} changed; messages: {}; drafts: {}; rejected: {:?}; in {:.1?}",
+                "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
+                 messages {} written, {} deleted; drafts {} written, {} deleted; rejected: {:?}; in {:.1?}",
+                report.entries,
+                report.change_seq,
                 report.sessions_inserted,
                 report.sessions_updated,
+                report.sessions_deleted,
                 report.messages,
+                report.messages_deleted,
                 report.drafts,
+                report.drafts_deleted,
                 report.rejected,
                 report.elapsed
             );
@@ -313,7 +406,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             postgres,
             json: as_json,
         } => {
-            let report = migrate::verify(&sqlite.path, &postgres.url)?;
+            let report = migrate::verify(&sqlite.path, &postgres.url())?;
             if as_json {
                 json(&report);
             } else {
@@ -356,7 +449,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sample,
             session,
         } => {
-            let right = open(&postgres.url)?;
+            let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
@@ -394,17 +487,49 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::RollbackSync { postgres, sqlite } => {
-            let lite = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
-            let pg = open(&postgres.url)?;
-            lite.migrate()?;
-            let report = migrate::rollback_sync(&pg, &lite)?;
+        Command::Switch {
+            sqlite,
+            postgres,
+            to,
+        } => {
+            let to = match to {
+                Side::Postgres => Backend::Postgres,
+                Side::Sqlite => Backend::Sqlite,
+            };
+            let report = migrate::switch(&sqlite.path, &postgres.url(), to)?;
             println!(
-                "sessions: {} new, {} changed; messages: {}; drafts: {}",
-                report.sessions_inserted, report.sessions_updated, report.messages, report.drafts
+                "{} is live{}; verify EQUAL",
+                match report.live {
+                    Backend::Postgres => postgres.url().masked(),
+                    Backend::Sqlite => sqlite.path.display().to_string(),
+                },
+                if report.already_switched {
+                    " (already switched)"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::RollbackSync { postgres, sqlite } => {
+            let report = migrate::rollback_sync(&sqlite.path, &postgres.url())?;
+            println!(
+                "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
+                 messages {} written, {} deleted; drafts {} written, {} deleted",
+                report.entries,
+                report.change_seq,
+                report.sessions_inserted,
+                report.sessions_updated,
+                report.sessions_deleted,
+                report.messages,
+                report.messages_deleted,
+                report.drafts,
+                report.drafts_deleted
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pause { database } => set_pause(database.url()?, true),
+        Command::Resume { database } => set_pause(database.url()?, false),
         Command::Checklist {
             server,
             backend,
@@ -436,26 +561,47 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
         }
         Command::Status {
             postgres,
+            sqlite,
             json: as_json,
         } => {
-            let status = migrate::status(&postgres.url)?;
+            let status = migrate::status(&postgres.url())?;
+            let sqlite = match sqlite {
+                Some(path) => {
+                    let url = DatabaseUrl::sqlite(path.display().to_string());
+                    Some(maintenance::read(&mut maintenance::connect(&url)?)?)
+                }
+                None => None,
+            };
             if as_json {
-                json(&status);
+                let mut v = serde_json::to_value(&status).expect("reports serialise");
+                if let Some(m) = &sqlite {
+                    v["sqlite_maintenance"] = serde_json::to_value(m).expect("reports serialise");
+                }
+                json(&v);
                 return Ok(ExitCode::SUCCESS);
             }
+            println!("{}: {}", postgres.url().masked(), status.maintenance);
+            if let Some(m) = &sqlite {
+                println!("sqlite: {m}");
+            }
             match &status.state {
-                None => println!("{}: nothing copied yet", postgres.url.masked()),
+                None => println!("{}: nothing copied yet", postgres.url().masked()),
                 Some(s) => println!(
-                    "source {} — {} (started {}, copied {}, last sync {})\nmarks: session rowid {}, message id {}, draft id {}, sessions updated_at {}",
+                    "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
+                     copy snapshot: session rowid {}, message id {}, draft id {}\n\
+                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {}",
                     s.source,
                     s.phase,
                     s.started_at,
                     s.copied_at.map_or("-".into(), |t| t.to_string()),
                     s.synced_at.map_or("-".into(), |t| t.to_string()),
+                    s.switched_at.map_or("-".into(), |t| t.to_string()),
+                    s.rolled_back_at.map_or("-".into(), |t| t.to_string()),
                     s.mark_session_rowid,
                     s.mark_message_id,
                     s.mark_draft_id,
-                    s.mark_sessions_updated_at.as_deref().unwrap_or("-")
+                    s.mark_change_seq.map_or("-".into(), |n| n.to_string()),
+                    s.rollback_change_seq
                 ),
             }
             for p in &status.tables {
@@ -476,6 +622,24 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
+fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
+    // One migration command at a time on PostgreSQL (a pause must not land in
+    // the middle of a switch); on SQLite the flag is written under its write lock.
+    let _lock = match url.backend() {
+        Backend::Postgres => Some(migrate::MigrationLock::acquire(&url)?),
+        Backend::Sqlite => None,
+    };
+    let mut conn = maintenance::connect(&url)?;
+    if on {
+        maintenance::pause(&mut conn)?;
+    } else {
+        maintenance::resume(&mut conn)?;
+    }
+    println!("{}: {}", url.masked(), maintenance::read(&mut conn)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The checklist's row-count step: the live side holds at least every row of the retired one.

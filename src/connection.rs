@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, CacheSize, SimpleConnection, TransactionManager};
 use diesel::{Connection, PgConnection, SqliteConnection};
 
 pub use crate::conninfo::mask_password;
@@ -22,6 +22,38 @@ pub enum AnyConnection {
     Postgres(PgConnection),
     /// SQLite through libsqlite3.
     Sqlite(SqliteConnection),
+}
+
+impl AnyConnection {
+    /// Runs `f` in one write transaction: committed if it succeeds, rolled back if not.
+    ///
+    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock
+    /// up front (waiting up to the busy timeout), so writers queue instead of
+    /// failing with "database is locked" when a read turns into a write.
+    pub(crate) fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            AnyConnection::Sqlite(c) => {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+            }
+            AnyConnection::Postgres(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN"),
+        }?;
+        let result = f(self);
+        let end = match (self, result.is_ok()) {
+            (AnyConnection::Sqlite(c), true) => AnsiTransactionManager::commit_transaction(c),
+            (AnyConnection::Postgres(c), true) => AnsiTransactionManager::commit_transaction(c),
+            (AnyConnection::Sqlite(c), false) => AnsiTransactionManager::rollback_transaction(c),
+            (AnyConnection::Postgres(c), false) => AnsiTransactionManager::rollback_transaction(c),
+        };
+        match (result, end) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e.into()),
+            // The operation's own error says more than a failed rollback.
+            (Err(e), _) => Err(e),
+        }
+    }
 }
 
 /// Which database engine a [`DatabaseUrl`] points at.
@@ -89,6 +121,8 @@ pub struct DatabaseUrl {
     backend: Backend,
     // For SQLite: the path handed to sqlite3_open; for PostgreSQL: the URL as given.
     target: String,
+    // Whether PostgreSQL connections keep diesel's prepared statement cache.
+    statement_cache: bool,
     // SQLite only: whether opening may create the file. The migration tool
     // works on files that exist; only a service creates its own database.
     create: bool,
@@ -101,7 +135,33 @@ impl DatabaseUrl {
             backend: Backend::Sqlite,
             target: path.into(),
             create: true,
+            statement_cache: true,
         }
+    }
+
+    /// The same URL with diesel's prepared statement cache on (the default) or
+    /// off for PostgreSQL connections.
+    ///
+    /// Turn it off behind a transaction-mode pooler (PgBouncer before 1.21,
+    /// Supavisor's transaction port): the cache prepares each SELECT and INSERT
+    /// once under a name like `__diesel_stmt_0`, and the pooler runs the next
+    /// transaction on a server connection where that name does not exist.
+    /// Off, every query goes through libpq's unnamed statement. SQLite ignores it.
+    ///
+    /// ```
+    /// use interview_store::DatabaseUrl;
+    /// let url: DatabaseUrl = "postgres://app@pooler:6432/interview".parse().unwrap();
+    /// assert!(url.statement_cache());
+    /// assert!(!url.with_statement_cache(false).statement_cache());
+    /// ```
+    pub fn with_statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = on;
+        self
+    }
+
+    /// Whether PostgreSQL connections opened from this URL cache prepared statements.
+    pub fn statement_cache(&self) -> bool {
+        self.statement_cache
     }
 
     /// An SQLite file that must already exist: opening it never creates one,
@@ -127,6 +187,7 @@ impl DatabaseUrl {
             backend: Backend::Sqlite,
             target: target.to_string(),
             create: false,
+            statement_cache: true,
         })
     }
 
@@ -205,19 +266,33 @@ impl DatabaseUrl {
     }
 
     /// Opens one connection of the right variant (never tries the other backend).
+    ///
+    /// A failed TLS handshake or certificate check is [`Error::Tls`], any
+    /// other failure [`Error::Connect`]; both carry the URL with its password masked.
     pub fn establish(&self) -> Result<AnyConnection> {
         match self.backend {
             Backend::Sqlite if !self.create => {
                 open_existing_sqlite(Path::new(&self.target)).map(AnyConnection::Sqlite)
             }
             Backend::Sqlite => self.establish_or_create_sqlite().map(AnyConnection::Sqlite),
-            Backend::Postgres => PgConnection::establish(&self.target)
-                .map(AnyConnection::Postgres)
-                .map_err(|e| Error::Connect {
-                    url: self.masked(),
-                    reason: mask_in_text(&e.to_string(), &self.target),
-                }),
+            Backend::Postgres => self.establish_postgres().map(AnyConnection::Postgres),
         }
+    }
+
+    fn establish_postgres(&self) -> Result<PgConnection> {
+        let mut conn = PgConnection::establish(&self.target).map_err(|e| {
+            let url = self.masked();
+            let reason = mask_in_text(&e.to_string(), &self.target);
+            if is_tls_failure(&reason) {
+                Error::Tls { url, reason }
+            } else {
+                Error::Connect { url, reason }
+            }
+        })?;
+        if !self.statement_cache {
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        Ok(conn)
     }
 
     fn establish_or_create_sqlite(&self) -> Result<SqliteConnection> {
@@ -314,6 +389,7 @@ impl std::str::FromStr for DatabaseUrl {
             backend: Backend::Postgres,
             target: target.to_string(),
             create: false,
+            statement_cache: true,
         };
         if conninfo::is_uri(s) {
             return Ok(postgres(s));
@@ -352,6 +428,15 @@ impl std::str::FromStr for DatabaseUrl {
     }
 }
 
+/// Whether libpq's connection failure is about TLS: a certificate that does
+/// not verify or name the host, a missing root certificate, a server without TLS.
+fn is_tls_failure(reason: &str) -> bool {
+    let lower = reason.to_ascii_lowercase();
+    lower.contains("certificate")
+        || lower.contains("ssl error")
+        || lower.contains("does not support ssl")
+}
+
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     if conninfo::starts_with_ci(s, prefix) {
         s.get(prefix.len()..)
@@ -363,9 +448,10 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// Runs the per-connection setup on every new pooled connection.
 ///
 /// SQLite: WAL, enforced foreign keys, a busy timeout and `synchronous=NORMAL`
-/// (durable across application crashes, and fast in WAL mode). PostgreSQL: the
-/// session time zone set to UTC, so text renderings agree with SQLite, and the
-/// statement timeout when one is configured.
+/// (durable across application crashes, and fast in WAL mode). PostgreSQL:
+/// the statement timeout when one is configured, and nothing else: timestamps
+/// travel as binary `TIMESTAMPTZ` whatever the session's time zone, so a
+/// transaction-mode pooler loses nothing the store relies on.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSetup {
     pub busy_timeout: Duration,
@@ -379,17 +465,16 @@ impl ConnectionSetup {
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 268435456;",
                 self.busy_timeout.as_millis()
             )),
-            AnyConnection::Postgres(c) => {
-                c.batch_execute("SET TIME ZONE 'UTC'")?;
-                match self.statement_timeout {
-                    // A plain SET lasts for the connection; behind a transaction pooler it would need SET LOCAL.
-                    Some(t) => c.batch_execute(&format!(
-                        "SET statement_timeout = {}",
-                        t.as_millis().max(1)
-                    )),
-                    None => Ok(()),
-                }
-            }
+            AnyConnection::Postgres(c) => match self.statement_timeout {
+                // A session setting: behind a transaction pooler it lands on one
+                // server connection only; set it on the role there (README,
+                // Managed PostgreSQL).
+                Some(t) => c.batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    t.as_millis().max(1)
+                )),
+                None => Ok(()),
+            },
         }
     }
 }

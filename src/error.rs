@@ -23,9 +23,15 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// The store is paused for writes (see [`crate::Store::set_read_only`]).
+    /// Writes are paused in the database (see [`crate::maintenance`]); retry later.
     #[error("the store is read-only: writes are paused")]
     ReadOnly,
+    /// The database is retired: its data moved for good, and it refuses every write.
+    #[error("this database is retired: its data moved to {moved_to}; writes are refused here, and only switching back to it (`migrate switch`) makes it live again")]
+    Retired {
+        /// Where the data went (masked URL or path).
+        moved_to: String,
+    },
     /// No pooled connection became free (or could be opened) in time.
     #[error("no database connection available within {waited:?} ({url}){}", last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
     PoolTimeout {
@@ -44,6 +50,17 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The TLS handshake with PostgreSQL failed: a certificate that does not
+    /// verify against `sslrootcert` or does not name the host (`sslmode=verify-full`),
+    /// a missing root certificate file, or a server without TLS. A
+    /// configuration fault, not an outage: retrying does not help.
+    #[error("TLS to database {url} failed: {reason}")]
+    Tls {
+        /// The database, password masked.
+        url: String,
+        /// libpq's account of the TLS failure.
+        reason: String,
+    },
     /// An SQLite file that must exist (the migration tool never creates one) is missing.
     #[error("no such SQLite file: {path}")]
     NoSuchFile {
@@ -52,7 +69,7 @@ pub enum Error {
     },
     /// A query failed, or a stored value could not be read back.
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
     /// A stored row holds a value the store cannot read back (e.g. a legacy
     /// timestamp in an unknown format): which rows and why.
     #[error("unreadable stored data in {what}: {reason}")]
@@ -76,6 +93,9 @@ pub enum Error {
     /// A migration step refused to run, and why (e.g. a target holding foreign rows).
     #[error("{0}")]
     Refused(String),
+    /// Another migration command holds the target's lock; nothing was changed.
+    #[error("{0}")]
+    Busy(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -84,6 +104,19 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+}
+
+/// Database errors, with the write pause's refusal recognised whoever wrote:
+/// [`Error::ReadOnly`] or [`Error::Retired`] (see [`crate::maintenance`]).
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        if let diesel::result::Error::DatabaseError(_, info) = &e {
+            if let Some(refusal) = crate::maintenance::refusal(info.message()) {
+                return refusal;
+            }
+        }
+        Error::Database(e)
+    }
 }
 
 /// The monitoring bucket of an [`Error`].
@@ -135,14 +168,17 @@ impl Error {
         match self {
             Error::NotFound { .. } => Category::NotFound,
             Error::InvalidInput { .. } => Category::Input,
-            Error::ReadOnly => Category::ReadOnly,
-            Error::PoolTimeout { .. } | Error::Connect { .. } | Error::NoSuchFile { .. } => {
-                Category::Unavailable
-            }
+            Error::ReadOnly | Error::Retired { .. } => Category::ReadOnly,
+            Error::PoolTimeout { .. }
+            | Error::Connect { .. }
+            | Error::NoSuchFile { .. }
+            | Error::Busy(_) => Category::Unavailable,
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
-            Error::Database(_) | Error::Corrupt { .. } | Error::Migration(_) | Error::Io { .. } => {
-                Category::Db
-            }
+            Error::Database(_)
+            | Error::Tls { .. }
+            | Error::Corrupt { .. }
+            | Error::Migration(_)
+            | Error::Io { .. } => Category::Db,
             Error::InvalidSource { .. } | Error::Refused(_) => Category::Input,
         }
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`Store`] is the repository: sessions, messages and drafts, a read-only
 //!   switch for a cutover's write pause, health and counts.
+//! - [`maintenance`] holds that write pause in the database itself, and retires a
+//!   database whose data moved.
 //! - [`connection`] holds the `MultiConnection` over both backends and URL handling;
 //!   [`types`] the mapping of UUIDs and timestamps onto each backend;
 //!   [`schema`] the one schema; [`migrations`] the embedded schema per backend.
@@ -20,6 +22,7 @@ mod breaker;
 pub mod connection;
 mod conninfo;
 pub mod error;
+pub mod maintenance;
 pub mod migrate;
 pub mod migrations;
 mod pool;
@@ -33,6 +36,7 @@ pub mod types;
 
 pub use connection::{AnyConnection, Backend, DatabaseUrl};
 pub use error::{Category, Error, Result};
+pub use maintenance::Maintenance;
 pub use pool::{PoolConfig, PoolState};
 pub use store::{
     Claim, Draft, Health, KeyPolicy, Message, Page, Recorded, Role, Session, SessionWithMessages,

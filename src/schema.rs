@@ -63,3 +63,16 @@ diesel::table! {
 diesel::joinable!(messages -> sessions (session_id));
 diesel::joinable!(drafts -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(sessions, messages, drafts);
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::types::sql::MultiTimestamp;
+
+    /// The one-row maintenance state: the write pause and retirement (see [`crate::maintenance`]).
+    interview_maintenance (singleton) {
+        singleton -> Bool,
+        paused -> Bool,
+        retired_to -> Nullable<Text>,
+        changed_at -> Nullable<MultiTimestamp>,
+    }
+}

@@ -134,6 +134,73 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     assert!(text(&o).contains("copied"), "{}", text(&o));
 }
 
+#[test]
+fn copy_truncate_without_yes_prints_what_it_would_delete_and_exits_2() {
+    let src = Legacy::new(&clean_sql(3, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("sessions 3 rows, messages 6 rows, drafts 3 rows"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "nothing deleted: {}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+        "--yes",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_second_migration_command_exits_3_at_once() {
+    let src = Legacy::new(&clean_sql(2, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Another command holds the lock for its whole run.
+    let url: interview_store::connection::DatabaseUrl = db.url.parse().unwrap();
+    let held = interview_store::migrate::MigrationLock::acquire(&url).unwrap();
+    for args in [
+        &["sync", "--sqlite", sqlite, "--postgres", &db.url][..],
+        &["copy", "--sqlite", sqlite, "--postgres", &db.url],
+        &["rollback-sync", "--sqlite", sqlite, "--postgres", &db.url],
+        &["switch", "--sqlite", sqlite, "--postgres", &db.url],
+        &["pause", "--postgres", &db.url],
+        &["resume", "--postgres", &db.url],
+    ] {
+        let cmd = args[0];
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {}", text(&o));
+        assert!(
+            text(&o).contains("another migration command is running"),
+            "{cmd}: {}",
+            text(&o)
+        );
+    }
+    drop(held);
+    let o = run(&["sync", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 /// A loopback port where nothing listens.
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,3 +395,75 @@ backend_test!(
         assert!(text(&o).contains("0 of 6 steps passed"), "{}", text(&o));
     }
 );
+
+/// The `sqlite3` shell, if installed: another program writing the file, with its own (older) SQLite.
+fn sqlite3_shell(path: &std::path::Path, sql: &str) -> Option<Output> {
+    Command::new("sqlite3").arg(path).arg(sql).output().ok()
+}
+
+#[test]
+fn pause_and_resume_hold_in_the_database_for_every_writer() {
+    let src = Legacy::new(&clean_sql(1, 1));
+    let sqlite = src.path.to_str().unwrap();
+    let insert = "INSERT INTO drafts (session_id, content, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'x', '2025-01-01T00:00:00Z');";
+
+    let o = run(&["pause", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("paused"), "{}", text(&o));
+    if let Some(shell) = sqlite3_shell(&src.path, insert) {
+        assert!(!shell.status.success(), "the sqlite3 shell was refused");
+        assert!(
+            text(&shell).contains("interview-store: writes are paused"),
+            "{}",
+            text(&shell)
+        );
+    }
+    let refused = std::panic::catch_unwind(|| src.exec(insert));
+    assert!(refused.is_err(), "a plain connection is refused too");
+
+    let o = run(&["resume", "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("live"), "{}", text(&o));
+    src.exec(insert);
+
+    let db = common::PgDatabase::create();
+    let o = run(&["pause", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["status", "--postgres", &db.url, "--sqlite", sqlite]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("paused: writes refused") && text(&o).contains("sqlite: live"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["status", "--postgres", &db.url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["maintenance"]["paused"], true, "{v}");
+    let o = run(&["resume", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn pause_needs_exactly_one_database_and_never_creates_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    for cmd in ["pause", "resume"] {
+        let o = run(&[cmd, "--sqlite", missing.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("no such SQLite file: {}", missing.display())),
+            "{}",
+            text(&o)
+        );
+        assert!(!missing.exists(), "{cmd} created the file");
+    }
+    assert_eq!(run(&["pause"]).status.code(), Some(2), "no database");
+    let o = run(&[
+        "pause",
+        "--sqlite",
+        "a.db",
+        "--postgres",
+        "postgres://u@127.0.0.1:1/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "two databases: {}", text(&o));
+}

@@ -103,3 +103,57 @@ backend_test!(
         );
     }
 );
+
+/// Two service processes on one SQLite file: each has its own writer queue, so
+/// between them only SQLite's locks order the writers. None may fail with
+/// "database is locked" while the other keeps writing.
+#[test]
+fn two_processes_writing_one_sqlite_file_never_see_database_is_locked() {
+    use interview_store::{PoolConfig, StoreConfig};
+    use std::time::{Duration, Instant};
+    let db = TestDb::new(interview_store::Backend::Sqlite);
+    // One Store per "process": separate pools and separate in-process writer queues.
+    let config = StoreConfig {
+        pool: PoolConfig {
+            busy_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let stores = [db.store_with(config.clone()), db.store_with(config)];
+    let session = stores[0].start_session().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let store = stores[t % 2].clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut errors) = (0u64, Vec::new());
+                while Instant::now() < deadline {
+                    match store.append_message(session.id, Role::User, &format!("{t}")) {
+                        Ok(_) => ok += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (t % 2, ok, errors)
+            })
+        })
+        .collect();
+    let mut written = [0u64; 2];
+    let mut errors = Vec::new();
+    for h in handles {
+        let (p, ok, e) = h.join().unwrap();
+        written[p] += ok;
+        errors.extend(e);
+    }
+    eprintln!("writes per process: {written:?}, errors: {}", errors.len());
+    errors.truncate(5);
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "writes per process: {written:?}"
+    );
+    assert!(
+        written.iter().all(|&n| n > 0),
+        "both processes wrote: {written:?}"
+    );
+}

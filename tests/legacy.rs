@@ -59,8 +59,8 @@ fn legacy_file_opens_migrates_and_reads_back_unchanged() {
     let store = Store::connect(path, StoreConfig::default()).unwrap();
     assert_eq!(
         store.migrate().unwrap().len(),
-        2,
-        "the adopting migration and the idempotency-key table, once each"
+        3,
+        "the adopting migration, the idempotency-key table and the write pause, once each"
     );
     assert_eq!(dump(path), before, "adopting the file changed no row");
 

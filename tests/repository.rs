@@ -187,8 +187,8 @@ backend_test!(read_only_refuses_writes_and_serves_reads, |db: &TestDb| {
         .append_message(s.id, Role::User, "before the pause")
         .unwrap();
     let other_handle = store.clone();
-    other_handle.set_read_only(true);
-    assert!(store.is_read_only(), "clones share the switch");
+    other_handle.set_read_only(true).unwrap();
+    assert!(store.is_read_only().unwrap(), "clones share the switch");
     for err in [
         store.start_session().unwrap_err(),
         store
@@ -202,7 +202,7 @@ backend_test!(read_only_refuses_writes_and_serves_reads, |db: &TestDb| {
     }
     assert_eq!(store.get_session(s.id).unwrap().messages.len(), 1);
     assert!(store.health().read_only);
-    store.set_read_only(false);
+    store.set_read_only(false).unwrap();
     store.append_message(s.id, Role::User, "after").unwrap();
     assert_eq!(store.counts().unwrap().messages, 2);
 });
@@ -257,12 +257,12 @@ backend_test!(a_chat_turn_is_stored_whole_or_not_at_all, |db: &TestDb| {
         .unwrap_err();
     assert_eq!(err.category(), Category::Input);
     // While paused, nothing of the turn is stored either.
-    store.set_read_only(true);
+    store.set_read_only(true).unwrap();
     let err = store
         .append_messages(s.id, &[(Role::User, "kept?")], Some("changed"))
         .unwrap_err();
     assert!(matches!(err, Error::ReadOnly));
-    store.set_read_only(false);
+    store.set_read_only(false).unwrap();
     let after = store.get_session(s.id).unwrap();
     assert_eq!(after.messages.len(), 3);
     assert_eq!(after.session.summary, "builds stores");

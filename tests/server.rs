@@ -107,7 +107,7 @@ backend_test!(validation_checklist, |db: &TestDb| {
         let srv = TestServer::start(db.store(), None).await;
         let (status, health) = srv.get("/health").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(health, json!({"status": "ok", "db": "up", "backend": db.backend.as_str(), "read_only": false}));
+        assert_eq!(health, json!({"status": "ok", "db": "up", "backend": db.backend.as_str(), "read_only": false, "retired": false}));
 
         let (status, started) = srv.post("/interview/start", json!({})).await;
         assert_eq!(status, StatusCode::CREATED);
@@ -1100,7 +1100,12 @@ fn spawn_server(db: &TestDb) -> (Killed, String) {
     let mut cmd = std::process::Command::new(server_bin());
     cmd.env("INTERVIEW_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
-        .env("INTERVIEW_DB_BACKEND", db.backend.as_str());
+        .env("INTERVIEW_DB_BACKEND", db.backend.as_str())
+        // Off for the run through PgBouncer (transaction mode), as an operator sets it there.
+        .env(
+            "INTERVIEW_PG_STATEMENT_CACHE",
+            if db.pg_statement_cache { "on" } else { "off" },
+        );
     match db.backend {
         interview_store::Backend::Sqlite => cmd.env(
             "INTERVIEW_SQLITE_PATH",
@@ -1181,6 +1186,107 @@ backend_test!(
             }
             assert_eq!(texts.len(), 1 + 2 * acked.len());
             drop(again);
+        });
+    }
+);
+
+backend_test!(
+    a_pause_through_one_server_holds_for_a_second_server_on_the_same_database,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            // Two stores with pools of their own: two server processes on one database.
+            let one = TestServer::start(db.store(), Some("s3cret")).await;
+            let two = TestServer::start(db.store(), Some("s3cret")).await;
+            let id = two.start_session().await;
+            let admin = |srv: &TestServer, on: bool| {
+                srv.http
+                    .post(format!("{}/admin/maintenance", srv.base))
+                    .bearer_auth("s3cret")
+                    .json(&json!({"read_only": on}))
+                    .send()
+            };
+            let r = admin(&one, true).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.json::<Value>().await.unwrap(), json!({"read_only": true}));
+
+            let r = two
+                .http
+                .post(format!("{}/interview/chat", two.base))
+                .json(&json!({"session_id": id, "text": "during the pause"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()["retry-after"], "5");
+            assert_eq!(category(&r.json().await.unwrap()), "read_only");
+            assert_eq!(two.get("/health").await.1["read_only"], true);
+            let (status, session) = two.get(&format!("/interview/session/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "reads go on");
+            assert_eq!(session["messages"].as_array().unwrap().len(), 1);
+
+            // Lifted through the second server, it is lifted for the first.
+            assert_eq!(admin(&two, false).await.unwrap().status(), StatusCode::OK);
+            let (status, body) = one
+                .post(
+                    "/interview/chat",
+                    json!({"session_id": id, "text": "after"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(one.get("/health").await.1["read_only"], false);
+            one.shutdown().await;
+            two.shutdown().await;
+        });
+    }
+);
+
+backend_test!(
+    a_retired_database_answers_503_without_saying_where_the_data_went,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let store = db.store();
+            let srv = TestServer::start(store.clone(), Some("s3cret")).await;
+            let id = srv.start_session().await;
+            tokio::task::spawn_blocking(move || {
+                store.with_connection(|c| {
+                    interview_store::maintenance::retire(
+                        c,
+                        "postgres://app:pw@db.internal/interview",
+                    )
+                })
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            let r = srv
+                .http
+                .post(format!("{}/interview/chat", srv.base))
+                .json(&json!({"session_id": id, "text": "x"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()["retry-after"], "5");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(category(&body), "read_only");
+            assert!(!body.to_string().contains("db.internal"), "{body}");
+            let (_, health) = srv.get("/health").await;
+            assert_eq!(
+                (health["read_only"].clone(), health["retired"].clone()),
+                (json!(true), json!(true))
+            );
+            assert!(!health.to_string().contains("db.internal"), "{health}");
+            // Resuming through the admin endpoint is refused: only the switch makes it live.
+            let r = srv
+                .http
+                .post(format!("{}/admin/maintenance", srv.base))
+                .bearer_auth("s3cret")
+                .json(&json!({"read_only": false}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            srv.shutdown().await;
         });
     }
 );

@@ -25,8 +25,9 @@ pub struct ServerConfig {
     /// `INTERVIEW_ADMIN_TOKEN`; admin endpoints are off when unset.
     pub admin_token: Option<String>,
     /// `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`,
-    /// `INTERVIEW_CONNECT_TIMEOUT_MS` (default 10,000) and
-    /// `INTERVIEW_STATEMENT_TIMEOUT_MS` (default 30,000; `0` leaves the server's setting).
+    /// `INTERVIEW_CONNECT_TIMEOUT_MS` (default 10,000),
+    /// `INTERVIEW_STATEMENT_TIMEOUT_MS` (default 30,000; `0` leaves the server's setting) and
+    /// `INTERVIEW_PG_STATEMENT_CACHE` (`on`, the default, or `off` behind a transaction pooler).
     pub store: StoreConfig,
     /// `INTERVIEW_REQUEST_TIMEOUT_MS` (default 10,000): longest wait on the database per request.
     pub request_timeout: Duration,
@@ -61,6 +62,9 @@ impl ServerConfig {
         }
         store.pool.connection_timeout = ms("INTERVIEW_POOL_TIMEOUT_MS", 5_000)?;
         store.health_timeout = ms("INTERVIEW_HEALTH_TIMEOUT_MS", 2_000)?;
+        if let Some(v) = get("INTERVIEW_PG_STATEMENT_CACHE") {
+            store.pg_statement_cache = on_off("INTERVIEW_PG_STATEMENT_CACHE", &v)?;
+        }
         store.pool.connect_timeout = ms("INTERVIEW_CONNECT_TIMEOUT_MS", 10_000)?;
         store.pool.statement_timeout =
             Some(ms("INTERVIEW_STATEMENT_TIMEOUT_MS", 30_000)?).filter(|t| !t.is_zero());
@@ -105,17 +109,33 @@ impl ServerConfig {
         })
     }
 
-    /// The database the backend flag selects.
+    /// The database the backend flag selects, with the statement cache setting.
     pub fn database_url(&self) -> Result<DatabaseUrl> {
         match self.backend {
             Backend::Sqlite => Ok(DatabaseUrl::sqlite(self.sqlite_path.clone())),
-            Backend::Postgres => self.postgres_url.clone().ok_or_else(|| {
-                Error::invalid(
-                    "INTERVIEW_POSTGRES_URL",
-                    "must be set when INTERVIEW_DB_BACKEND=postgres",
-                )
-            }),
+            Backend::Postgres => self
+                .postgres_url
+                .clone()
+                .map(|url| url.with_statement_cache(self.store.pg_statement_cache))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "INTERVIEW_POSTGRES_URL",
+                        "must be set when INTERVIEW_DB_BACKEND=postgres",
+                    )
+                }),
         }
+    }
+}
+
+/// Reads a switch: `on`/`off`, `true`/`false`, `yes`/`no` or `1`/`0`.
+fn on_off(name: &'static str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(Error::invalid(
+            name,
+            format!("{value:?} is neither \"on\" nor \"off\""),
+        )),
     }
 }
 

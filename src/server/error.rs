@@ -71,6 +71,11 @@ impl From<Error> for ApiError {
         // Only the caller's own mistakes are told as they are; the rest could
         // name the host, user, database or SQL, so they stay in the log.
         let (message, detail) = match category {
+            // Where a retired database's data went would tell how the databases are wired.
+            Category::ReadOnly if matches!(e, Error::Retired { .. }) => (
+                "writes are refused: this database is retired".to_string(),
+                Some(e.to_string()),
+            ),
             Category::Input | Category::NotFound | Category::ReadOnly => (e.to_string(), None),
             Category::Unavailable => (
                 "the database is unavailable; retry later".to_string(),

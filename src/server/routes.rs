@@ -68,6 +68,8 @@ async fn health(State(state): State<AppState>) -> Response {
         "db": if h.db_up { "up" } else { "down" },
         "backend": h.backend,
         "read_only": h.read_only,
+        // Whether, not where: the destination would tell how the databases are wired.
+        "retired": h.retired_to.is_some(),
     });
     if h.db_up {
         (StatusCode::OK, Json(body)).into_response()
@@ -320,13 +322,13 @@ async fn maintenance(
     }
     let req: MaintenanceRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::input(format!("expected {{\"read_only\": true|false}}: {e}")))?;
-    let store = state.store.clone();
-    // Turning the pause on waits for writes in flight: once this answers, no write can commit.
-    call(&state, "set_read_only", move |_| {
-        store.set_read_only(req.read_only);
-        Ok(())
+    // The pause is set in the database, so it holds for every server on it. Turning it on
+    // waits for writes in flight: once this answers, no write can commit.
+    let now = call(&state, "set_read_only", move |store| {
+        store.set_read_only(req.read_only)?;
+        store.maintenance()
     })
     .await?;
-    log::warn!("maintenance: read_only = {}", req.read_only);
-    Ok(Json(json!({"read_only": req.read_only})))
+    log::warn!("maintenance: read_only = {}", now.paused);
+    Ok(Json(json!({"read_only": now.paused})))
 }

@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
 use parking_lot::{Condvar, Mutex};
 
 use super::Store;
 use crate::error::Error;
+use crate::maintenance::Maintenance;
 
-/// At most one `SELECT 1` in flight; callers wait for its answer, each up to its own deadline.
+/// At most one check (a read of the maintenance row) in flight; callers wait for its answer, each up to its own deadline.
 #[derive(Debug, Default)]
 pub(crate) struct Probe {
     state: Mutex<State>,
@@ -20,12 +20,12 @@ struct State {
     running: bool,
     // Counts finished checks, so a waiter knows a new answer arrived.
     finished: u64,
-    last: Option<Result<(), String>>,
+    last: Option<Result<Maintenance, String>>,
 }
 
 impl Probe {
     /// Waits up to `timeout` for a check that started no earlier than this call, or the one in flight.
-    pub(crate) fn check(&self, store: &Store, timeout: Duration) -> Result<(), String> {
+    pub(crate) fn check(&self, store: &Store, timeout: Duration) -> Result<Maintenance, String> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock();
         let seen = state.finished;
@@ -36,7 +36,7 @@ impl Probe {
             let spawned = std::thread::Builder::new()
                 .name("interview-store-health".into())
                 .spawn(move || {
-                    let result = select_one(&store, timeout);
+                    let result = read_state(&store, timeout);
                     let probe = &store.inner.health;
                     let mut state = probe.state.lock();
                     state.running = false;
@@ -61,13 +61,14 @@ impl Probe {
     }
 }
 
-fn select_one(store: &Store, timeout: Duration) -> Result<(), String> {
+/// One query: the database answers, and says whether it is paused.
+fn read_state(store: &Store, timeout: Duration) -> Result<Maintenance, String> {
     let mut pooled = store
         .inner
         .pool
         .get_within(timeout)
         .map_err(|e| e.to_string())?;
-    let result = pooled.conn.batch_execute("SELECT 1").map_err(Error::from);
+    let result = crate::maintenance::read(&mut pooled.conn);
     if result.as_ref().is_err_and(Error::is_connection_lost) {
         pooled.lost = true;
     }

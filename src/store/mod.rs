@@ -6,12 +6,10 @@ pub(crate) mod idempotency;
 pub(crate) mod messages;
 pub(crate) mod sessions;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 
 pub use drafts::Draft;
@@ -34,6 +32,13 @@ pub struct StoreConfig {
     pub max_text_bytes: usize,
     /// How long [`Store::health`] waits for the database before saying it is down.
     pub health_timeout: Duration,
+    /// Whether PostgreSQL connections cache prepared statements (default `true`).
+    ///
+    /// Set it to `false` behind a transaction-mode pooler (PgBouncer before
+    /// 1.21, Supavisor's transaction port): see
+    /// [`DatabaseUrl::with_statement_cache`]. The example server and the
+    /// migration tool read it from `INTERVIEW_PG_STATEMENT_CACHE=off`.
+    pub pg_statement_cache: bool,
 }
 
 impl Default for StoreConfig {
@@ -42,6 +47,7 @@ impl Default for StoreConfig {
             pool: PoolConfig::default(),
             max_text_bytes: 32 * 1024,
             health_timeout: Duration::from_secs(2),
+            pg_statement_cache: true,
         }
     }
 }
@@ -53,8 +59,10 @@ pub struct Health {
     pub db_up: bool,
     /// The backend in use.
     pub backend: Backend,
-    /// Whether writes are paused.
+    /// Whether writes are paused, as the database says (`false` when it did not answer).
     pub read_only: bool,
+    /// Where the data moved, if the database is retired.
+    pub retired_to: Option<String>,
     /// How long the check took.
     pub latency: Duration,
     /// Why the database is considered down.
@@ -74,7 +82,7 @@ pub struct TableCounts {
 
 /// The interview repository over SQLite or PostgreSQL.
 ///
-/// Cheap to clone: clones share one pool and one read-only switch. Every
+/// Cheap to clone: clones share one pool. Every
 /// method blocks on the database; async callers run them with
 /// `spawn_blocking`.
 ///
@@ -103,10 +111,6 @@ pub struct Store {
 struct Inner {
     pool: Pool,
     config: StoreConfig,
-    read_only: AtomicBool,
-    // Writers hold it shared for their whole transaction; turning read-only on
-    // takes it exclusively, so it returns only after in-flight writes are done.
-    write_gate: RwLock<()>,
     // SQLite admits one writer at a time. Queued here, the next writer starts as
     // soon as the previous one commits; left to the busy handler, it sleeps in
     // steps growing to 100 ms, which made p99 write latency tens of milliseconds
@@ -119,10 +123,7 @@ struct Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("url", self.url())
-            .field("read_only", &self.is_read_only())
-            .finish()
+        f.debug_struct("Store").field("url", self.url()).finish()
     }
 }
 
@@ -136,15 +137,17 @@ impl Store {
     }
 
     /// Like [`Store::connect`], with an already parsed URL.
+    ///
+    /// The statement cache is off when either `url` or `config` turns it off.
     pub fn open(url: DatabaseUrl, config: StoreConfig) -> Result<Store> {
+        let cache = url.statement_cache() && config.pg_statement_cache;
+        let url = url.with_statement_cache(cache);
         log::info!("opening {} store at {}", url.backend(), url.masked());
         let pool = Pool::open(url, &config.pool)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 config,
-                read_only: AtomicBool::new(false),
-                write_gate: RwLock::new(()),
                 sqlite_writer: parking_lot::FairMutex::new(()),
                 health: health::Probe::default(),
             }),
@@ -174,27 +177,44 @@ impl Store {
         self.inner.pool.run(crate::migrations::run_pending)
     }
 
-    /// Pauses (`true`) or resumes (`false`) writes.
+    /// Pauses (`true`) or resumes (`false`) writes, in the database.
     ///
-    /// While paused every write returns [`Error::ReadOnly`] and reads go on.
-    /// Turning the pause on waits for writes already in flight, so once this
-    /// returns no write can commit until the pause is lifted.
-    pub fn set_read_only(&self, on: bool) {
-        let _exclusive = self
-            .inner
-            .write_gate
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        self.inner.read_only.store(on, Ordering::SeqCst);
+    /// The pause is a row of the database enforced by its triggers (see
+    /// [`crate::maintenance`]), so it holds for every process and every other
+    /// writer of the database, and survives restarts. While paused every write
+    /// returns [`Error::ReadOnly`] and reads go on. Turning the pause on waits
+    /// for writes already in flight, so once this returns no write can commit
+    /// until the pause is lifted. Resuming a retired database fails with
+    /// [`Error::Retired`].
+    pub fn set_read_only(&self, on: bool) -> Result<()> {
+        // On SQLite the flag is a write: it queues with this store's writers.
+        let _writer = match self.backend() {
+            Backend::Sqlite => Some(self.sqlite_writer_turn()?),
+            Backend::Postgres => None,
+        };
+        self.inner.pool.run(|conn| {
+            if on {
+                crate::maintenance::pause(conn)
+            } else {
+                crate::maintenance::resume(conn)
+            }
+        })?;
         log::info!(
-            "store writes {}",
-            if on { "paused (read-only)" } else { "resumed" }
+            "store writes {} at {}",
+            if on { "paused (read-only)" } else { "resumed" },
+            self.url().masked()
         );
+        Ok(())
     }
 
-    /// Whether writes are paused.
-    pub fn is_read_only(&self) -> bool {
-        self.inner.read_only.load(Ordering::SeqCst)
+    /// Whether writes are paused, as the database says.
+    pub fn is_read_only(&self) -> Result<bool> {
+        Ok(self.maintenance()?.paused)
+    }
+
+    /// The database's maintenance state: paused, retired and where to.
+    pub fn maintenance(&self) -> Result<crate::maintenance::Maintenance> {
+        self.read(crate::maintenance::read)
     }
 
     /// Connection pool state, for monitoring.
@@ -202,19 +222,25 @@ impl Store {
         self.inner.pool.state()
     }
 
-    /// Checks that the database answers `SELECT 1` within the configured health timeout.
+    /// Checks that the database answers within the configured health timeout, and reads its pause.
     ///
-    /// Never blocks longer than that timeout, even when the server hangs, and
-    /// never runs more than one check at a time: concurrent callers share the
-    /// check in flight, so a hung database cannot pile up threads.
+    /// One check (a read of the maintenance row, so a database without this
+    /// crate's migrations counts as down). Never blocks longer than that timeout,
+    /// even when the server hangs, and never runs more than one check at a time:
+    /// concurrent callers share the check in flight, so a hung database cannot
+    /// pile up threads.
     pub fn health(&self) -> Health {
         let timeout = self.inner.config.health_timeout;
         let started = Instant::now();
-        let error = self.inner.health.check(self, timeout).err();
+        let (maintenance, error) = match self.inner.health.check(self, timeout) {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e)),
+        };
         Health {
             db_up: error.is_none(),
             backend: self.backend(),
-            read_only: self.is_read_only(),
+            read_only: maintenance.as_ref().is_some_and(|m| m.paused),
+            retired_to: maintenance.and_then(|m| m.retired_to),
             latency: started.elapsed(),
             error,
         }
@@ -242,60 +268,25 @@ impl Store {
         self.inner.pool.run(f)
     }
 
-    /// Runs `f` in one transaction, unless writes are paused.
+    /// Runs `f` in one write transaction ([`AnyConnection::write_transaction`]).
     ///
-    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock
-    /// up front (waiting up to the busy timeout), so writers queue instead of
-    /// failing with "database is locked" when a read turns into a write.
     /// `f` gets the current time read after the lock is held: on SQLite,
     /// where writers are serialised, timestamps then follow commit order,
-    /// which is what makes `updated_at` usable as a high-water mark.
+    /// which is what makes `updated_at` usable as a high-water mark. No
+    /// pause check here: the database's triggers refuse writes while paused.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
     ) -> Result<T> {
-        let _shared = self
-            .inner
-            .write_gate
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.is_read_only() {
-            return Err(Error::ReadOnly);
-        }
         // Taken before the pool checkout, so queued writers do not hold connections.
         // Bounded like a checkout: a stuck writer turns the queue into 503s, not a pile of threads.
         let _writer = match self.backend() {
             Backend::Sqlite => Some(self.sqlite_writer_turn()?),
             Backend::Postgres => None,
         };
-        self.inner.pool.run(|conn| {
-            let begin = match conn {
-                AnyConnection::Sqlite(c) => {
-                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
-                }
-                AnyConnection::Postgres(c) => {
-                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN")
-                }
-            };
-            begin?;
-            let result = f(conn, timestamp::now());
-            let end = match (conn, result.is_ok()) {
-                (AnyConnection::Sqlite(c), true) => AnsiTransactionManager::commit_transaction(c),
-                (AnyConnection::Postgres(c), true) => AnsiTransactionManager::commit_transaction(c),
-                (AnyConnection::Sqlite(c), false) => {
-                    AnsiTransactionManager::rollback_transaction(c)
-                }
-                (AnyConnection::Postgres(c), false) => {
-                    AnsiTransactionManager::rollback_transaction(c)
-                }
-            };
-            match (result, end) {
-                (Ok(v), Ok(())) => Ok(v),
-                (Ok(_), Err(e)) => Err(e.into()),
-                // The operation's own error says more than a failed rollback.
-                (Err(e), _) => Err(e),
-            }
-        })
+        self.inner
+            .pool
+            .run(|conn| conn.write_transaction(|conn| f(conn, timestamp::now())))
     }
 
     fn sqlite_writer_turn(&self) -> Result<parking_lot::FairMutexGuard<'_, ()>> {

@@ -33,10 +33,42 @@ impl PgDatabase {
     }
 }
 
+/// The URL of a helper server that `scripts/test.sh` starts (PgBouncer, the TLS
+/// cluster), from the environment variable `var`.
+///
+/// Without it: under `CI=true` the test fails, saying so; otherwise it prints
+/// why and the caller skips (a developer running `cargo test` by hand).
+pub fn helper_env(var: &str, what: &str) -> Option<String> {
+    if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+        return Some(v);
+    }
+    let why = format!(
+        "{var} is not set: {what} is started by `bash scripts/test.sh` (see scripts/test-helpers.sh)"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; CI must run this test");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// PgBouncer in transaction mode in front of the test server, when `scripts/test.sh` started it.
+pub fn pgbouncer_url() -> Option<String> {
+    helper_env(
+        "INTERVIEW_TEST_PGBOUNCER_URL",
+        "PgBouncer (pool_mode=transaction)",
+    )
+}
+
 /// A fresh, migrated database of one backend; removed when dropped.
 pub struct TestDb {
     pub backend: Backend,
+    /// Where the store connects (through PgBouncer for [`TestDb::through_pooler`]).
     pub url: String,
+    /// The same database on a direct connection to the server.
+    pub direct_url: String,
+    /// Whether stores opened by [`TestDb::store_with`] cache prepared statements.
+    pub pg_statement_cache: bool,
     _dir: Option<tempfile::TempDir>,
     _pg: Option<PgDatabase>,
 }
@@ -49,7 +81,9 @@ impl TestDb {
                 let url = format!("sqlite://{}", dir.path().join("interview.db").display());
                 TestDb {
                     backend,
+                    direct_url: url.clone(),
                     url,
+                    pg_statement_cache: true,
                     _dir: Some(dir),
                     _pg: None,
                 }
@@ -59,6 +93,8 @@ impl TestDb {
                 TestDb {
                     backend,
                     url: pg.url.clone(),
+                    direct_url: pg.url.clone(),
+                    pg_statement_cache: true,
                     _dir: None,
                     _pg: Some(pg),
                 }
@@ -66,8 +102,24 @@ impl TestDb {
         }
     }
 
+    /// A PostgreSQL database reached through PgBouncer in transaction mode, the
+    /// statement cache off; `None` (skip) when the pooler is not running.
+    pub fn through_pooler() -> Option<Self> {
+        let pooler = pgbouncer_url()?;
+        let mut db = TestDb::new(Backend::Postgres);
+        let name = db
+            ._pg
+            .as_ref()
+            .map(|pg| pg.name.clone())
+            .expect("a PostgreSQL database");
+        db.url = scratch::with_database(&pooler, &name);
+        db.pg_statement_cache = false;
+        Some(db)
+    }
+
     /// Opens a store on this database with `config` and applies the migrations.
-    pub fn store_with(&self, config: StoreConfig) -> Store {
+    pub fn store_with(&self, mut config: StoreConfig) -> Store {
+        config.pg_statement_cache &= self.pg_statement_cache;
         let store = Store::connect(&self.url, config).expect("connect");
         store.migrate().expect("migrate");
         store
@@ -79,10 +131,42 @@ impl TestDb {
 }
 
 /// Runs one test body on both backends: `backend_test!(name, |db: &TestDb| { … });`
-/// expands to `name::sqlite` and `name::postgres`.
+/// expands to `name::sqlite`, `name::postgres` and `name::pgbouncer` (PostgreSQL
+/// through PgBouncer in transaction mode, statement cache off: what managed
+/// providers put in front). `backend_test!(direct: name, …)` leaves out the
+/// pooler, for bodies that need a session of their own (say why where used).
 #[macro_export]
 macro_rules! backend_test {
     ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn sqlite() {
+                let db = $crate::common::TestDb::new(interview_store::Backend::Sqlite);
+                let body: fn(&$crate::common::TestDb) = $body;
+                body(&db);
+            }
+
+            #[test]
+            fn postgres() {
+                let db = $crate::common::TestDb::new(interview_store::Backend::Postgres);
+                let body: fn(&$crate::common::TestDb) = $body;
+                body(&db);
+            }
+
+            #[test]
+            fn pgbouncer() {
+                let Some(db) = $crate::common::TestDb::through_pooler() else {
+                    return;
+                };
+                let body: fn(&$crate::common::TestDb) = $body;
+                body(&db);
+            }
+        }
+    };
+    (direct: $name:ident, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;

@@ -1,0 +1,10 @@
+DROP TRIGGER IF EXISTS interview_pause_sessions_insert;
+DROP TRIGGER IF EXISTS interview_pause_sessions_update;
+DROP TRIGGER IF EXISTS interview_pause_sessions_delete;
+DROP TRIGGER IF EXISTS interview_pause_messages_insert;
+DROP TRIGGER IF EXISTS interview_pause_messages_update;
+DROP TRIGGER IF EXISTS interview_pause_messages_delete;
+DROP TRIGGER IF EXISTS interview_pause_drafts_insert;
+DROP TRIGGER IF EXISTS interview_pause_drafts_update;
+DROP TRIGGER IF EXISTS interview_pause_drafts_delete;
+DROP TABLE IF EXISTS interview_maintenance;
