@@ -449,6 +449,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sample,
             session,
         } => {
+            // The file first: a missing one is named before PostgreSQL is tried.
+            interview_store::connection::require_sqlite_file(&sqlite.path)?;
             let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)

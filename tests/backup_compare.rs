@@ -172,7 +172,10 @@ fn compare_on_a_legacy_file_without_its_index_reads_what_the_store_reads() {
         .map(|d| (d.session, d.what.clone()))
         .collect();
     assert_eq!(found.len(), 5, "{found:#?}");
-    assert!(found[0].0 == id(1) && found[0].1.starts_with("unreadable on sqlite"), "{found:#?}");
+    assert!(
+        found[0].0 == id(1) && found[0].1.starts_with("unreadable on sqlite"),
+        "{found:#?}"
+    );
     assert!(found[0].1.contains("messages row 7"), "{found:#?}");
     assert_eq!(found[1], (id(12), "message 50 text".to_string()));
     assert_eq!(found[2], (id(20), "latest draft 21 vs 21".to_string()));

@@ -602,7 +602,9 @@ fn verify_pairs_sessions_by_id_and_names_those_on_one_side_at_the_start_middle_a
         "ffffffff-ffff-4fff-bfff-ffffffffffff",
         "ffffffff-ffff-4fff-bfff-fffffffffffe",
     );
-    let row = |id: &str| format!("INSERT INTO sessions VALUES ('{id}', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', '');");
+    let row = |id: &str| {
+        format!("INSERT INTO sessions VALUES ('{id}', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', '');")
+    };
     let (s5, s19) = (s(5), s(19));
     src.exec(&format!(
         "{}{}{}
@@ -621,7 +623,10 @@ fn verify_pairs_sessions_by_id_and_names_those_on_one_side_at_the_start_middle_a
 
     let v = verify(&src.path, &url).unwrap();
     let listed: Vec<String> = v.differences.iter().map(ToString::to_string).collect();
-    let mut sessions: Vec<&String> = listed.iter().filter(|d| d.starts_with("sessions ")).collect();
+    let mut sessions: Vec<&String> = listed
+        .iter()
+        .filter(|d| d.starts_with("sessions "))
+        .collect();
     sessions.sort();
     assert_eq!(
         sessions,
@@ -638,7 +643,11 @@ fn verify_pairs_sessions_by_id_and_names_those_on_one_side_at_the_start_middle_a
     );
     // Session 5's message and draft are now on PostgreSQL only.
     assert_eq!(
-        (v.sessions.differences, v.messages.differences, v.drafts.differences),
+        (
+            v.sessions.differences,
+            v.messages.differences,
+            v.drafts.differences
+        ),
         (7, 1, 1),
         "{listed:#?}"
     );

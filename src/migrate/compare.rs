@@ -67,8 +67,8 @@ pub fn compare(left: &Store, right: &Store, selection: &Selection) -> Result<Com
     Ok(report)
 }
 
-/// Like [`compare`], with the left side a SQLite file read in one pass per
-/// 1,000 sampled sessions rather than one read per session.
+/// Like [`compare`], with the left side a SQLite file, and both sides read
+/// in one pass per 1,000 sampled sessions rather than one read per session.
 ///
 /// A legacy file has no index on `messages(session_id)` (the old service never
 /// made one), so a read per session would scan every message once per session.
@@ -91,12 +91,17 @@ pub fn compare_file(sqlite: &Path, right: &Store, selection: &Selection) -> Resu
     let sides = ("sqlite", right.backend().as_str());
     let mut report = CompareReport::default();
     for chunk in ids.chunks(sample::CHUNK) {
-        let mut found = left.read(chunk);
+        let mut ours = left.read(chunk);
+        // The other side in bulk too: one round trip per table, not two per session.
+        let mut theirs = right.with_connection(|conn| Ok(sample::read_sessions(conn, chunk)))?;
         for &id in chunk {
-            let a = found
-                .remove(&id)
-                .unwrap_or_else(|| Err(Error::not_found(format!("session {id}"))));
-            tally(&mut report, sides, id, a, read(right, id));
+            let take = |found: &mut std::collections::HashMap<Uuid, SessionRead>| {
+                found
+                    .remove(&id)
+                    .unwrap_or_else(|| Err(Error::not_found(format!("session {id}"))))
+            };
+            let (a, b) = (take(&mut ours), take(&mut theirs));
+            tally(&mut report, sides, id, a, b);
         }
     }
     Ok(report)

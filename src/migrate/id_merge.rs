@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn pairs_equal_sides_in_order() {
         let out = run(&[1, 2, 3], &[1, 2, 3]);
-        assert_eq!(out, vec![Pair::Both(1, 1), Pair::Both(2, 2), Pair::Both(3, 3)]);
+        assert_eq!(
+            out,
+            vec![Pair::Both(1, 1), Pair::Both(2, 2), Pair::Both(3, 3)]
+        );
     }
 
     #[test]
@@ -138,8 +141,14 @@ mod tests {
 
     #[test]
     fn one_side_empty() {
-        assert_eq!(run(&[], &[1, 2]), vec![Pair::PostgresOnly(1), Pair::PostgresOnly(2)]);
-        assert_eq!(run(&[2, 1], &[]), vec![Pair::SqliteOnly(2), Pair::SqliteOnly(1)]);
+        assert_eq!(
+            run(&[], &[1, 2]),
+            vec![Pair::PostgresOnly(1), Pair::PostgresOnly(2)]
+        );
+        assert_eq!(
+            run(&[2, 1], &[]),
+            vec![Pair::SqliteOnly(2), Pair::SqliteOnly(1)]
+        );
         assert_eq!(run(&[], &[]), vec![]);
     }
 
