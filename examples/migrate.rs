@@ -461,14 +461,15 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sample,
             session,
         } => {
-            let left = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
+            // The file first: a missing one is named before PostgreSQL is tried.
+            interview_store::connection::require_sqlite_file(&sqlite.path)?;
             let right = open(&postgres.url())?;
             let selection = if session.is_empty() {
                 Selection::Sample(sample)
             } else {
                 Selection::Sessions(session)
             };
-            let report = migrate::compare(&left, &right, &selection)?;
+            let report = migrate::compare_file(&sqlite.path, &right, &selection)?;
             for d in &report.differences {
                 println!("{} {}", d.session, d.what);
             }

@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
-# Migration throughput, in one run on one file and one PostgreSQL:
-#   our copy (+ verify), sqlite3 -csv | psql \copy into the full schema, and pgloader (tuned),
-# then our sync after 1% of the rows changed, at two database sizes.
+# Migration engine at several sizes, in one run on one PostgreSQL:
+#   check, copy, verify, compare --sample 1000, PostgreSQL's own binary COPY of the same rows
+#   (the floor), a 1 % change then sync and verify, and pgloader (tuned) on the same file.
 #
-#   bash scripts/bench_copy.sh [SESSIONS]        (default 20000: 800,000 messages, ~700 MB)
+#   bash scripts/bench_copy.sh [SESSIONS...]      (default: 5000 20000; 200000 is ~6.8 GB)
 #
-# Needs sqlite3 and /usr/bin/time; pgloader is installed from Debian's packages when missing
-# (skipped if that fails). Scratch databases are created and dropped on the server at
-# INTERVIEW_BENCH_POSTGRES_URL (default: the tests' admin URL).
+# Each size's legacy file is made once by examples/generate.rs (40 messages and 2 drafts per
+# session) and kept in $BENCH_DATA (default target/bench-data). Every step runs under
+# /usr/bin/time -v; its wall time, peak RSS and row count go to $BENCH_DATA/results-<run>.csv
+# (and results.csv, the latest run), which scripts/plot_bench.py draws.
+#
+# Disk: each scratch database is dropped right after its steps, the floor's binary files are
+# deleted after loading, and the working copy of the file (the one the 1 % change writes to)
+# is deleted after the sync steps: at most the file, its working copy and two PostgreSQL copies
+# exist at once.
+#
+# Environment: BENCH_SKIP (words among check compare floor sync pgloader csv; csv is skipped
+# unless BENCH_CSV=1), BENCH_STEP_TIMEOUT (seconds per step, default 1800),
+# INTERVIEW_BENCH_POSTGRES_URL (admin URL; default the tests' one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sessions=${1:-20000}
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(5000 20000)
 admin=${INTERVIEW_BENCH_POSTGRES_URL:-${INTERVIEW_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}}
 base=${admin%/*}
+skip=" ${BENCH_SKIP:-} $([ "${BENCH_CSV:-0}" = 1 ] || echo csv) "
+step_timeout=${BENCH_STEP_TIMEOUT:-1800}
+skipped() { [[ $skip == *" $1 "* ]]; }
+
 bash scripts/ensure-postgres.sh
 cargo build --release --all-features --example migrate --example generate -q
-bin=target/release/examples
-data=target/bench-data
+bin=${CARGO_TARGET_DIR:-target}/release/examples
+data=${BENCH_DATA:-target/bench-data}
 mkdir -p "$data"
-file=$data/legacy-$sessions.db
-[ -f "$file" ] || "$bin/generate" --sessions "$sessions" --out "$file"
-ls -l "$file"
+run=$(date -u +%Y%m%dT%H%M%SZ)
+out=$data/results-$run.csv
+echo "run,sessions,messages,drafts,file_mb,step,wall_s,rss_mb,rows,ok,load1" >"$out"
+if ! command -v pgloader >/dev/null && ! skipped pgloader; then
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgloader >/dev/null 2>&1) || true
+fi
 
 dbs=()
 fresh() { # fresh NAME: a new empty database, its URL in $url (no subshell, so cleanup sees it)
@@ -29,78 +47,155 @@ fresh() { # fresh NAME: a new empty database, its URL in $url (no subshell, so c
   dbs+=("$name")
   url="$base/$name"
 }
-cleanup() { for d in "${dbs[@]}"; do psql -q "$admin" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done; }
+drop() { psql -q "$admin" -c "DROP DATABASE IF EXISTS bench_${1}_$$ WITH (FORCE)" >/dev/null; }
+scratch=()
+cleanup() {
+  for d in "${dbs[@]}"; do psql -q "$admin" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
+  for f in "${scratch[@]}"; do rm -f "$f" "$f"-wal "$f"-shm; done
+}
 trap cleanup EXIT
 
-# timed LABEL CMD... : runs CMD under /usr/bin/time -v and prints wall seconds and peak RSS.
+# timed STEP ROWS CMD... : runs CMD under /usr/bin/time -v, prints and records wall seconds and peak RSS.
 results=()
 timed() {
-  local label=$1; shift
+  local step=$1 rows=$2; shift 2
   local log; log=$(mktemp)
-  local rc=0
-  /usr/bin/time -v "$@" >"$log.out" 2>"$log" || rc=$?
+  local rc=0 load1
+  load1=$(cut -d' ' -f1 /proc/loadavg)
+  timeout "$step_timeout" /usr/bin/time -v "$@" >"$log.out" 2>"$log" || rc=$?
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$log")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
-  [ $rc -eq 0 ] || { echo "$label failed (exit $rc):"; tail -5 "$log"; tail -5 "$log.out"; }
-  results+=("$(printf '%-44s %8.2f s %8s MB%s' "$label" "$wall" "$rss" "$([ $rc -eq 0 ] || echo "  FAILED($rc)")")")
+  : "${wall:=$step_timeout}" "${rss:=0}"
+  [ $rc -eq 0 ] || { echo "$step failed (exit $rc):"; tail -5 "$log"; tail -5 "$log.out"; }
+  echo "$run,$sessions,$messages,$drafts,$file_mb,$step,$wall,$rss,$rows,$([ $rc -eq 0 ] && echo 1 || echo 0),$load1" >>"$out"
+  results+=("$(printf '%-7s %-28s %9.2f s %7s MB %10s rows %8.2f us/row  load %s%s' "$sessions" "$step" "$wall" "$rss" "$rows" \
+    "$(awk -v w="$wall" -v r="$rows" 'BEGIN {print (r > 0 ? w * 1e6 / r : 0)}')" "$load1" "$([ $rc -eq 0 ] || echo "  FAILED($rc)")")")
   echo "${results[-1]}"
+  rm -f "$log" "$log.out"
 }
 
-fresh ours; ours=$url
-timed "interview-store copy (strict)" "$bin/migrate" copy --sqlite "$file" --postgres "$ours"
-timed "interview-store verify" "$bin/migrate" verify --sqlite "$file" --postgres "$ours"
+count() { sqlite3 "$1" "SELECT count(*) FROM $2"; }
 
-fresh csv; csv=$url
-"$bin/migrate" setup --postgres "$csv" >/dev/null 2>&1
-timed "sqlite3 -csv | psql \\copy (full schema)" bash -c "
-  sqlite3 -csv '$file' 'SELECT id, created_at, updated_at, coalesce(summary, \"\") FROM sessions' | psql -q '$csv' -c '\\copy sessions FROM STDIN WITH (FORMAT csv)' &&
-  sqlite3 -csv '$file' 'SELECT id, session_id, role, text, created_at FROM messages' | psql -q '$csv' -c '\\copy messages FROM STDIN WITH (FORMAT csv)' &&
-  sqlite3 -csv '$file' 'SELECT id, session_id, content, created_at FROM drafts' | psql -q '$csv' -c '\\copy drafts FROM STDIN WITH (FORMAT csv)'"
+for sessions in "${sizes[@]}"; do
+  file=$data/legacy-$sessions.db
+  [ -f "$file" ] || nice -n 19 "$bin/generate" --sessions "$sessions" --out "$file"
+  messages=$(count "$file" messages)
+  drafts=$(count "$file" drafts)
+  file_mb=$(du -m "$file" | cut -f1)
+  total=$((sessions + messages + drafts))
+  echo "== $sessions sessions, $messages messages, $drafts drafts, $file_mb MB"
 
-if ! command -v pgloader >/dev/null; then
-  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgloader >/dev/null 2>&1) || true
-fi
-if command -v pgloader >/dev/null; then
-  fresh pgloader; pgl=$url
-  "$bin/migrate" setup --postgres "$pgl" >/dev/null 2>&1
-  load=$(mktemp --suffix .load)
-  cat >"$load" <<EOF
+  # The working copy: copy, verify and compare read it, the 1 % change then writes to it.
+  work=$data/work-$sessions.db
+  scratch+=("$work")
+  cp "$file" "$work"
+  skipped check || timed check "$total" "$bin/migrate" check --sqlite "$work"
+  fresh ours; ours=$url
+  # Where sync follows a change log, the log goes into the file before the copy's snapshot.
+  if "$bin/migrate" setup --help 2>/dev/null | grep -q -- '--sqlite'; then
+    "$bin/migrate" setup --postgres "$ours" --sqlite "$work" >/dev/null
+  fi
+  timed copy "$total" "$bin/migrate" copy --sqlite "$work" --postgres "$ours"
+  timed verify "$total" "$bin/migrate" verify --sqlite "$work" --postgres "$ours"
+  skipped compare || timed compare_sample_1000 1000 "$bin/migrate" compare --sqlite "$work" --postgres "$ours" --sample 1000
+
+  if ! skipped floor; then
+    # The floor: PostgreSQL's own binary COPY of the same rows from files into the same
+    # tables without indexes or constraints (lz4 on the long text, as the copy sets it).
+    fresh floor; floor=$url
+    psql -q "$floor" >/dev/null <<'EOF'
+CREATE TABLE sessions (id uuid, created_at timestamptz, updated_at timestamptz, summary text COMPRESSION lz4);
+CREATE TABLE messages (id bigint, session_id uuid, role text, text text COMPRESSION lz4, created_at timestamptz);
+CREATE TABLE drafts (id bigint, session_id uuid, content text COMPRESSION lz4, created_at timestamptz);
+EOF
+    cols_sessions="id, created_at, updated_at, summary"
+    cols_messages="id, session_id, role, text, created_at"
+    cols_drafts="id, session_id, content, created_at"
+    for t in sessions messages drafts; do
+      cols=cols_$t
+      scratch+=("$data/floor-$t.bin")
+      psql -q "$ours" -c "\\copy $t (${!cols}) TO '$data/floor-$t.bin' (FORMAT binary)"
+    done
+    timed floor_binary_copy "$total" bash -c "
+      psql -q '$floor' -c \"SET synchronous_commit = off\" -c \"\\copy sessions ($cols_sessions) FROM '$data/floor-sessions.bin' (FORMAT binary)\" &&
+      psql -q '$floor' -c \"SET synchronous_commit = off\" -c \"\\copy messages ($cols_messages) FROM '$data/floor-messages.bin' (FORMAT binary)\" &&
+      psql -q '$floor' -c \"SET synchronous_commit = off\" -c \"\\copy drafts ($cols_drafts) FROM '$data/floor-drafts.bin' (FORMAT binary)\""
+    rm -f "$data"/floor-*.bin
+    drop floor
+  fi
+
+  if ! skipped sync; then
+    # change N: N sessions get a message, a draft and a new summary (3 N rows).
+    change() {
+      sqlite3 "$work" "
+        WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
+        INSERT INTO messages (session_id, role, text, created_at)
+          SELECT id, 'user', 'a late answer ' || id, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
+        WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
+        INSERT INTO drafts (session_id, content, created_at)
+          SELECT id, 'a late draft', strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
+        UPDATE sessions SET summary = 'changed ' || random(), updated_at = strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')
+          WHERE rowid IN (SELECT rowid FROM sessions ORDER BY rowid LIMIT $1);"
+    }
+    change $((sessions / 100))
+    timed sync_1pct $((3 * sessions / 100)) "$bin/migrate" sync --sqlite "$work" --postgres "$ours"
+    timed verify_after_sync "$((total + 2 * sessions / 100))" "$bin/migrate" verify --sqlite "$work" --postgres "$ours"
+    change 50
+    timed sync_50_sessions 150 "$bin/migrate" sync --sqlite "$work" --postgres "$ours"
+  fi
+  drop ours
+  rm -f "$work" "$work"-wal "$work"-shm
+
+  if ! skipped pgloader && command -v pgloader >/dev/null; then
+    fresh pgloader; pgl=$url
+    "$bin/migrate" setup --postgres "$pgl" >/dev/null 2>&1
+    load=$(mktemp --suffix .load)
+    cat >"$load" <<EOF
 LOAD DATABASE
   FROM sqlite://$(realpath "$file")
   INTO $pgl
   WITH data only, disable triggers, batch rows = 5000, prefetch rows = 5000
   EXCLUDING TABLE NAMES LIKE 'sqlite_sequence';
 EOF
-  timed "pgloader (data only, tuned)" pgloader --quiet "$load"
-else
-  results+=("pgloader: not installed, skipped")
-fi
+    timed pgloader "$total" pgloader --quiet "$load"
+    rm -f "$load"
+    drop pgloader
+  elif ! skipped pgloader; then
+    results+=("$sessions pgloader: not installed, skipped")
+  fi
 
-# Sync after 1% of the sessions changed (new messages, a draft, a summary), at this size.
-fresh sync; sync_db=$url
-work=$data/sync-$sessions.db
-cp "$file" "$work"
-"$bin/migrate" copy --sqlite "$work" --postgres "$sync_db" >/dev/null 2>&1
-# change N: N sessions get a message, a draft and a new summary.
-change() {
-  sqlite3 "$work" "
-    WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
-    INSERT INTO messages (session_id, role, text, created_at)
-      SELECT id, 'user', 'a late answer ' || id, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
-    WITH picked AS (SELECT id FROM sessions ORDER BY rowid LIMIT $1)
-    INSERT INTO drafts (session_id, content, created_at)
-      SELECT id, 'a late draft', strftime('%Y-%m-%dT%H:%M:%f000Z', 'now') FROM picked;
-    UPDATE sessions SET summary = 'changed ' || random(), updated_at = strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')
-      WHERE rowid IN (SELECT rowid FROM sessions ORDER BY rowid LIMIT $1);"
-}
-change $((sessions / 100))
-timed "interview-store sync (1% changed)" "$bin/migrate" sync --sqlite "$work" --postgres "$sync_db"
-timed "interview-store verify after sync" "$bin/migrate" verify --sqlite "$work" --postgres "$sync_db"
-change 50
-timed "interview-store sync (50 sessions changed)" "$bin/migrate" sync --sqlite "$work" --postgres "$sync_db"
-rm -f "$work" "$work"-*
+  if ! skipped csv; then
+    fresh csv; csv=$url
+    "$bin/migrate" setup --postgres "$csv" >/dev/null 2>&1
+    timed sqlite3_csv_psql_copy "$total" bash -c "
+      sqlite3 -csv '$file' 'SELECT id, created_at, updated_at, coalesce(summary, \"\") FROM sessions' | psql -q '$csv' -c '\\copy sessions FROM STDIN WITH (FORMAT csv)' &&
+      sqlite3 -csv '$file' 'SELECT id, session_id, role, text, created_at FROM messages' | psql -q '$csv' -c '\\copy messages FROM STDIN WITH (FORMAT csv)' &&
+      sqlite3 -csv '$file' 'SELECT id, session_id, content, created_at FROM drafts' | psql -q '$csv' -c '\\copy drafts FROM STDIN WITH (FORMAT csv)'"
+    drop csv
+  fi
+done
+cp "$out" "$data/results.csv"
 
 echo
-echo "== $sessions sessions, $(du -m "$file" | cut -f1) MB, $(nproc) cores, $(psql -tA "$admin" -c 'SHOW server_version')"
+echo "== $(nproc) cores, $(psql -tA "$admin" -c 'SHOW server_version'), results in $out"
 printf '%s\n' "${results[@]}"
+echo
+# The ratios the targets name, per size, and per-row cost against the 20,000-session run.
+awk -F, 'NR > 1 && $10 == 1 { w[$2","$6] = $7; r[$2","$6] = $9; s[$2] = 1 }
+  END {
+    for (n in s) {
+      c = w[n",copy"]
+      printf "%7d sessions:", n
+      if (w[n",pgloader"]) printf " copy/pgloader %.2f", c / w[n",pgloader"]
+      if (w[n",floor_binary_copy"]) printf "  copy/floor %.2f", c / w[n",floor_binary_copy"]
+      if (w[n",verify"]) printf "  verify/copy %.2f", w[n",verify"] / c
+      if (w[n",sync_1pct"]) printf "  sync(1%%)/copy %.4f", w[n",sync_1pct"] / c
+      if (n != 20000 && w["20000,copy"]) {
+        split("copy verify sync_1pct", k, " ")
+        for (i = 1; i <= 3; i++) if (w[n","k[i]] && w["20000,"k[i]])
+          printf "  %s per row vs 20000: %.2f", k[i], (w[n","k[i]] / r[n","k[i]]) / (w["20000,"k[i]] / r["20000,"k[i]])
+      }
+      printf "\n"
+    }
+  }' "$out" | sort -n

@@ -2,11 +2,14 @@
 
 mod common;
 
+use common::legacy::{clean_sql, Legacy};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use interview_store::migrate::{backup, compare, Selection};
+use interview_store::connection::DatabaseUrl;
+use interview_store::migrate::{backup, compare, compare_file, copy, CopyOptions, Selection};
 use interview_store::schema::{drafts, messages, sessions};
 use interview_store::types::DbUuid;
-use interview_store::{Backend, Error, Role, Store};
+use interview_store::{Backend, Error, Role, Store, StoreConfig};
 
 #[test]
 fn backup_of_a_live_database_is_consistent_and_never_overwrites() {
@@ -115,4 +118,79 @@ fn compare_finds_equal_sides_equal_and_names_each_difference() {
         found,
         vec![(ids[1], "message 12 text"), (ids[4], "missing on postgres")]
     );
+}
+
+fn indexes_on(path: &std::path::Path, table: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'index' AND tbl_name = '{table}'"
+    ))
+    .get_result::<N>(&mut conn)
+    .unwrap()
+    .n
+}
+
+#[test]
+fn compare_on_a_legacy_file_without_its_index_reads_what_the_store_reads() {
+    // As the old service left it: no index on messages(session_id) or drafts(session_id).
+    let src = Legacy::new(&clean_sql(30, 4));
+    // A row the store cannot decode: that session's read fails on the SQLite side.
+    src.exec("UPDATE messages SET role = 'robot' WHERE id = 7");
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lenient = CopyOptions {
+        reject_file: Some(dir.path().join("rejects.jsonl")),
+        ..Default::default()
+    };
+    copy(&src.path, &url, &lenient).unwrap();
+    let pg = Store::open(url.clone(), StoreConfig::default()).unwrap();
+    let id = |s: usize| uuid::Uuid::parse_str(&format!("00000000-0000-4000-8000-{s:012}")).unwrap();
+    let mut conn = PgConnection::establish(url.connection_string()).unwrap();
+    let (s20, s29, only_pg) = (id(20), id(29), uuid::Uuid::max());
+    conn.batch_execute(&format!(
+        "UPDATE messages SET text = 'changed' WHERE id = 50;
+         UPDATE drafts SET content = 'changed' WHERE session_id = '{s20}';
+         DELETE FROM messages WHERE session_id = '{s29}'; DELETE FROM drafts WHERE session_id = '{s29}';
+         DELETE FROM sessions WHERE id = '{s29}';
+         INSERT INTO sessions VALUES ('{only_pg}', now(), now(), '');"
+    ))
+    .unwrap();
+    assert_eq!(indexes_on(&src.path, "messages"), 0);
+
+    let mut picked: Vec<uuid::Uuid> = (0..30).map(id).collect();
+    picked.push(only_pg);
+    let report = compare_file(&src.path, &pg, &Selection::Sessions(picked.clone())).unwrap();
+    let found: Vec<(uuid::Uuid, String)> = report
+        .differences
+        .iter()
+        .map(|d| (d.session, d.what.clone()))
+        .collect();
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert!(
+        found[0].0 == id(1) && found[0].1.starts_with("unreadable on sqlite"),
+        "{found:#?}"
+    );
+    assert!(found[0].1.contains("messages row 7"), "{found:#?}");
+    assert_eq!(found[1], (id(12), "message 50 text".to_string()));
+    assert_eq!(found[2], (id(20), "latest draft 21 vs 21".to_string()));
+    assert_eq!(found[3], (id(29), "missing on postgres".to_string()));
+    assert_eq!(found[4], (only_pg, "missing on sqlite".to_string()));
+    assert_eq!((report.sessions, report.messages), (28, 28 * 4));
+    // Reading did not touch the file: still no index.
+    assert_eq!(indexes_on(&src.path, "messages"), 0);
+
+    // The store, one session at a time, finds exactly the same.
+    let lite = Store::connect(src.path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    let by_store = compare(&lite, &pg, &Selection::Sessions(picked)).unwrap();
+    assert_eq!(report, by_store);
+
+    let sampled = compare_file(&src.path, &pg, &Selection::Sample(1000)).unwrap();
+    assert_eq!(sampled.differences.len(), 4, "{:#?}", sampled.differences);
+    assert_eq!(sampled.sessions, 28);
 }

@@ -576,3 +576,81 @@ fn an_unreachable_postgres_is_named_with_its_password_masked() {
     );
     assert!(missing.is_err());
 }
+
+#[test]
+fn verify_pairs_sessions_by_id_and_names_those_on_one_side_at_the_start_middle_and_end() {
+    // Ids ...000 to ...019, plus two whose upper- and lower-case spellings put
+    // SQLite's text order against the UUID order ('B…' sorts before 'a…' as text).
+    let src = Legacy::new(&format!(
+        "{}
+        INSERT INTO sessions VALUES ('BBBBBBBB-0000-4000-8000-000000000001', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'upper');
+        INSERT INTO sessions VALUES ('aaaaaaaa-0000-4000-8000-000000000001', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'lower');",
+        clean_sql(20, 1)
+    ));
+    let (_db, url) = pg();
+    copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    assert!(verify(&src.path, &url).unwrap().is_equal());
+
+    let s = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
+    let (lite_start, pg_start) = (
+        "00000000-0000-0000-0000-000000000001",
+        "00000000-0000-0000-0000-000000000000",
+    );
+    // Between ...009 and ...010, as text and as UUID.
+    let lite_middle = "00000000-0000-4000-8000-00000000000a";
+    let (lite_end, pg_end) = (
+        "ffffffff-ffff-4fff-bfff-ffffffffffff",
+        "ffffffff-ffff-4fff-bfff-fffffffffffe",
+    );
+    let row = |id: &str| {
+        format!("INSERT INTO sessions VALUES ('{id}', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', '');")
+    };
+    let (s5, s19) = (s(5), s(19));
+    src.exec(&format!(
+        "{}{}{}
+         DELETE FROM messages WHERE session_id = '{s5}'; DELETE FROM drafts WHERE session_id = '{s5}';
+         DELETE FROM sessions WHERE id = '{s5}';
+         UPDATE sessions SET summary = 'edited' WHERE id = '{s19}';",
+        row(lite_start),
+        row(lite_middle),
+        row(lite_end),
+    ));
+    let mut conn = PgConnection::establish(url.connection_string()).unwrap();
+    conn.batch_execute(&format!(
+        "INSERT INTO sessions VALUES ('{pg_start}', now(), now(), ''), ('{pg_end}', now(), now(), '')"
+    ))
+    .unwrap();
+
+    let v = verify(&src.path, &url).unwrap();
+    let listed: Vec<String> = v.differences.iter().map(ToString::to_string).collect();
+    let mut sessions: Vec<&String> = listed
+        .iter()
+        .filter(|d| d.starts_with("sessions "))
+        .collect();
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        vec![
+            &format!("sessions {pg_start} *: only on postgres"),
+            &format!("sessions {lite_start} *: missing on postgres"),
+            &format!("sessions {} *: only on postgres", s(5)),
+            &format!("sessions {lite_middle} *: missing on postgres"),
+            &format!("sessions {} summary: text differs", s(19)),
+            &format!("sessions {pg_end} *: only on postgres"),
+            &format!("sessions {lite_end} *: missing on postgres"),
+        ],
+        "{listed:#?}"
+    );
+    // Session 5's message and draft are now on PostgreSQL only.
+    assert_eq!(
+        (
+            v.sessions.differences,
+            v.messages.differences,
+            v.drafts.differences
+        ),
+        (7, 1, 1),
+        "{listed:#?}"
+    );
+    assert_eq!((v.sessions.sqlite_rows, v.sessions.postgres_rows), (24, 24));
+    assert_ne!(v.sessions.sqlite_checksum, v.sessions.postgres_checksum);
+}

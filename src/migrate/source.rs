@@ -314,6 +314,21 @@ impl Source {
         &mut self.conn
     }
 
+    /// Every session up to rowid `upto`, streamed in the order of the index on
+    /// `id` (the UUID order when the ids are spelled alike), one row in memory at a time.
+    pub fn sessions_by_id(
+        &mut self,
+        upto: i64,
+    ) -> Result<impl Iterator<Item = Result<RawSession>> + '_> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {} FROM sessions WHERE rowid <= ? ORDER BY id",
+            Table::Sessions.columns()
+        ))
+        .bind::<BigInt, _>(upto)
+        .load_iter::<RawSession, diesel::connection::DefaultLoadingMode>(&mut self.conn)?
+        .map(|r| r.map_err(crate::error::Error::from)))
+    }
+
     /// Every session, in rowid order, `batch` at a time.
     pub fn each_session(
         &mut self,

@@ -1,6 +1,6 @@
 //! Verification: both sides hold the same normalised rows, checked row by row and by checksum.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::mpsc;
@@ -11,13 +11,15 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::check::{self, SCAN_BATCH};
+use super::id_merge::{self, Pair};
 use super::keys::KeysVerify;
 use super::normalize::Reject;
+use super::normalize::{self, SessionIndex};
 use super::pipeline::{read_batches, Batch, Rows};
 use super::source::{Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
@@ -134,13 +136,25 @@ fn hash_of(row: impl Hash) -> u64 {
     h.finish()
 }
 
-fn session_key(r: &SessionRow) -> u64 {
-    hash_of((
-        &r.id.0,
-        r.created_at.0.timestamp_micros(),
-        r.updated_at.0.timestamp_micros(),
-        &r.summary,
-    ))
+/// A session as compared: the summary by a 128-bit XXH3 hash, so that the
+/// sessions one side holds while the other catches up stay small.
+#[derive(Hash)]
+struct SessionDigest {
+    id: Uuid,
+    created_at: i64,
+    updated_at: i64,
+    summary_hash: u128,
+}
+
+impl SessionDigest {
+    fn of(r: &SessionRow) -> SessionDigest {
+        SessionDigest {
+            id: r.id.0,
+            created_at: r.created_at.0.timestamp_micros(),
+            updated_at: r.updated_at.0.timestamp_micros(),
+            summary_hash: xxh3_128(r.summary.as_bytes()),
+        }
+    }
 }
 
 /// A message or draft as compared: the long text by a 128-bit XXH3 hash,
@@ -205,8 +219,11 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
         src.snapshot(|src| {
             let marks = src.marks()?;
             let (index, _) = check::index_sessions(src, marks.session_rowid)?;
-            let mut cmp = Comparison::start(scope, postgres, &mut pg, &recorded)?;
-            for table in Table::ALL {
+            let mut cmp = Comparison::start(scope, postgres, &recorded);
+            let t = Instant::now();
+            cmp.sessions(src, &index, marks.session_rowid, &mut pg)?;
+            log::debug!("verify: sessions in {:.1?}", t.elapsed());
+            for table in [Table::Messages, Table::Drafts] {
                 let t = Instant::now();
                 cmp.waited = Duration::ZERO;
                 read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
@@ -232,8 +249,9 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// One verification in progress: SQLite's batches come in, PostgreSQL's
-/// rows are held (sessions) or read ahead (messages, drafts) to meet them.
+/// One verification in progress: both sides' sessions stream past each other
+/// in UUID order, then SQLite's batches of messages and drafts come in and
+/// PostgreSQL's rows, read ahead in id order, meet them.
 struct Comparison<'a> {
     report: VerifyReport,
     recorded: &'a HashSet<(String, String)>,
@@ -241,8 +259,6 @@ struct Comparison<'a> {
     sums: [(Checksum, Checksum); 3],
     /// Sessions whose messages or drafts differ.
     uneven: HashSet<Uuid>,
-    /// PostgreSQL's sessions not yet met by a SQLite row.
-    pg_sessions: HashMap<Uuid, SessionRow>,
     pg_messages: Prefetch,
     pg_drafts: Prefetch,
     /// Time spent waiting for PostgreSQL's read-ahead (for the debug log).
@@ -250,15 +266,13 @@ struct Comparison<'a> {
 }
 
 impl<'a> Comparison<'a> {
-    /// Loads PostgreSQL's sessions (one entry per session, as the index
-    /// already holds) and starts reading its messages and drafts ahead, in id
-    /// order, on connections of their own.
+    /// Starts reading PostgreSQL's messages and drafts ahead, in id order, on
+    /// connections of their own.
     fn start<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         postgres: &'scope DatabaseUrl,
-        pg: &mut PgConnection,
         recorded: &'a HashSet<(String, String)>,
-    ) -> Result<Self> {
+    ) -> Self {
         let pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
             Ok(messages::table
                 .filter(messages::id.gt(after))
@@ -281,44 +295,74 @@ impl<'a> Comparison<'a> {
                 .map(Digest::of_draft)
                 .collect())
         });
-        let pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
-            .select(SessionRow::as_select())
-            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
-            .map(|r| r.map(|r| (r.id.0, r)))
-            .collect::<QueryResult<_>>()?;
-        let mut cmp = Comparison {
+        Comparison {
             report: VerifyReport::default(),
             recorded,
             sums: [(); 3].map(|_| (Checksum::default(), Checksum::default())),
             uneven: HashSet::new(),
-            pg_sessions,
             pg_messages,
             pg_drafts,
             waited: Duration::ZERO,
-        };
-        cmp.report.sessions.postgres_rows = cmp.pg_sessions.len() as u64;
-        for r in cmp.pg_sessions.values() {
-            cmp.sums[0].1.add(session_key(r));
         }
-        Ok(cmp)
+    }
+
+    /// Sessions: SQLite's through its index on `id`, PostgreSQL's through its
+    /// primary key, both in UUID order and merged as they stream, so memory
+    /// does not grow with the table (see [`id_merge`]).
+    fn sessions(
+        &mut self,
+        src: &mut Source,
+        index: &SessionIndex,
+        upto: i64,
+        pg: &mut PgConnection,
+    ) -> Result<()> {
+        let mut rejects = Vec::new();
+        let ours = src.sessions_by_id(upto)?.filter_map(|raw| match raw {
+            Err(e) => Some(Err(e)),
+            Ok(raw) => match normalize::session(&raw, index) {
+                Ok(s) => Some(Ok(SessionDigest::of(&s.row))),
+                Err(r) => {
+                    rejects.push(r);
+                    None
+                }
+            },
+        });
+        let theirs = sessions::table
+            .order(sessions::id)
+            .select(SessionRow::as_select())
+            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
+            .map(|r| r.map(|r| SessionDigest::of(&r)).map_err(Error::from));
+        id_merge::merge(
+            ours,
+            theirs,
+            |d| d.id,
+            |pair| {
+                self.session(pair);
+                Ok(())
+            },
+        )?;
+        for r in &rejects {
+            self.reject(Table::Sessions, r);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, table: Table, r: &Reject) {
+        if self.recorded.contains(&(r.table.clone(), r.id.clone())) {
+            self.report.table(table).rejected += 1;
+        } else {
+            unrecorded(&mut self.report, table, r);
+        }
     }
 
     /// Compares one SQLite batch with PostgreSQL's rows of the same ids.
     fn batch(&mut self, table: Table, batch: &Batch) -> Result<()> {
         for r in &batch.rejects {
-            if self.recorded.contains(&(r.table.clone(), r.id.clone())) {
-                self.report.table(table).rejected += 1;
-            } else {
-                unrecorded(&mut self.report, table, r);
-            }
+            self.reject(table, r);
         }
         match &batch.rows {
-            Rows::Sessions(rows) => {
-                for s in rows {
-                    self.session(s);
-                }
-                Ok(())
-            }
+            // Sessions go through `sessions`, never in batches.
+            Rows::Sessions(_) => Ok(()),
             Rows::Messages(rows) => {
                 let ours: Vec<Digest> = rows.iter().map(Digest::of_message).collect();
                 self.children(table, &ours, batch.last_rowid)
@@ -330,30 +374,48 @@ impl<'a> Comparison<'a> {
         }
     }
 
-    fn session(&mut self, s: &SessionRow) {
+    fn session(&mut self, pair: Pair<SessionDigest>) {
         let table = Table::Sessions;
-        self.report.sessions.sqlite_rows += 1;
-        self.sums[0].0.add(session_key(s));
-        let id = s.id.0;
-        let Some(p) = self.pg_sessions.remove(&id) else {
-            self.report
-                .differ(table, id.to_string(), "*", "missing on postgres");
-            return;
+        let (s, p) = match pair {
+            Pair::Both(s, p) => (s, p),
+            Pair::SqliteOnly(s) => {
+                self.report.sessions.sqlite_rows += 1;
+                self.sums[0].0.add(hash_of(&s));
+                self.report
+                    .differ(table, s.id.to_string(), "*", "missing on postgres");
+                return;
+            }
+            Pair::PostgresOnly(p) => {
+                self.report.sessions.postgres_rows += 1;
+                self.sums[0].1.add(hash_of(&p));
+                self.report
+                    .differ(table, p.id.to_string(), "*", "only on postgres");
+                return;
+            }
         };
+        self.report.sessions.sqlite_rows += 1;
+        self.report.sessions.postgres_rows += 1;
+        self.sums[0].0.add(hash_of(&s));
+        self.sums[0].1.add(hash_of(&p));
+        let id = s.id;
         for (col, a, b) in [
-            ("created_at", s.created_at.0, p.created_at.0),
-            ("updated_at", s.updated_at.0, p.updated_at.0),
+            ("created_at", s.created_at, p.created_at),
+            ("updated_at", s.updated_at, p.updated_at),
         ] {
             if a != b {
+                let show = |t: i64| {
+                    chrono::DateTime::from_timestamp_micros(t)
+                        .map_or_else(|| t.to_string(), |t| format!("{t:?}"))
+                };
                 self.report.differ(
                     table,
                     id.to_string(),
                     col,
-                    format!("sqlite {a:?}, postgres {b:?}"),
+                    format!("sqlite {}, postgres {}", show(a), show(b)),
                 );
             }
         }
-        if s.summary != p.summary {
+        if s.summary_hash != p.summary_hash {
             self.report
                 .differ(table, id.to_string(), "summary", "text differs");
         }
@@ -380,10 +442,6 @@ impl<'a> Comparison<'a> {
 
     /// What is left on PostgreSQL has ids the source never had; then the checksums.
     fn finish(mut self) -> Result<VerifyReport> {
-        for id in std::mem::take(&mut self.pg_sessions).into_keys() {
-            self.report
-                .differ(Table::Sessions, id.to_string(), "*", "only on postgres");
-        }
         self.children(Table::Messages, &[], i64::MAX)?;
         self.children(Table::Drafts, &[], i64::MAX)?;
         self.report.sessions_with_message_differences = self.uneven.len() as u64;
