@@ -1,7 +1,8 @@
 //! Zero-downtime cutover, the server's side: every process follows a switch
 //! by itself, writes are held through the pause instead of refused, and
 //! shadow reads compare the other backend. Real SQLite files and PostgreSQL
-//! databases, the example server binary as separate processes.
+//! databases, the example server binary as separate processes (built by a
+//! full `cargo test`; alone: `cargo build --all-features --example server` first).
 #![cfg(feature = "server")]
 
 mod common;
@@ -34,7 +35,11 @@ fn server_bin() -> std::path::PathBuf {
         .unwrap()
         .join("examples")
         .join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} missing: cargo test builds examples", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test builds examples",
+        bin.display()
+    );
     bin
 }
 
@@ -121,7 +126,11 @@ async fn client(t: Arc<Traffic>, bases: Vec<String>, n: usize) {
         let (status, v) = match r {
             Ok(r) => (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)),
             Err(e) => {
-                t.seen.lock().unwrap().failed.push(format!("{base} {path}: {e}"));
+                t.seen
+                    .lock()
+                    .unwrap()
+                    .failed
+                    .push(format!("{base} {path}: {e}"));
                 continue;
             }
         };
@@ -142,13 +151,26 @@ async fn client(t: Arc<Traffic>, bases: Vec<String>, n: usize) {
         // Reads too, on the other server: they must never fail either.
         if let Some(s) = &session {
             let other = &bases[(n + i + 1) % bases.len()];
-            match http.get(format!("{other}/interview/session/{s}")).send().await {
+            match http
+                .get(format!("{other}/interview/session/{s}"))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {
                     let status = r.status();
-                    t.seen.lock().unwrap().failed.push(format!("{other} GET session: {status}"));
+                    t.seen
+                        .lock()
+                        .unwrap()
+                        .failed
+                        .push(format!("{other} GET session: {status}"));
                 }
-                Err(e) => t.seen.lock().unwrap().failed.push(format!("{other} GET session: {e}")),
+                Err(e) => t
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .failed
+                    .push(format!("{other} GET session: {e}")),
             }
         }
     }
@@ -175,11 +197,17 @@ fn two_server_processes_follow_a_switch_and_no_request_fails() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("interview.db");
     let sqlite = sqlite_path.to_str().unwrap().to_string();
-    Store::connect(&sqlite, StoreConfig::default()).unwrap().migrate().unwrap();
+    Store::connect(&sqlite, StoreConfig::default())
+        .unwrap()
+        .migrate()
+        .unwrap();
     let pg = PgDatabase::create();
     let pg_url = DatabaseUrl::postgres(&pg.url).unwrap();
     // Set up (schema only) before the servers start, as `migrate setup` would.
-    Store::connect(&pg.url, StoreConfig::default()).unwrap().migrate().unwrap();
+    Store::connect(&pg.url, StoreConfig::default())
+        .unwrap()
+        .migrate()
+        .unwrap();
 
     let (mut one, base_one) = spawn_server(&sqlite, &pg.url);
     let (mut two, base_two) = spawn_server(&sqlite, &pg.url);
@@ -201,7 +229,9 @@ fn two_server_processes_follow_a_switch_and_no_request_fails() {
         t.switching.store(true, Ordering::SeqCst);
         let before = Store::connect(&sqlite, StoreConfig::default()).unwrap();
         let (path, url) = (sqlite_path.clone(), pg_url.clone());
-        tokio::task::spawn_blocking(move || switch(&path, &url)).await.unwrap();
+        tokio::task::spawn_blocking(move || switch(&path, &url))
+            .await
+            .unwrap();
         let at_switch = before.counts().unwrap();
         t.switching.store(false, Ordering::SeqCst);
 
@@ -212,17 +242,38 @@ fn two_server_processes_follow_a_switch_and_no_request_fails() {
         }
 
         for base in [&base_one, &base_two] {
-            let health: Value = http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+            let health: Value = http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             assert_eq!(health["backend"], "postgres", "{base}: {health}");
             assert_eq!(health["read_only"], false, "{health}");
         }
-        assert_eq!(before.counts().unwrap(), at_switch, "nothing landed on the retired SQLite file");
+        assert_eq!(
+            before.counts().unwrap(),
+            at_switch,
+            "nothing landed on the retired SQLite file"
+        );
     });
-    assert!(one.0.try_wait().unwrap().is_none(), "server one still the same process");
-    assert!(two.0.try_wait().unwrap().is_none(), "server two still the same process");
+    assert!(
+        one.0.try_wait().unwrap().is_none(),
+        "server one still the same process"
+    );
+    assert!(
+        two.0.try_wait().unwrap().is_none(),
+        "server two still the same process"
+    );
 
     let seen = t.seen.lock().unwrap();
-    assert!(seen.failed.is_empty(), "requests failed: {:#?}", seen.failed);
+    assert!(
+        seen.failed.is_empty(),
+        "requests failed: {:#?}",
+        seen.failed
+    );
     assert!(seen.held > 0, "some writes were held through the switch");
     let pg_store = Store::connect(&pg.url, StoreConfig::default()).unwrap();
     for (session, text) in &seen.acked {
@@ -259,7 +310,15 @@ backend_test!(
             state.pause_wait = Duration::from_millis(1500);
             let (base, _stop) = serve(state).await;
             let http = reqwest::Client::new();
-            let started: Value = http.post(format!("{base}/interview/start")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+            let started: Value = http
+                .post(format!("{base}/interview/start"))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let id = started["session_id"].as_str().unwrap().to_string();
             let url = db.direct_url.parse::<DatabaseUrl>().unwrap();
             let mut conn = maintenance::connect(&url).unwrap();
@@ -271,21 +330,40 @@ backend_test!(
                 maintenance::resume(&mut conn).unwrap();
                 conn
             });
-            let r = http.post(format!("{base}/interview/chat")).json(&json!({"session_id": id, "text": "held"})).send().await.unwrap();
+            let r = http
+                .post(format!("{base}/interview/chat"))
+                .json(&json!({"session_id": id, "text": "held"}))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "held, not refused");
             let mut conn = resume.await.unwrap();
 
             // Not lifted within the wait: 503 read_only with Retry-After, nothing stored.
             maintenance::pause(&mut conn).unwrap();
             let sent = Instant::now();
-            let r = http.post(format!("{base}/interview/chat")).json(&json!({"session_id": id, "text": "refused"})).send().await.unwrap();
+            let r = http
+                .post(format!("{base}/interview/chat"))
+                .json(&json!({"session_id": id, "text": "refused"}))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert!(sent.elapsed() >= Duration::from_millis(1500), "held for the whole wait first");
+            assert!(
+                sent.elapsed() >= Duration::from_millis(1500),
+                "held for the whole wait first"
+            );
             assert_eq!(r.headers()["retry-after"], "5");
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["error"]["category"], "read_only", "{body}");
             maintenance::resume(&mut conn).unwrap();
-            let texts: Vec<String> = store.get_session(id.parse().unwrap()).unwrap().messages.into_iter().map(|m| m.text).collect();
+            let texts: Vec<String> = store
+                .get_session(id.parse().unwrap())
+                .unwrap()
+                .messages
+                .into_iter()
+                .map(|m| m.text)
+                .collect();
             assert!(texts.contains(&"held".to_string()));
             assert!(!texts.contains(&"refused".to_string()));
         });
@@ -304,10 +382,25 @@ fn a_retired_database_without_another_backend_configured_keeps_answering_503() {
         let url = db.direct_url.parse::<DatabaseUrl>().unwrap();
         let mut conn = maintenance::connect(&url).unwrap();
         maintenance::retire(&mut conn, "nowhere").unwrap();
-        let r = http.post(format!("{base}/interview/start")).json(&json!({})).send().await.unwrap();
+        let r = http
+            .post(format!("{base}/interview/start"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let health: Value = http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
-        assert_eq!((health["backend"].clone(), health["retired"].clone()), (json!("sqlite"), json!(true)));
+        let health: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (health["backend"].clone(), health["retired"].clone()),
+            (json!("sqlite"), json!(true))
+        );
     });
 }
 
@@ -332,11 +425,21 @@ fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
         );
         let mut state = AppState::new(sqlite.store());
         state.store = live;
-        state.shadow = Shadow::new(ShadowConfig { fraction: 1.0, settle: Duration::ZERO });
+        state.shadow = Shadow::new(ShadowConfig {
+            fraction: 1.0,
+            settle: Duration::ZERO,
+        });
         let (base, _stop) = serve(state).await;
         let http = reqwest::Client::new();
         let metrics = || async {
-            let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             (
                 metric(&text, "interview_shadow_reads_compared_total"),
                 metric(&text, "interview_shadow_read_mismatches_total"),
@@ -357,7 +460,10 @@ fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
             }
         };
         let (c0, m0) = metrics().await;
-        for path in [format!("/interview/session/{}", ids[0]), format!("/interview/draft/latest/{}", ids[0])] {
+        for path in [
+            format!("/interview/session/{}", ids[0]),
+            format!("/interview/draft/latest/{}", ids[0]),
+        ] {
             let r = http.get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
         }
@@ -376,11 +482,74 @@ fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
                 Ok(())
             })
             .unwrap();
-        let r = http.get(format!("{base}/interview/session/{}", ids[1])).send().await.unwrap();
+        let r = http
+            .get(format!("{base}/interview/session/{}", ids[1]))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["summary"], "summary", "the client gets the live backend's answer");
+        assert_eq!(
+            body["summary"], "summary",
+            "the client gets the live backend's answer"
+        );
         let (_, m2) = compared(c1, 1.0).await;
         assert_eq!(m2, m1 + 1.0, "the differing row is counted");
     });
+}
+
+#[test]
+fn a_keyed_write_held_through_the_switch_lands_once_on_the_new_side() {
+    let sqlite = TestDb::new(interview_store::Backend::Sqlite);
+    let pg = TestDb::new(interview_store::Backend::Postgres);
+    let id = uuid::Uuid::now_v7();
+    common::seed_identical(&sqlite.store(), &[id]);
+    common::seed_identical(&pg.store(), &[id]);
+    runtime().block_on(async {
+        let mut state = AppState::new(sqlite.store());
+        state.store = LiveStore::new(
+            sqlite.store(),
+            Some(pg.url.parse::<DatabaseUrl>().unwrap()),
+            StoreConfig::default(),
+        );
+        state.pause_wait = Duration::from_secs(20);
+        let (base, _stop) = serve(state).await;
+        let http = reqwest::Client::new();
+        let old_url = sqlite.direct_url.parse::<DatabaseUrl>().unwrap();
+        let new_url = pg.url.parse::<DatabaseUrl>().unwrap();
+        let mut old = maintenance::connect(&old_url).unwrap();
+        maintenance::pause(&mut old).unwrap();
+        let switch = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut new = maintenance::connect(&new_url).unwrap();
+            maintenance::pause(&mut new).unwrap();
+            maintenance::retire(&mut old, "postgres").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            maintenance::make_live(&mut new).unwrap();
+        });
+        let send = || {
+            http.post(format!("{base}/interview/chat"))
+                .header("idempotency-key", "turn-1")
+                .json(&json!({"session_id": id, "text": "across the switch"}))
+                .send()
+        };
+        let first = send().await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK, "held, then landed");
+        let first: Value = first.json().await.unwrap();
+        switch.await.unwrap();
+        let again = send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+    });
+    let on_pg = pg.store().get_session(id).unwrap().messages;
+    assert_eq!(
+        on_pg
+            .iter()
+            .filter(|m| m.text == "across the switch")
+            .count(),
+        1
+    );
+    let on_sqlite = sqlite.store().get_session(id).unwrap().messages;
+    assert!(!on_sqlite.iter().any(|m| m.text == "across the switch"));
 }

@@ -255,7 +255,10 @@ mod tests {
             ("INTERVIEW_POSTGRES_URL", "postgres://app:pw@db/interview"),
         ])
         .unwrap();
-        assert!(c.other_url().is_none(), "the default SQLite path is not a place to switch to");
+        assert!(
+            c.other_url().is_none(),
+            "the default SQLite path is not a place to switch to"
+        );
         let c = config(&[
             ("INTERVIEW_SHADOW_READS", "0.1"),
             ("INTERVIEW_PAUSE_WAIT_MS", "500"),

@@ -100,9 +100,7 @@ impl LiveStore {
         // Opened outside the lock: a slow connect must not hold up the others.
         // The migration tool set that database up; this never migrates it.
         let store = Store::open(url, self.inner.config.clone())?;
-        Ok(Some(
-            self.inner.other.lock().get_or_insert(store).clone(),
-        ))
+        Ok(Some(self.inner.other.lock().get_or_insert(store).clone()))
     }
 
     /// Switches to the other backend if the one at `generation` is retired

@@ -37,8 +37,8 @@ pub use error::ApiError;
 pub use interviewer::{Interviewer, ScriptedInterviewer};
 pub use limits::Limits;
 pub use live_store::LiveStore;
-pub use shadow::{Shadow, ShadowConfig};
 pub use serve::{serve, shutdown_signal};
+pub use shadow::{Shadow, ShadowConfig};
 
 use crate::Store;
 

@@ -226,11 +226,16 @@ async fn session(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let answer = call(&state, "get_session", move |store| session_answer(&store, id)).await?;
+    let answer = call(&state, "get_session", move |store| {
+        session_answer(&store, id)
+    })
+    .await?;
     let body = answer.body.clone();
-    state.shadow.compare(&state.store, "session", id, answer, move |other| {
-        session_answer(other, id)
-    });
+    state
+        .shadow
+        .compare(&state.store, "session", id, answer, move |other| {
+            session_answer(other, id)
+        });
     if body.is_null() {
         return Err(ApiError::from(crate::Error::not_found(format!(
             "session {id}"
@@ -310,11 +315,16 @@ async fn latest_draft(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let answer = call(&state, "latest_draft", move |store| draft_answer(&store, id)).await?;
+    let answer = call(&state, "latest_draft", move |store| {
+        draft_answer(&store, id)
+    })
+    .await?;
     let body = answer.body.clone();
-    state.shadow.compare(&state.store, "latest draft", id, answer, move |other| {
-        draft_answer(other, id)
-    });
+    state
+        .shadow
+        .compare(&state.store, "latest draft", id, answer, move |other| {
+            draft_answer(other, id)
+        });
     if body.is_null() {
         return Err(ApiError::from(crate::Error::not_found(format!(
             "draft of session {id}"

@@ -94,15 +94,23 @@ impl Shadow {
     /// in the background with `read`, and compares it with `live`.
     ///
     /// Returns at once; the client's answer never waits for this.
-    pub(super) fn compare<F>(&self, store: &LiveStore, what: &'static str, id: Uuid, live: Answer, read: F)
-    where
+    pub(super) fn compare<F>(
+        &self,
+        store: &LiveStore,
+        what: &'static str,
+        id: Uuid,
+        live: Answer,
+        read: F,
+    ) where
         F: FnOnce(&Store) -> Result<Answer> + Send + 'static,
     {
         if !self.sampled() {
             return;
         }
         if let Some(changed) = live.changed_at {
-            let age = (crate::timestamp::now() - changed).to_std().unwrap_or_default();
+            let age = (crate::timestamp::now() - changed)
+                .to_std()
+                .unwrap_or_default();
             if age < self.config.settle {
                 skipped("settling");
                 return;
