@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release --example migrate -- <command> …`; see `--help` and
 //! docs/cutover.md. Exit status: 0 done, 1 the two sides differ (verify,
-//! compare), 2 invalid data or usage, 3 a database or file failed.
+//! compare), 2 invalid data or usage, or refused (wrong phase, `--truncate`
+//! without `--yes`), 3 a database or file failed, or another migration command
+//! is running on the same PostgreSQL database.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ mod checklist;
 #[derive(Parser)]
 #[command(
     about = "Move an interview-store database from SQLite to PostgreSQL, and back",
-    after_help = "Exit status: 0 done, 1 the sides differ, 2 invalid data or usage, 3 a database or file failed."
+    after_help = "Exit status: 0 done, 1 the sides differ, 2 invalid data, usage, or refused (wrong phase, --truncate without --yes), 3 a database or file failed, or another migration command is running."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -127,10 +129,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create or upgrade the PostgreSQL schema (idempotent).
+    /// Create or upgrade the PostgreSQL schema, and install the change log on the SQLite file (idempotent).
     Setup {
         #[command(flatten)]
         postgres: Postgres,
+        /// The SQLite file whose writes sync will follow (its change log is installed).
+        #[arg(long = "sqlite", env = "INTERVIEW_SQLITE_PATH")]
+        sqlite: Option<PathBuf>,
     },
     /// Bulk copy one snapshot of the source into PostgreSQL (resumable).
     Copy {
@@ -144,11 +149,14 @@ enum Command {
         /// Load valid rows and write invalid ones here as JSON lines (otherwise: strict).
         #[arg(long)]
         reject_file: Option<PathBuf>,
-        /// Empty the PostgreSQL tables first.
+        /// Empty the PostgreSQL tables first (after every check; needs --yes).
         #[arg(long)]
         truncate: bool,
+        /// Confirm --truncate; without it the copy only prints what it would delete (exit 2).
+        #[arg(long, requires = "truncate")]
+        yes: bool,
     },
-    /// Copy what changed in the source since the last copy or sync.
+    /// Apply what changed in the source since the copy or the last sync (its change log).
     Sync {
         #[command(flatten)]
         sqlite: Sqlite,
@@ -189,7 +197,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// After a cutover: copy into SQLite what was written to PostgreSQL since.
+    /// Make PostgreSQL (default) or SQLite the live side; the other is retired.
+    Switch {
+        #[command(flatten)]
+        sqlite: Sqlite,
+        #[command(flatten)]
+        postgres: Postgres,
+        /// The side to make live.
+        #[arg(long, value_enum, default_value_t = Side::Postgres)]
+        to: Side,
+    },
+    /// After a switch, with PostgreSQL paused: apply to SQLite what was written to PostgreSQL since.
     RollbackSync {
         #[command(flatten)]
         postgres: Postgres,
@@ -239,6 +257,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Side {
+    Postgres,
+    Sqlite,
 }
 
 fn main() -> ExitCode {
@@ -302,7 +326,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        Command::Setup { postgres } => {
+        Command::Setup { postgres, sqlite } => {
             let store = open(&postgres.url())?;
             let applied = store.migrate()?;
             println!(
@@ -310,6 +334,10 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 postgres.url().masked(),
                 applied.len()
             );
+            if let Some(path) = sqlite {
+                migrate::install_change_log(&path)?;
+                println!("{}: change log installed", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Copy {
@@ -318,6 +346,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             batch_size,
             reject_file,
             truncate,
+            yes,
         } => {
             log::info!(
                 "copying {} into {}",
@@ -328,6 +357,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 batch_size,
                 reject_file,
                 truncate,
+                confirmed: yes,
                 progress: Some(progress_reporter()),
                 ..Default::default()
             };
@@ -355,11 +385,17 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             let report =
                 migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
-                "sessions: {} new, {} changed; messages: {}; drafts: {}; rejected: {:?}; in {:.1?}",
+                "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
+                 messages {} written, {} deleted; drafts {} written, {} deleted; rejected: {:?}; in {:.1?}",
+                report.entries,
+                report.change_seq,
                 report.sessions_inserted,
                 report.sessions_updated,
+                report.sessions_deleted,
                 report.messages,
+                report.messages_deleted,
                 report.drafts,
+                report.drafts_deleted,
                 report.rejected,
                 report.elapsed
             );
@@ -452,14 +488,44 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::RollbackSync { postgres, sqlite } => {
-            let lite = open(&DatabaseUrl::existing_sqlite(&sqlite.path)?)?;
-            let pg = open(&postgres.url())?;
-            lite.migrate()?;
-            let report = migrate::rollback_sync(&pg, &lite)?;
+        Command::Switch {
+            sqlite,
+            postgres,
+            to,
+        } => {
+            let to = match to {
+                Side::Postgres => Backend::Postgres,
+                Side::Sqlite => Backend::Sqlite,
+            };
+            let report = migrate::switch(&sqlite.path, &postgres.url(), to)?;
             println!(
-                "sessions: {} new, {} changed; messages: {}; drafts: {}",
-                report.sessions_inserted, report.sessions_updated, report.messages, report.drafts
+                "{} is live{}; verify EQUAL",
+                match report.live {
+                    Backend::Postgres => postgres.url().masked(),
+                    Backend::Sqlite => sqlite.path.display().to_string(),
+                },
+                if report.already_switched {
+                    " (already switched)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RollbackSync { postgres, sqlite } => {
+            let report = migrate::rollback_sync(&sqlite.path, &postgres.url())?;
+            println!(
+                "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
+                 messages {} written, {} deleted; drafts {} written, {} deleted",
+                report.entries,
+                report.change_seq,
+                report.sessions_inserted,
+                report.sessions_updated,
+                report.sessions_deleted,
+                report.messages,
+                report.messages_deleted,
+                report.drafts,
+                report.drafts_deleted
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -522,16 +588,21 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             match &status.state {
                 None => println!("{}: nothing copied yet", postgres.url().masked()),
                 Some(s) => println!(
-                    "source {} — {} (started {}, copied {}, last sync {})\nmarks: session rowid {}, message id {}, draft id {}, sessions updated_at {}",
+                    "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
+                     copy snapshot: session rowid {}, message id {}, draft id {}\n\
+                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {}",
                     s.source,
                     s.phase,
                     s.started_at,
                     s.copied_at.map_or("-".into(), |t| t.to_string()),
                     s.synced_at.map_or("-".into(), |t| t.to_string()),
+                    s.switched_at.map_or("-".into(), |t| t.to_string()),
+                    s.rolled_back_at.map_or("-".into(), |t| t.to_string()),
                     s.mark_session_rowid,
                     s.mark_message_id,
                     s.mark_draft_id,
-                    s.mark_sessions_updated_at.as_deref().unwrap_or("-")
+                    s.mark_change_seq.map_or("-".into(), |n| n.to_string()),
+                    s.rollback_change_seq
                 ),
             }
             for p in &status.tables {
@@ -556,6 +627,12 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
 
 /// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
 fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
+    // One migration command at a time on PostgreSQL (a pause must not land in
+    // the middle of a switch); on SQLite the flag is written under its write lock.
+    let _lock = match url.backend() {
+        Backend::Postgres => Some(migrate::MigrationLock::acquire(&url)?),
+        Backend::Sqlite => None,
+    };
     let mut conn = maintenance::connect(&url)?;
     if on {
         maintenance::pause(&mut conn)?;

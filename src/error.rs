@@ -93,6 +93,9 @@ pub enum Error {
     /// A migration step refused to run, and why (e.g. a target holding foreign rows).
     #[error("{0}")]
     Refused(String),
+    /// Another migration command holds the target's lock; nothing was changed.
+    #[error("{0}")]
+    Busy(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -166,9 +169,10 @@ impl Error {
             Error::NotFound { .. } => Category::NotFound,
             Error::InvalidInput { .. } => Category::Input,
             Error::ReadOnly | Error::Retired { .. } => Category::ReadOnly,
-            Error::PoolTimeout { .. } | Error::Connect { .. } | Error::NoSuchFile { .. } => {
-                Category::Unavailable
-            }
+            Error::PoolTimeout { .. }
+            | Error::Connect { .. }
+            | Error::NoSuchFile { .. }
+            | Error::Busy(_) => Category::Unavailable,
             Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
             Error::Database(_)
             | Error::Tls { .. }

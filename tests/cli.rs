@@ -134,6 +134,73 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
     assert!(text(&o).contains("copied"), "{}", text(&o));
 }
 
+#[test]
+fn copy_truncate_without_yes_prints_what_it_would_delete_and_exits_2() {
+    let src = Legacy::new(&clean_sql(3, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("sessions 3 rows, messages 6 rows, drafts 3 rows"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "nothing deleted: {}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        &db.url,
+        "--truncate",
+        "--yes",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_second_migration_command_exits_3_at_once() {
+    let src = Legacy::new(&clean_sql(2, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Another command holds the lock for its whole run.
+    let url: interview_store::connection::DatabaseUrl = db.url.parse().unwrap();
+    let held = interview_store::migrate::MigrationLock::acquire(&url).unwrap();
+    for args in [
+        &["sync", "--sqlite", sqlite, "--postgres", &db.url][..],
+        &["copy", "--sqlite", sqlite, "--postgres", &db.url],
+        &["rollback-sync", "--sqlite", sqlite, "--postgres", &db.url],
+        &["switch", "--sqlite", sqlite, "--postgres", &db.url],
+        &["pause", "--postgres", &db.url],
+        &["resume", "--postgres", &db.url],
+    ] {
+        let cmd = args[0];
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {}", text(&o));
+        assert!(
+            text(&o).contains("another migration command is running"),
+            "{cmd}: {}",
+            text(&o)
+        );
+    }
+    drop(held);
+    let o = run(&["sync", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 /// A loopback port where nothing listens.
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

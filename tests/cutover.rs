@@ -1,5 +1,6 @@
 //! The whole cutover runbook under live traffic, and its rollback: nothing lost, nothing twice,
-//! nothing accepted while paused.
+//! nothing accepted while paused. A legacy writer edits the file beside the service, a second
+//! migration command during the copy and a sync after the switch are refused.
 #![cfg(feature = "server")]
 
 mod common;
@@ -10,10 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, SyncOptions};
 use interview_store::server::{self, AppState};
-use interview_store::{Store, StoreConfig};
+use interview_store::{maintenance, Backend, Category, Store, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -154,6 +157,28 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+fn pause_db(url: &DatabaseUrl) {
+    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
+}
+
+/// The legacy service: raw SQL on the file, its own clock, no care for `updated_at`.
+fn legacy(file: &std::path::Path, sql: &str) {
+    let mut c = SqliteConnection::establish(file.to_str().unwrap()).unwrap();
+    c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+    c.batch_execute(sql).unwrap();
+}
+
+const LEGACY_A: &str = "0190a5f0-0000-7000-8000-0000000000aa";
+const LEGACY_B: &str = "0190a5f0-0000-7000-8000-0000000000bb";
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct SessionText {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    summary: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    updated_at: String,
+}
+
 fn open(url: &str) -> Store {
     let s = Store::connect(url, StoreConfig::default()).unwrap();
     s.migrate().unwrap();
@@ -180,6 +205,14 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     let clients: Vec<_> = (0..4)
         .map(|n| tokio::spawn(client(traffic.clone(), n)))
         .collect();
+    // The legacy service writes too, with a clock two years behind.
+    legacy(
+        &file,
+        &format!(
+            "INSERT INTO sessions VALUES ('{LEGACY_A}', '2024-01-01 09:00:00', '2024-01-01 09:00:00', 'legacy a');
+             INSERT INTO sessions VALUES ('{LEGACY_B}', '2024-01-01 09:00:00', '2024-01-01 09:00:00', 'legacy b')"
+        ),
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // 2. Backup, setup, copy under load; verify shows the lag.
@@ -189,29 +222,87 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         .await
         .unwrap();
     assert!(backup.counts.messages > 0);
+    // A second migration command while the copy runs is refused at once.
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (f, u, r) = (file.clone(), pg_url.clone(), refused.clone());
+    let opts = CopyOptions {
+        batch_size: 50,
+        progress: Some(Arc::new(move |_p: &migrate::Progress| {
+            let mut r = r.lock().unwrap();
+            if r.is_empty() {
+                let err = migrate::sync(&f, &u, &SyncOptions::default()).unwrap_err();
+                assert_eq!(err.category(), Category::Unavailable, "{err}");
+                r.push(err.to_string());
+            }
+        })),
+        ..Default::default()
+    };
     let (f, u) = (file.clone(), pg_url.clone());
-    let copied = blocking(move || migrate::copy(&f, &u, &CopyOptions::default()))
+    let copied = blocking(move || migrate::copy(&f, &u, &opts))
         .await
         .unwrap();
     assert!(copied.tables[1].copied > 0);
+    assert!(
+        refused.lock().unwrap()[0].contains("another migration command is running"),
+        "{refused:?}"
+    );
+    // The legacy writer edits after the copy: a summary without touching
+    // updated_at, an updated_at moved into the past.
+    legacy(
+        &file,
+        &format!(
+            "UPDATE sessions SET summary = 'legacy edit, updated_at untouched' WHERE id = '{LEGACY_A}';
+             UPDATE sessions SET updated_at = '2001-01-01 00:00:00' WHERE id = '{LEGACY_B}'"
+        ),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (f, u) = (file.clone(), pg_url.clone());
     let lag = blocking(move || migrate::verify(&f, &u)).await.unwrap();
     assert!(!lag.is_equal(), "writes after the copy show as lag");
     assert!(lag.messages.differences > 0);
 
-    // 3. Pause, sync, verify equal, restart on PostgreSQL, unpause.
+    // 3. Pause, sync, verify equal, switch, restart on PostgreSQL, unpause.
     admin(&srv.base, true).await;
+    pause_db(&DatabaseUrl::sqlite(lite_url.clone()));
     traffic.paused.store(true, Ordering::SeqCst);
     let pause_started = Instant::now();
+    let pending = migrate::change_log_entries(&file).unwrap().unwrap();
     let (f, u) = (file.clone(), pg_url.clone());
-    blocking(move || migrate::sync(&f, &u, &SyncOptions::default()))
+    let synced = blocking(move || migrate::sync(&f, &u, &SyncOptions::default()))
         .await
         .unwrap();
+    eprintln!(
+        "change log: {pending} entries pending at the pause ({} distinct rows written), {} after the sync",
+        synced.sessions_inserted + synced.sessions_updated + synced.messages + synced.drafts,
+        migrate::change_log_entries(&file).unwrap().unwrap()
+    );
+    assert_eq!(synced.trimmed, synced.entries);
+    assert_eq!(migrate::change_log_entries(&file).unwrap(), Some(0));
     let (f, u) = (file.clone(), pg_url.clone());
-    let equal = blocking(move || migrate::verify(&f, &u)).await.unwrap();
-    assert!(equal.is_equal(), "{equal:#?}");
+    let equal = blocking(move || migrate::switch(&f, &u, Backend::Postgres))
+        .await
+        .unwrap();
+    assert!(equal.verify.is_equal(), "{equal:#?}");
     srv.shut_down().await;
+    let legacy_rows: Vec<SessionText> = diesel::sql_query(format!(
+        "SELECT summary, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS updated_at \
+         FROM sessions WHERE id IN ('{LEGACY_A}', '{LEGACY_B}') ORDER BY id"
+    ))
+    .load(&mut PgConnection::establish(&pg_db.url).unwrap())
+    .unwrap();
+    assert_eq!(
+        legacy_rows,
+        [
+            SessionText {
+                summary: "legacy edit, updated_at untouched".into(),
+                updated_at: "2024-01-01 09:00:00".into()
+            },
+            SessionText {
+                summary: "legacy b".into(),
+                updated_at: "2001-01-01 00:00:00".into()
+            }
+        ]
+    );
     let pg_srv = start(open(&pg_db.url)).await;
     *traffic.base.lock().unwrap() = pg_srv.base.clone();
     traffic.paused.store(false, Ordering::SeqCst);
@@ -219,26 +310,37 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     eprintln!("cutover write pause: {pause:.2?}");
     assert!(pause < Duration::from_secs(30), "{pause:?}");
 
-    // 4. The service writes to PostgreSQL for a while.
+    // 4. The service writes to PostgreSQL for a while. A sync run again by
+    // mistake is refused and changes nothing.
     let before = traffic.seen.lock().unwrap().messages.len();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
         traffic.seen.lock().unwrap().messages.len() > before,
         "writes go on, on postgres"
     );
+    let state_before = migrate::status(&pg_url).unwrap().state;
+    let (f, u) = (file.clone(), pg_url.clone());
+    let err = blocking(move || migrate::sync(&f, &u, &SyncOptions::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), Category::Input, "{err}");
+    assert!(err.to_string().contains("rollback-sync"), "{err}");
+    assert_eq!(migrate::status(&pg_url).unwrap().state, state_before);
 
-    // 5. Rollback: pause, rollback-sync, verify equal, restart on SQLite, unpause.
+    // 5. Rollback: pause, rollback-sync, switch back (verify equal), restart on SQLite, unpause.
     admin(&pg_srv.base, true).await;
+    pause_db(&pg_url);
     traffic.paused.store(true, Ordering::SeqCst);
     let rollback_started = Instant::now();
-    let u = pg_db.url.clone();
-    let l = lite_url.clone();
-    blocking(move || migrate::rollback_sync(&open(&u), &open(&l)))
+    let (f, u) = (file.clone(), pg_url.clone());
+    blocking(move || migrate::rollback_sync(&f, &u))
         .await
         .unwrap();
     let (f, u) = (file.clone(), pg_url.clone());
-    let back = blocking(move || migrate::verify(&f, &u)).await.unwrap();
-    assert!(back.is_equal(), "{back:#?}");
+    let back = blocking(move || migrate::switch(&f, &u, Backend::Sqlite))
+        .await
+        .unwrap();
+    assert!(back.verify.is_equal(), "{back:#?}");
     pg_srv.shut_down().await;
     let lite_srv = start(open(&lite_url)).await;
     // The pause of step 3 is held by the SQLite file itself and survived the restart.

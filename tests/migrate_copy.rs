@@ -263,11 +263,26 @@ fn copy_refuses_tables_holding_rows_it_did_not_copy_unless_truncate() {
     );
     assert!(store.get_session(foreign.id).is_ok(), "nothing touched");
 
+    // --truncate without --yes only says what it would delete.
+    let unconfirmed = CopyOptions {
+        truncate: true,
+        ..Default::default()
+    };
+    let err = copy(&src.path, &url, &unconfirmed).unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("sessions 1 rows, messages 0 rows, drafts 0 rows"),
+        "{err}"
+    );
+    assert!(store.get_session(foreign.id).is_ok(), "nothing deleted");
+
     let report = copy(
         &src.path,
         &url,
         &CopyOptions {
             truncate: true,
+            confirmed: true,
             ..Default::default()
         },
     )

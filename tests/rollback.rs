@@ -1,19 +1,41 @@
-//! rollback-sync: writes made on PostgreSQL after a cutover come back to SQLite.
+//! rollback-sync: writes made on PostgreSQL after the switch come back to SQLite, from PostgreSQL's change log.
 
 mod common;
 
-use interview_store::migrate::{compare, rollback_sync, Selection};
-use interview_store::{Backend, Error, Page, Role};
+use std::path::PathBuf;
+
+use diesel::prelude::*;
+use interview_store::connection::DatabaseUrl;
+use interview_store::migrate::{
+    compare, copy, rollback_sync, switch, sync, CopyOptions, Selection, SyncOptions,
+};
+use interview_store::{maintenance, Backend, Page, Role, Store, StoreConfig};
+
+fn pause(url: &DatabaseUrl) {
+    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
+}
+
+/// A SQLite service's file copied and switched to PostgreSQL.
+fn switched(ids: &[uuid::Uuid]) -> (tempfile::TempDir, PathBuf, common::PgDatabase, DatabaseUrl) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("interview.db");
+    let lite = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    lite.migrate().unwrap();
+    common::seed_identical(&lite, ids);
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    copy(&path, &url, &CopyOptions::default()).unwrap();
+    pause(&DatabaseUrl::sqlite(path.display().to_string()));
+    sync(&path, &url, &SyncOptions::default()).unwrap();
+    switch(&path, &url, Backend::Postgres).unwrap();
+    (dir, path, db, url)
+}
 
 #[test]
-fn writes_after_the_cutover_come_back_and_nothing_twice() {
-    let lite_db = common::TestDb::new(Backend::Sqlite);
-    let pg_db = common::TestDb::new(Backend::Postgres);
-    let (lite, pg) = (lite_db.store(), pg_db.store());
-    // The state at the switch: both sides hold the same rows.
+fn writes_after_the_switch_come_back_and_nothing_twice() {
     let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
-    common::seed_identical(&lite, &ids);
-    common::seed_identical(&pg, &ids);
+    let (_dir, path, _db, url) = switched(&ids);
+    let pg = Store::open(url.clone(), StoreConfig::default()).unwrap();
 
     // After the switch the service writes to PostgreSQL only.
     let new = pg.start_session().unwrap();
@@ -31,7 +53,9 @@ fn writes_after_the_cutover_come_back_and_nothing_twice() {
         .unwrap();
     pg.save_draft(new.id, "another").unwrap();
 
-    let report = rollback_sync(&pg, &lite).unwrap();
+    pause(&url);
+    let report = rollback_sync(&path, &url).unwrap();
+    // ids[0] (its message bumps updated_at) and ids[1] changed; the new session came.
     assert_eq!(
         (
             report.sessions_inserted,
@@ -42,6 +66,7 @@ fn writes_after_the_cutover_come_back_and_nothing_twice() {
         (1, 2, 2, 2),
         "{report:?}"
     );
+    let lite = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
     assert_eq!(lite.counts().unwrap(), pg.counts().unwrap());
     let everything: Vec<uuid::Uuid> = pg
         .list_sessions(Page {
@@ -56,39 +81,36 @@ fn writes_after_the_cutover_come_back_and_nothing_twice() {
     assert!(diff.is_equal(), "{:?}", diff.differences);
     assert_eq!(diff.sessions, 5);
 
-    // Running it again copies nothing, and SQLite takes new writes after the rollback.
-    let again = rollback_sync(&pg, &lite).unwrap();
-    assert_eq!(
-        (
-            again.sessions_inserted,
-            again.sessions_updated,
-            again.messages,
-            again.drafts
-        ),
-        (0, 0, 0, 0)
-    );
+    // Running it again applies nothing, and SQLite takes new writes once live again.
+    let again = rollback_sync(&path, &url).unwrap();
+    assert_eq!(again.entries, 0, "{again:?}");
+    switch(&path, &url, Backend::Sqlite).unwrap();
+    let lite = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
     let m = lite
         .append_message(new.id, Role::User, "back on sqlite")
         .unwrap();
-    assert!(
-        m.id > report.marks.message_id + 2,
-        "SQLite's ids continue after the copied ones"
-    );
+    let max_pg: i64 = pg
+        .with_connection(|c| {
+            Ok(interview_store::schema::messages::table
+                .select(diesel::dsl::max(interview_store::schema::messages::id))
+                .first::<Option<i64>>(c)?
+                .unwrap_or(0))
+        })
+        .unwrap();
+    assert!(m.id > max_pg, "SQLite's ids continue after the copied ones");
 }
 
 #[test]
-fn refuses_the_wrong_direction() {
-    let lite_db = common::TestDb::new(Backend::Sqlite);
-    let pg_db = common::TestDb::new(Backend::Postgres);
-    let err = rollback_sync(&lite_db.store(), &pg_db.store()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidInput {
-                field: "stores",
-                ..
-            }
-        ),
-        "{err}"
-    );
+fn refuses_before_any_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("interview.db");
+    let lite = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    lite.migrate().unwrap();
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    let err = rollback_sync(&path, &url).unwrap_err();
+    assert!(err.to_string().contains("nothing to roll back"), "{err}");
+    copy(&path, &url, &CopyOptions::default()).unwrap();
+    let err = rollback_sync(&path, &url).unwrap_err();
+    assert!(err.to_string().contains("phase copied"), "{err}");
 }

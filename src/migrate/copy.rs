@@ -1,6 +1,5 @@
 //! The bulk copy: one SQLite snapshot into PostgreSQL with `COPY`, resumable, strict by default.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -9,17 +8,16 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
+use super::changelog;
 use super::check::{self, CheckReport};
-use super::normalize::{self, Reject, SessionIndex};
-use super::source::{Marks, RawDraft, RawMessage, RawSession, Source, Table};
+use super::lock::MigrationLock;
+use super::normalize::{Reject, SessionIndex};
+use super::pipeline::{bump_sequences, copy_rows, read_batches, write_rejects, Batch};
+use super::source::{Marks, Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
-use crate::store::drafts::DraftRow;
-use crate::store::messages::MessageRow;
-use crate::store::sessions::SessionRow;
-use crate::timestamp;
 
 /// How a copy runs.
 #[derive(Clone)]
@@ -31,6 +29,9 @@ pub struct CopyOptions {
     pub reject_file: Option<PathBuf>,
     /// Empty the PostgreSQL tables first, instead of refusing rows it did not copy.
     pub truncate: bool,
+    /// The operator confirmed `truncate` (`--yes`); without it a truncating
+    /// copy only reports what it would delete and fails with [`Error::Refused`].
+    pub confirmed: bool,
     /// Called after each committed batch.
     pub progress: Option<ProgressFn>,
     /// Test hook: fail after this many committed batches, as a crash would.
@@ -44,6 +45,7 @@ impl Default for CopyOptions {
             batch_size: 5_000,
             reject_file: None,
             truncate: false,
+            confirmed: false,
             progress: None,
             fail_after_batches: None,
         }
@@ -56,6 +58,7 @@ impl std::fmt::Debug for CopyOptions {
             .field("batch_size", &self.batch_size)
             .field("reject_file", &self.reject_file)
             .field("truncate", &self.truncate)
+            .field("confirmed", &self.confirmed)
             .finish_non_exhaustive()
     }
 }
@@ -152,13 +155,41 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     if opts.batch_size < 1 {
         return Err(Error::invalid("batch size", "must be at least 1"));
     }
+    // Every check comes before the first write: source readable, target
+    // reachable, no other migration command, the phase allows a copy.
+    let mut src = Source::open(sqlite)?;
+    let _lock = MigrationLock::acquire(postgres)?;
     let mut pg = state::connect(postgres)?;
-    if opts.truncate {
-        log::info!("emptying the PostgreSQL tables (--truncate)");
-        state::truncate(&mut pg)?;
-    }
     let source_name = super::source::source_name(sqlite);
-    let existing = state::load(&mut pg)?;
+    let mut existing = state::load(&mut pg)?;
+    copy_allowed(existing.as_ref(), opts.truncate, postgres)?;
+    if opts.truncate {
+        let counts = row_counts(&mut pg)?;
+        if !opts.confirmed {
+            return Err(Error::Refused(format!(
+                "--truncate would delete from {}: {}, and the migration bookkeeping; nothing was \
+                 deleted. Check the URL, then run the same command with --yes",
+                postgres.masked(),
+                Table::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(|(t, n)| format!("{t} {n} rows"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        log::info!("emptying the PostgreSQL tables (--truncate --yes)");
+        if existing.as_ref().is_some_and(|s| s.phase == "rolled_back") {
+            // Retired by the switch back: a new cutover starts from a writable,
+            // empty target, as before the first copy. The service is on SQLite.
+            super::pause::make_live(&mut super::pause::open_pg(postgres)?)?;
+        }
+        pg.transaction(|pg| {
+            changelog::uninstall_pg(pg)?;
+            state::truncate(pg)
+        })?;
+        existing = None;
+    }
     if let Some(s) = &existing {
         if s.source != source_name {
             return Err(Error::Refused(format!(
@@ -184,14 +215,16 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         refuse_foreign_rows(&mut pg, postgres)?;
     }
 
-    let mut src = Source::open(sqlite)?;
+    // The change log goes in before the snapshot, so that every write after
+    // the snapshot has an entry past the position recorded with it.
+    changelog::install_sqlite(src.conn())?;
     let resumed = existing.is_some();
     let marks = src.snapshot(|src| {
         let marks = match &existing {
             Some(s) => s.marks(),
             None => src.marks()?,
         };
-        let (index, latest) = check::index_sessions(src, marks.session_rowid)?;
+        let (index, _) = check::index_sessions(src, marks.session_rowid)?;
         // A fresh strict copy validates while it loads and empties the tables
         // again if anything was invalid; a resumed one cannot undo the earlier
         // runs, so it checks first.
@@ -211,10 +244,11 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
                 src.count(Table::Messages, 0, marks.message_id)?,
                 src.count(Table::Drafts, 0, marks.draft_id)?,
             ];
-            let latest = latest.map(timestamp::format);
+            // Read in the same snapshot as the rows: sync starts exactly here.
+            let change_seq = changelog::sqlite_position(src.conn())?;
             pg.transaction(|pg| {
                 prepare_tables(pg)?;
-                state::start(pg, &source_name, marks, latest.as_deref(), totals)
+                state::start(pg, &source_name, marks, change_seq, totals)
             })?;
         } else {
             log::info!("resuming the copy of {source_name}");
@@ -242,6 +276,37 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     };
     log::info!("copy finished: {report:?}");
     Ok(report)
+}
+
+/// The phase check of a copy: never over a live PostgreSQL; over a retired
+/// one only with `--truncate`.
+fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUrl) -> Result<()> {
+    match st.map(|s| s.phase.as_str()) {
+        Some("switched") => Err(Error::Refused(format!(
+            "refusing to copy{}: the service moved to {} ({}), which now holds writes SQLite does \
+             not have; nothing was changed. To go back to SQLite: `migrate pause --postgres …`, \
+             `migrate rollback-sync`, `migrate switch --to sqlite`",
+            if truncate { " --truncate" } else { "" },
+            postgres.masked(),
+            st.and_then(|s| s.switched_at)
+                .map_or("-".into(), |t| t.to_string())
+        ))),
+        Some("rolled_back") if !truncate => Err(Error::Refused(format!(
+            "{} is retired since the rollback to SQLite; to start a new cutover run \
+             `migrate copy --truncate --yes`",
+            postgres.masked()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Rows per data table, in load order.
+fn row_counts(pg: &mut PgConnection) -> Result<[i64; 3]> {
+    Ok([
+        sessions::table.count().get_result(pg)?,
+        messages::table.count().get_result(pg)?,
+        drafts::table.count().get_result(pg)?,
+    ])
 }
 
 fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
@@ -307,16 +372,6 @@ fn finish(pg: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Moves each id sequence past the largest id, so that the service's own
-/// inserts never collide with copied rows.
-pub(crate) fn bump_sequences(pg: &mut PgConnection) -> Result<()> {
-    pg.batch_execute(
-        "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('messages', 'id'))), false) FROM messages; \
-         SELECT setval(pg_get_serial_sequence('drafts', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('drafts', 'id'))), false) FROM drafts",
-    )?;
-    Ok(())
-}
-
 fn tallies(pg: &mut PgConnection) -> Result<([TableCopy; 3], u64)> {
     let mut out = [TableCopy::default(); 3];
     let mut nulls = 0;
@@ -331,171 +386,6 @@ fn tallies(pg: &mut PgConnection) -> Result<([TableCopy; 3], u64)> {
         nulls += p.null_summaries as u64;
     }
     Ok((out, nulls))
-}
-
-/// Writes rejects as JSON lines `{"table","id","column","value","reason"}`,
-/// replacing the file or appending to it.
-pub(crate) fn write_rejects(path: &Path, rejects: &[Reject], append: bool) -> Result<()> {
-    let io = |e: std::io::Error| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(path)
-        .map_err(io)?;
-    let mut out = std::io::BufWriter::new(file);
-    for r in rejects {
-        serde_json::to_writer(&mut out, r).map_err(|e| io(e.into()))?;
-        out.write_all(b"\n").map_err(io)?;
-    }
-    out.flush().map_err(io)
-}
-
-/// Normalised rows of one batch.
-pub(crate) enum Rows {
-    Sessions(Vec<SessionRow>),
-    Messages(Vec<MessageRow>),
-    Drafts(Vec<DraftRow>),
-}
-
-/// One batch on its way from the SQLite reader to the PostgreSQL writer.
-pub(crate) struct Batch {
-    pub table: Table,
-    pub last_rowid: i64,
-    pub rows: Rows,
-    pub rejects: Vec<Reject>,
-    pub null_summaries: i64,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        match &self.rows {
-            Rows::Sessions(r) => r.len(),
-            Rows::Messages(r) => r.len(),
-            Rows::Drafts(r) => r.len(),
-        }
-    }
-}
-
-/// About how many bytes of source text a batch holds.
-const BATCH_BYTES: usize = 4 << 20;
-
-/// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
-/// for long rows) and normalises each batch.
-pub(crate) fn read_batches(
-    src: &mut Source,
-    table: Table,
-    after: i64,
-    upto: i64,
-    size: i64,
-    index: &SessionIndex,
-    mut each: impl FnMut(Batch) -> Result<()>,
-) -> Result<()> {
-    fn split<R, T>(
-        rows: Vec<R>,
-        mut f: impl FnMut(R) -> std::result::Result<T, Reject>,
-    ) -> (Vec<T>, Vec<Reject>) {
-        let mut ok = Vec::with_capacity(rows.len());
-        let mut bad = Vec::new();
-        for r in rows {
-            match f(r) {
-                Ok(v) => ok.push(v),
-                Err(e) => bad.push(e),
-            }
-        }
-        (ok, bad)
-    }
-    let mut after = after;
-    let mut limit = size;
-    loop {
-        let mut bytes = 0usize;
-        let batch = match table {
-            Table::Sessions => {
-                let raw: Vec<RawSession> = src.rows(table, after, upto, limit)?;
-                bytes += raw.iter().map(RawSession::bytes).sum::<usize>();
-                let Some(last) = raw.last().map(|r| r.rowid) else {
-                    return Ok(());
-                };
-                let mut nulls = 0;
-                let (rows, rejects) = split(raw, |r| {
-                    normalize::session(&r, index).map(|s| {
-                        nulls += i64::from(s.null_summary);
-                        s.row
-                    })
-                });
-                Batch {
-                    table,
-                    last_rowid: last,
-                    rows: Rows::Sessions(rows),
-                    rejects,
-                    null_summaries: nulls,
-                }
-            }
-            Table::Messages => {
-                let raw: Vec<RawMessage> = src.rows(table, after, upto, limit)?;
-                bytes += raw.iter().map(RawMessage::bytes).sum::<usize>();
-                let Some(last) = raw.last().map(|r| r.id) else {
-                    return Ok(());
-                };
-                let (rows, rejects) = split(raw, |r| normalize::message(r, index));
-                Batch {
-                    table,
-                    last_rowid: last,
-                    rows: Rows::Messages(rows),
-                    rejects,
-                    null_summaries: 0,
-                }
-            }
-            Table::Drafts => {
-                let raw: Vec<RawDraft> = src.rows(table, after, upto, limit)?;
-                bytes += raw.iter().map(RawDraft::bytes).sum::<usize>();
-                let Some(last) = raw.last().map(|r| r.id) else {
-                    return Ok(());
-                };
-                let (rows, rejects) = split(raw, |r| normalize::draft(r, index));
-                Batch {
-                    table,
-                    last_rowid: last,
-                    rows: Rows::Drafts(rows),
-                    rejects,
-                    null_summaries: 0,
-                }
-            }
-        };
-        // Size the next batch by bytes, not rows: a few batches in flight of
-        // long drafts must fit the same memory as of short messages.
-        let rows = (batch.len() + batch.rejects.len()).max(1);
-        limit = (BATCH_BYTES * rows / bytes.max(1)).clamp(1, size as usize) as i64;
-        after = batch.last_rowid;
-        each(batch)?;
-    }
-}
-
-/// Loads one batch with `COPY … FROM STDIN (FORMAT binary)`.
-pub(crate) fn copy_rows(pg: &mut PgConnection, rows: &Rows) -> Result<()> {
-    match rows {
-        Rows::Sessions(r) if !r.is_empty() => {
-            diesel::copy_from(sessions::table)
-                .from_insertable(r)
-                .execute(pg)?;
-        }
-        Rows::Messages(r) if !r.is_empty() => {
-            diesel::copy_from(messages::table)
-                .from_insertable(r)
-                .execute(pg)?;
-        }
-        Rows::Drafts(r) if !r.is_empty() => {
-            diesel::copy_from(drafts::table)
-                .from_insertable(r)
-                .execute(pg)?;
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// The load: this thread reads and normalises SQLite batches while a second

@@ -7,23 +7,31 @@
 //! [`rollback_sync`] (PostgreSQL back into SQLite) and [`status`].
 
 mod backup;
+mod changelog;
 mod check;
 mod compare;
 mod copy;
+mod lock;
 mod normalize;
+mod pause;
+mod pipeline;
 mod rollback;
 mod source;
 mod state;
+mod switch;
 mod sync;
 mod verify;
 
 pub use backup::{backup, BackupReport};
+pub use changelog::{change_log_entries, install_change_log};
 pub use check::{check, CheckReport};
 pub use compare::{compare, CompareReport, Difference, Selection};
 pub use copy::{copy, CopyOptions, CopyReport, Progress, ProgressFn, TableCopy};
+pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use normalize::Reject;
-pub use rollback::{rollback_sync, RollbackMarks, RollbackReport};
+pub use rollback::{rollback_sync, RollbackReport};
 pub use source::{Marks, Table};
 pub use state::{status, State, Status, TableProgress};
+pub use switch::{switch, SwitchReport};
 pub use sync::{sync, SyncOptions, SyncReport};
 pub use verify::{verify, RowDifference, TableVerify, VerifyReport};

@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The three tables, in load order (sessions first: children are judged against them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -161,6 +161,9 @@ pub(crate) fn source_name(path: &Path) -> String {
         .to_string()
 }
 
+/// Keys bound per query (as one JSON array), to keep statements small.
+const KEYS_PER_QUERY: usize = 5_000;
+
 /// An open legacy SQLite file.
 pub(crate) struct Source {
     conn: SqliteConnection,
@@ -246,38 +249,69 @@ impl Source {
         .load(&mut self.conn)?)
     }
 
-    /// Sessions whose stored `updated_at` text sorts at or after `mark`
-    /// (canonical text), found through `sessions_updated_at_id_idx` when present.
-    pub fn sessions_updated_since(&mut self, mark: &str) -> Result<Vec<RawSession>> {
-        Ok(diesel::sql_query(format!(
-            "SELECT {} FROM sessions WHERE updated_at >= ? ORDER BY rowid",
-            Table::Sessions.columns()
-        ))
-        .bind::<Text, _>(mark)
-        .load(&mut self.conn)?)
+    /// The sessions whose stored id is one of `keys` (ids as stored, the change log's keys).
+    pub fn sessions_by_key(&mut self, keys: &[&String]) -> Result<Vec<RawSession>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            out.extend(
+                diesel::sql_query(format!(
+                    "SELECT {} FROM sessions WHERE id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+                    Table::Sessions.columns()
+                ))
+                .bind::<Text, _>(json)
+                .load::<RawSession>(&mut self.conn)?,
+            );
+        }
+        Ok(out)
     }
 
-    /// The distinct `session_id` values of `table`'s rows in `(after, upto]`.
-    pub fn child_session_ids(
+    /// The rows of a child table with these rowids, in rowid order.
+    pub fn rows_by_id<R: QueryableByName<Sqlite> + 'static>(
         &mut self,
         table: Table,
-        after: i64,
-        upto: i64,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        #[derive(QueryableByName)]
-        struct Id {
-            #[diesel(sql_type = Nullable<Binary>)]
-            session_id: Option<Vec<u8>>,
+        ids: &[i64],
+    ) -> Result<Vec<R>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(KEYS_PER_QUERY) {
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            out.extend(
+                diesel::sql_query(format!(
+                    "SELECT {} FROM {table} WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+                    table.columns()
+                ))
+                .bind::<Text, _>(json)
+                .load::<R>(&mut self.conn)?,
+            );
         }
-        Ok(diesel::sql_query(format!(
-            "SELECT DISTINCT CAST(session_id AS BLOB) AS session_id FROM {table} WHERE rowid > ? AND rowid <= ?"
-        ))
-        .bind::<BigInt, _>(after)
-        .bind::<BigInt, _>(upto)
-        .load::<Id>(&mut self.conn)?
-        .into_iter()
-        .map(|r| r.session_id)
-        .collect())
+        Ok(out)
+    }
+
+    /// The rowids of `table`'s rows whose stored `session_id` is one of `keys`
+    /// (found through the `(session_id, id)` index).
+    pub fn children_of(&mut self, table: Table, keys: &[&String]) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let json =
+                serde_json::to_string(chunk).map_err(|e| Error::invalid("keys", e.to_string()))?;
+            out.extend(
+                diesel::sql_query(format!(
+                    "SELECT rowid AS n FROM {table} WHERE session_id IN (SELECT value FROM json_each(?))"
+                ))
+                .bind::<Text, _>(json)
+                .load::<One>(&mut self.conn)?
+                .into_iter()
+                .map(|r| r.n),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The connection, for the change log's own queries.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
     }
 
     /// Every session, in rowid order, `batch` at a time.

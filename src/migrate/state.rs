@@ -20,7 +20,8 @@ pub struct State {
     /// The SQLite file copied.
     #[diesel(sql_type = Text)]
     pub source: String,
-    /// `copying` until the bulk copy finished, then `copied`.
+    /// `copying` until the bulk copy finished, then `copied`; `switched` once
+    /// PostgreSQL is live, `rolled_back` once SQLite is live again.
     #[diesel(sql_type = Text)]
     pub phase: String,
     /// When the first copy started.
@@ -41,9 +42,19 @@ pub struct State {
     /// Largest source draft id copied or synced.
     #[diesel(sql_type = BigInt)]
     pub mark_draft_id: i64,
-    /// Latest session `updated_at` seen in the source, canonical text.
-    #[diesel(sql_type = Nullable<Text>)]
-    pub mark_sessions_updated_at: Option<String>,
+    /// The SQLite change log's sequence number applied so far (the copy's
+    /// snapshot, then each sync); `None` for a copy made before the log existed.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub mark_change_seq: Option<i64>,
+    /// PostgreSQL's change log applied to SQLite so far by rollback-sync.
+    #[diesel(sql_type = BigInt)]
+    pub rollback_change_seq: i64,
+    /// When PostgreSQL became live.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub switched_at: Option<DateTime<Utc>>,
+    /// When SQLite became live again.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub rolled_back_at: Option<DateTime<Utc>>,
 }
 
 impl State {
@@ -132,7 +143,8 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
 pub(crate) fn load(pg: &mut PgConnection) -> Result<Option<State>> {
     Ok(diesel::sql_query(
         "SELECT source, phase, started_at, copied_at, synced_at, mark_session_rowid, mark_message_id, \
-         mark_draft_id, mark_sessions_updated_at FROM interview_migration_state",
+         mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at \
+         FROM interview_migration_state",
     )
     .get_result(pg)
     .optional()?)
@@ -184,18 +196,18 @@ pub(crate) fn start(
     pg: &mut PgConnection,
     source: &str,
     marks: Marks,
-    updated_mark: Option<&str>,
+    change_seq: i64,
     totals: [i64; 3],
 ) -> Result<()> {
     diesel::sql_query(
         "INSERT INTO interview_migration_state (source, phase, started_at, mark_session_rowid, \
-         mark_message_id, mark_draft_id, mark_sessions_updated_at) VALUES ($1, 'copying', now(), $2, $3, $4, $5)",
+         mark_message_id, mark_draft_id, mark_change_seq) VALUES ($1, 'copying', now(), $2, $3, $4, $5)",
     )
     .bind::<Text, _>(source)
     .bind::<BigInt, _>(marks.session_rowid)
     .bind::<BigInt, _>(marks.message_id)
     .bind::<BigInt, _>(marks.draft_id)
-    .bind::<Nullable<Text>, _>(updated_mark)
+    .bind::<BigInt, _>(change_seq)
     .execute(pg)?;
     for (t, total) in Table::ALL.iter().zip(totals) {
         diesel::sql_query(
@@ -253,23 +265,66 @@ pub(crate) fn finish_copy(pg: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Moves the marks forward after a sync (inside the sync's transaction).
-pub(crate) fn advance(
-    pg: &mut PgConnection,
-    marks: Marks,
-    updated_mark: Option<&str>,
-) -> Result<()> {
+/// Moves the change-log mark forward after a sync (inside the sync's transaction).
+pub(crate) fn advance(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
     diesel::sql_query(
-        "UPDATE interview_migration_state SET synced_at = now(), mark_session_rowid = GREATEST(mark_session_rowid, $1), \
-         mark_message_id = GREATEST(mark_message_id, $2), mark_draft_id = GREATEST(mark_draft_id, $3), \
-         mark_sessions_updated_at = GREATEST(mark_sessions_updated_at, $4)",
+        "UPDATE interview_migration_state SET synced_at = now(), \
+         mark_change_seq = GREATEST(mark_change_seq, $1)",
     )
-    .bind::<BigInt, _>(marks.session_rowid)
-    .bind::<BigInt, _>(marks.message_id)
-    .bind::<BigInt, _>(marks.draft_id)
-    .bind::<Nullable<Text>, _>(updated_mark)
+    .bind::<BigInt, _>(change_seq)
     .execute(pg)?;
     Ok(())
+}
+
+/// Moves the rollback mark forward after a rollback-sync.
+pub(crate) fn advance_rollback(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE interview_migration_state SET rollback_change_seq = GREATEST(rollback_change_seq, $1)",
+    )
+    .bind::<BigInt, _>(change_seq)
+    .execute(pg)?;
+    Ok(())
+}
+
+/// Records that PostgreSQL is live (inside the switch's transaction).
+pub(crate) fn mark_switched(pg: &mut PgConnection, rollback_from: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE interview_migration_state SET phase = 'switched', switched_at = coalesce(switched_at, now()), \
+         rollback_change_seq = $1",
+    )
+    .bind::<BigInt, _>(rollback_from)
+    .execute(pg)?;
+    Ok(())
+}
+
+/// Records that SQLite is live again.
+pub(crate) fn mark_rolled_back(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(
+        "UPDATE interview_migration_state SET phase = 'rolled_back', rolled_back_at = now()",
+    )?;
+    Ok(())
+}
+
+/// Records a rejected row found by sync, or clears an earlier record of a row
+/// that is valid now (`reject` None).
+pub(crate) fn record_reject(
+    pg: &mut PgConnection,
+    table: Table,
+    source_id: &str,
+    reject: Option<&Reject>,
+) -> Result<()> {
+    match reject {
+        Some(r) => record_batch(pg, table, 0, 0, std::slice::from_ref(r), 0, "sync"),
+        None => {
+            diesel::sql_query(
+                "DELETE FROM interview_migration_rejects WHERE table_name = $1 AND source_id = $2",
+            )
+            .bind::<Text, _>(table.as_str())
+            .bind::<Text, _>(source_id)
+            .execute(pg)?;
+            Ok(())
+        }
+    }
 }
 
 /// Empties the data and bookkeeping tables (`--truncate`).

@@ -1,248 +1,125 @@
-//! The incremental sync: what changed in SQLite since the last copy or sync, in one PostgreSQL transaction.
+//! The incremental sync: the SQLite change log past its mark, applied to PostgreSQL in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
+use uuid::Uuid;
 
-use super::check::SCAN_BATCH;
-use super::copy::{bump_sequences, copy_rows, read_batches, write_rejects, Rows};
+use super::changelog::{self, Changes};
+use super::lock::MigrationLock;
 use super::normalize::{self, Reject, SessionIndex};
-use super::source::{Marks, RawSession, Source, Table};
-use super::state;
+use super::pipeline::{bump_sequences, write_rejects};
+use super::source::{RawDraft, RawMessage, RawSession, Source, Table};
+use super::state::{self, State};
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
-use crate::schema::sessions;
+use crate::schema::{drafts, messages, sessions};
+use crate::store::drafts::DraftRow;
+use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
-use crate::timestamp;
 use crate::types::DbUuid;
 
 /// How a sync runs.
 #[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
     /// Load valid rows and append invalid ones here as JSON lines; without it
-    /// the sync is strict and writes nothing when any new row is invalid.
+    /// the sync is strict and writes nothing when any changed row is invalid.
     pub reject_file: Option<PathBuf>,
 }
 
-/// What a sync copied.
+/// What a sync applied.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SyncReport {
-    /// Sessions new since the last mark.
+    /// Sessions new to PostgreSQL.
     pub sessions_inserted: u64,
-    /// Sessions whose `updated_at` or summary changed.
+    /// Sessions PostgreSQL held, written again with SQLite's current values.
     pub sessions_updated: u64,
-    /// New messages.
+    /// Sessions deleted in SQLite, deleted (with their messages and drafts) in PostgreSQL.
+    pub sessions_deleted: u64,
+    /// Messages inserted or updated.
     pub messages: u64,
-    /// New drafts.
+    /// Drafts inserted or updated.
     pub drafts: u64,
+    /// Messages deleted.
+    pub messages_deleted: u64,
+    /// Drafts deleted.
+    pub drafts_deleted: u64,
     /// Rows rejected: sessions, messages, drafts.
     pub rejected: [u64; 3],
-    /// The marks after the sync.
-    pub marks: Marks,
+    /// Change log entries read.
+    pub entries: u64,
+    /// The change log position applied, recorded in PostgreSQL.
+    pub change_seq: i64,
+    /// Applied entries deleted from the SQLite log afterwards.
+    pub trimmed: u64,
     /// Time taken.
     pub elapsed: Duration,
 }
 
-/// Copies into PostgreSQL what changed in SQLite since the last copy or sync.
+/// Applies to PostgreSQL what changed in SQLite since the copy's snapshot or the last sync.
 ///
-/// New sessions (rowid past the mark), sessions whose `updated_at` is at or
-/// past the latest one seen (the store bumps it on every change, summary
-/// included), and messages and drafts past the id marks: index range scans
-/// on both sides, so the cost follows the change, not the database. All of it
-/// and the new marks commit in one transaction; run it with writes paused
-/// for the final catch-up of a cutover.
+/// Reads the SQLite change log past the mark recorded in PostgreSQL, inside
+/// one read snapshot, collapses it per row and reads each named row as it is
+/// now: present rows are normalised and upserted (ids kept), absent ones
+/// deleted (a session's messages and drafts with it). Everything and the new
+/// mark commit in one PostgreSQL transaction, so a crash leaves the old mark
+/// and the next run applies the same entries again. The cost follows the
+/// number of changes. Afterwards the applied entries are trimmed from the log.
+///
+/// Refuses (nothing written) when another migration command runs, when the
+/// copy has not finished, and after `switch`: PostgreSQL's rows are then the
+/// newer ones.
 ///
 /// ```no_run
 /// use interview_store::migrate::{sync, SyncOptions};
 /// let report = sync("interview.db".as_ref(), &"postgres://app@db/interview".parse()?, &SyncOptions::default())?;
-/// println!("{} new messages", report.messages);
+/// println!("{} messages applied", report.messages);
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result<SyncReport> {
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
+    let _lock = MigrationLock::acquire(postgres)?;
     let mut pg = state::connect(postgres)?;
     let source_name = super::source::source_name(sqlite);
-    let st = match state::load(&mut pg)? {
-        None => {
-            return Err(Error::Refused(format!(
-                "nothing was copied into {} yet: run copy first",
-                postgres.masked()
-            )))
-        }
-        Some(s) if s.phase != "copied" => {
-            return Err(Error::Refused(
-                "the bulk copy has not finished: run copy again to finish it".into(),
-            ))
-        }
-        Some(s) if s.source != source_name => {
-            return Err(Error::Refused(format!(
-                "{} holds a copy of {}, not of {source_name}",
-                postgres.masked(),
-                s.source
-            )))
-        }
-        Some(s) => s,
-    };
-    let old = st.marks();
-    let strict = opts.reject_file.is_none();
+    let st = state::load(&mut pg)?;
+    let mark = sync_allowed(st.as_ref(), &source_name, postgres)?;
     let mut src = Source::open(sqlite)?;
+    if !changelog::sqlite_installed(src.conn())? {
+        return Err(Error::Refused(format!(
+            "{source_name} has no change log, so its changes since the copy cannot be known; \
+             run `migrate copy --truncate --yes` to copy it again (it installs the log)"
+        )));
+    }
+    let strict = opts.reject_file.is_none();
     let mut report = SyncReport::default();
-    let mut rejects: Vec<Reject> = Vec::new();
-    src.snapshot(|src| {
-        let marks = src.marks()?;
-        // Changed sessions (by updated_at) and new ones (by rowid), once each.
-        let mut candidates: Vec<RawSession> = match &st.mark_sessions_updated_at {
-            Some(m) => src.sessions_updated_since(m)?,
-            None => Vec::new(),
-        };
-        let mut after = old.session_rowid;
-        loop {
-            let more: Vec<RawSession> =
-                src.rows(Table::Sessions, after, marks.session_rowid, SCAN_BATCH)?;
-            let Some(last) = more.last() else { break };
-            after = last.rowid;
-            candidates.extend(more);
+    let rejects = src.snapshot(|src| {
+        let position = changelog::sqlite_position(src.conn())?;
+        if position < mark {
+            return Err(Error::Refused(format!(
+                "the change log of {source_name} stands at {position}, behind the mark {mark} \
+                 recorded in PostgreSQL: the log was recreated; run `migrate copy --truncate --yes`"
+            )));
         }
-        candidates.sort_by_key(|r| r.rowid);
-        candidates.dedup_by_key(|r| r.rowid);
-
-        let mut index = SessionIndex::default();
-        let mut latest = None;
-        for r in &candidates {
-            latest = latest.max(index.add(r));
+        let changes = changelog::sqlite_changes(src.conn(), mark)?;
+        let read = read_changed(src, &mut pg, &changes)?;
+        let rejects = read.rejects();
+        if strict && !rejects.is_empty() {
+            return Err(Error::InvalidSource {
+                count: rejects.len(),
+                rejects,
+            });
         }
-        let mut rows: Vec<SessionRow> = Vec::with_capacity(candidates.len());
-        let mut nulls = 0i64;
-        let mut session_rejects = Vec::new();
-        for r in &candidates {
-            match normalize::session(r, &index) {
-                Ok(s) => {
-                    nulls += i64::from(s.null_summary);
-                    rows.push(s.row);
-                }
-                Err(e) => session_rejects.push(e),
-            }
-        }
-
-        pg.transaction(|pg| {
-            if strict && !session_rejects.is_empty() {
-                return Err(invalid(session_rejects.clone()));
-            }
-            // Candidates found by the `>=` scan may be unchanged: write only real changes.
-            let ids: Vec<DbUuid> = rows.iter().map(|r| r.id).collect();
-            let existing: HashMap<DbUuid, SessionRow> = sessions::table
-                .filter(sessions::id.eq_any(&ids))
-                .select(SessionRow::as_select())
-                .load(pg)?
-                .into_iter()
-                .map(|r| (r.id, r))
-                .collect();
-            let rows: Vec<&SessionRow> = rows
-                .iter()
-                .filter(|r| {
-                    existing
-                        .get(&r.id)
-                        .is_none_or(|e| e.updated_at != r.updated_at || e.summary != r.summary)
-                })
-                .collect();
-            report.sessions_inserted = rows
-                .iter()
-                .filter(|r| !existing.contains_key(&r.id))
-                .count() as u64;
-            report.sessions_updated = rows.len() as u64 - report.sessions_inserted;
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(sessions::table)
-                    .values(chunk.to_vec())
-                    .on_conflict(sessions::id)
-                    .do_update()
-                    .set((
-                        sessions::updated_at.eq(excluded(sessions::updated_at)),
-                        sessions::summary.eq(excluded(sessions::summary)),
-                    ))
-                    .execute(pg)?;
-            }
-            state::record_batch(
-                pg,
-                Table::Sessions,
-                marks.session_rowid,
-                report.sessions_inserted as i64,
-                &session_rejects,
-                nulls,
-                "sync",
-            )?;
-            report.rejected[0] = session_rejects.len() as u64;
-            rejects.extend(session_rejects.iter().cloned());
-
-            // A new child may belong to a session copied earlier: those count as valid.
-            let mut index = index;
-            let mut unknown: Vec<DbUuid> = Vec::new();
-            for table in [Table::Messages, Table::Drafts] {
-                for raw in src.child_session_ids(table, old.of(table), marks.of(table))? {
-                    if let Some(id) = raw.and_then(|b| uuid::Uuid::try_parse_ascii(&b).ok()) {
-                        if !index.knows(&id) {
-                            unknown.push(DbUuid(id));
-                        }
-                    }
-                }
-            }
-            for chunk in unknown.chunks(10_000) {
-                let found: Vec<DbUuid> = sessions::table
-                    .filter(sessions::id.eq_any(chunk))
-                    .select(sessions::id)
-                    .load(pg)?;
-                for id in found {
-                    index.insert_valid(id.0);
-                }
-            }
-            for table in [Table::Messages, Table::Drafts] {
-                read_batches(
-                    src,
-                    table,
-                    old.of(table),
-                    marks.of(table),
-                    SCAN_BATCH,
-                    &index,
-                    |batch| {
-                        if strict && !batch.rejects.is_empty() {
-                            return Err(invalid(batch.rejects));
-                        }
-                        copy_rows(pg, &batch.rows)?;
-                        let n = match &batch.rows {
-                            Rows::Messages(r) => r.len(),
-                            Rows::Drafts(r) => r.len(),
-                            Rows::Sessions(r) => r.len(),
-                        } as u64;
-                        match table {
-                            Table::Messages => report.messages += n,
-                            _ => report.drafts += n,
-                        }
-                        report.rejected[table as usize] += batch.rejects.len() as u64;
-                        state::record_batch(
-                            pg,
-                            table,
-                            batch.last_rowid,
-                            n as i64,
-                            &batch.rejects,
-                            0,
-                            "sync",
-                        )?;
-                        rejects.extend(batch.rejects);
-                        Ok(())
-                    },
-                )?;
-            }
-            bump_sequences(pg)?;
-            let latest = latest.map(timestamp::format);
-            state::advance(pg, marks, latest.as_deref())
-        })?;
-        report.marks = marks;
-        Ok(())
+        report.entries = changes.entries;
+        report.change_seq = changes.last_seq;
+        pg.transaction(|pg| apply(pg, &read, changes.last_seq, &mut report))?;
+        Ok(rejects)
     })?;
+    report.trimmed = trim(&mut src, report.change_seq);
     if let Some(path) = &opts.reject_file {
         if !rejects.is_empty() {
             write_rejects(path, &rejects, true)?;
@@ -253,9 +130,314 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
     Ok(report)
 }
 
-fn invalid(rejects: Vec<Reject>) -> Error {
-    Error::InvalidSource {
-        count: rejects.len(),
-        rejects,
+/// The phase check: the change-log mark to sync from, or why not.
+fn sync_allowed(st: Option<&State>, source_name: &str, postgres: &DatabaseUrl) -> Result<i64> {
+    let Some(st) = st else {
+        return Err(Error::Refused(format!(
+            "nothing was copied into {} yet: run `migrate copy` first",
+            postgres.masked()
+        )));
+    };
+    if st.source != source_name {
+        return Err(Error::Refused(format!(
+            "{} holds a copy of {}, not of {source_name}",
+            postgres.masked(),
+            st.source
+        )));
+    }
+    match st.phase.as_str() {
+        "copying" => Err(Error::Refused(
+            "the bulk copy has not finished: run `migrate copy` again to finish it".into(),
+        )),
+        "switched" => Err(Error::Refused(format!(
+            "refusing to sync: the service moved to {} ({}), so its rows there are newer than \
+             SQLite's and a sync would overwrite them; nothing was changed. To go back to SQLite: \
+             `migrate pause --postgres …`, `migrate rollback-sync`, `migrate switch --to sqlite`",
+            postgres.masked(),
+            st.switched_at.map_or("-".into(), |t| t.to_string())
+        ))),
+        "rolled_back" => Err(Error::Refused(format!(
+            "refusing to sync: the service moved back to SQLite ({}) and {} is retired; \
+             to start a new cutover run `migrate copy --truncate --yes`",
+            st.rolled_back_at.map_or("-".into(), |t| t.to_string()),
+            postgres.masked()
+        ))),
+        _ => st.mark_change_seq.ok_or_else(|| {
+            Error::Refused(
+                "this copy was made before the change log existed, so later changes cannot be \
+                 known: run `migrate copy --truncate --yes`"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// The rows named by the change log, as they are in the snapshot, normalised.
+#[derive(Default)]
+struct Changed {
+    sessions: Vec<SessionRow>,
+    messages: Vec<MessageRow>,
+    drafts: Vec<DraftRow>,
+    /// Sessions gone from SQLite (their UUIDs), children first on deletion.
+    deleted_sessions: Vec<DbUuid>,
+    deleted_messages: Vec<i64>,
+    deleted_drafts: Vec<i64>,
+    /// Invalid rows, per table, with their source key.
+    rejected: [Vec<Reject>; 3],
+    /// Source keys of the rows applied, whose earlier reject records are stale.
+    applied_keys: [Vec<String>; 3],
+    null_summaries: i64,
+}
+
+impl Changed {
+    fn rejects(&self) -> Vec<Reject> {
+        self.rejected.iter().flatten().cloned().collect()
+    }
+}
+
+/// Reads and normalises every row the log names (in the caller's snapshot).
+fn read_changed(src: &mut Source, pg: &mut PgConnection, changes: &Changes) -> Result<Changed> {
+    let mut out = Changed::default();
+    let keys: Vec<&String> = changes.sessions.iter().collect();
+    let present: Vec<RawSession> = src.sessions_by_key(&keys)?;
+    let present_keys: HashSet<String> = present
+        .iter()
+        .filter_map(|r| r.id.as_ref())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let gone: Vec<&String> = keys
+        .iter()
+        .copied()
+        .filter(|k| !present_keys.contains(*k))
+        .collect();
+
+    let mut index = SessionIndex::default();
+    for r in &present {
+        index.add(r);
+    }
+    let mut kept: HashSet<Uuid> = HashSet::new();
+    for r in &present {
+        match normalize::session(r, &index) {
+            Ok(s) => {
+                kept.insert(s.row.id.0);
+                out.null_summaries += i64::from(s.null_summary);
+                out.applied_keys[0].push(
+                    String::from_utf8_lossy(r.id.as_deref().unwrap_or_default()).into_owned(),
+                );
+                out.sessions.push(s.row);
+            }
+            Err(e) => out.rejected[0].push(e),
+        }
+    }
+    // A key respelled by an UPDATE of the id (upper to lower case) is gone as
+    // text but present as a UUID: it must not be deleted.
+    let deleted: BTreeSet<Uuid> = gone
+        .iter()
+        .filter_map(|k| Uuid::parse_str(k).ok())
+        .filter(|id| !kept.contains(id))
+        .collect();
+    out.deleted_sessions = deleted.iter().copied().map(DbUuid).collect();
+
+    // Children of a session deleted in SQLite but left there are judged again
+    // (they are invalid now), as are the children the log names.
+    let mut child_ids: [BTreeSet<i64>; 2] = [
+        changes.children(Table::Messages).clone(),
+        changes.children(Table::Drafts).clone(),
+    ];
+    for (i, table) in [Table::Messages, Table::Drafts].into_iter().enumerate() {
+        child_ids[i].extend(src.children_of(table, &gone)?);
+    }
+    let messages: Vec<RawMessage> = src.rows_by_id(Table::Messages, &to_vec(&child_ids[0]))?;
+    let drafts: Vec<RawDraft> = src.rows_by_id(Table::Drafts, &to_vec(&child_ids[1]))?;
+    know_sessions_in_postgres(pg, &mut index, &deleted, &messages, &drafts)?;
+
+    let found: HashSet<i64> = messages.iter().map(|r| r.id).collect();
+    out.deleted_messages = child_ids[0]
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(id))
+        .collect();
+    for r in messages {
+        let id = r.id;
+        match normalize::message(r, &index) {
+            Ok(m) => {
+                out.applied_keys[1].push(id.to_string());
+                out.messages.push(m);
+            }
+            Err(e) => {
+                out.deleted_messages.push(id);
+                out.rejected[1].push(e);
+            }
+        }
+    }
+    let found: HashSet<i64> = drafts.iter().map(|r| r.id).collect();
+    out.deleted_drafts = child_ids[1]
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(id))
+        .collect();
+    for r in drafts {
+        let id = r.id;
+        match normalize::draft(r, &index) {
+            Ok(d) => {
+                out.applied_keys[2].push(id.to_string());
+                out.drafts.push(d);
+            }
+            Err(e) => {
+                out.deleted_drafts.push(id);
+                out.rejected[2].push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn to_vec(ids: &BTreeSet<i64>) -> Vec<i64> {
+    ids.iter().copied().collect()
+}
+
+/// Children may belong to sessions copied earlier and unchanged since: those
+/// in PostgreSQL count as valid, unless this sync deletes them.
+fn know_sessions_in_postgres(
+    pg: &mut PgConnection,
+    index: &mut SessionIndex,
+    deleted: &BTreeSet<Uuid>,
+    messages: &[RawMessage],
+    drafts: &[RawDraft],
+) -> Result<()> {
+    let unknown: BTreeSet<Uuid> = messages
+        .iter()
+        .map(|r| &r.session_id)
+        .chain(drafts.iter().map(|r| &r.session_id))
+        .filter_map(|raw| raw.as_deref())
+        .filter_map(|b| std::str::from_utf8(b).ok())
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .filter(|id| !index.knows(id) && !deleted.contains(id))
+        .collect();
+    let unknown: Vec<DbUuid> = unknown.into_iter().map(DbUuid).collect();
+    for chunk in unknown.chunks(10_000) {
+        let found: Vec<DbUuid> = sessions::table
+            .filter(sessions::id.eq_any(chunk))
+            .select(sessions::id)
+            .load(pg)?;
+        for id in found {
+            index.insert_valid(id.0);
+        }
+    }
+    Ok(())
+}
+
+/// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters).
+const UPSERT_ROWS: usize = 1_000;
+
+/// Writes the changed rows into PostgreSQL, inside the caller's transaction.
+fn apply(
+    pg: &mut PgConnection,
+    changed: &Changed,
+    mark: i64,
+    report: &mut SyncReport,
+) -> Result<()> {
+    upsert_sessions(pg, &changed.sessions, report)?;
+    for chunk in changed.messages.chunks(UPSERT_ROWS) {
+        diesel::insert_into(messages::table)
+            .values(chunk)
+            .on_conflict(messages::id)
+            .do_update()
+            .set((
+                messages::session_id.eq(excluded(messages::session_id)),
+                messages::role.eq(excluded(messages::role)),
+                messages::text.eq(excluded(messages::text)),
+                messages::created_at.eq(excluded(messages::created_at)),
+            ))
+            .execute(pg)?;
+    }
+    report.messages = changed.messages.len() as u64;
+    for chunk in changed.drafts.chunks(UPSERT_ROWS) {
+        diesel::insert_into(drafts::table)
+            .values(chunk)
+            .on_conflict(drafts::id)
+            .do_update()
+            .set((
+                drafts::session_id.eq(excluded(drafts::session_id)),
+                drafts::content.eq(excluded(drafts::content)),
+                drafts::created_at.eq(excluded(drafts::created_at)),
+            ))
+            .execute(pg)?;
+    }
+    report.drafts = changed.drafts.len() as u64;
+    delete_rows(pg, changed, report)?;
+    for (i, table) in Table::ALL.into_iter().enumerate() {
+        for key in &changed.applied_keys[i] {
+            state::record_reject(pg, table, key, None)?;
+        }
+        for r in &changed.rejected[i] {
+            state::record_reject(pg, table, &r.id, Some(r))?;
+        }
+        report.rejected[i] = changed.rejected[i].len() as u64;
+    }
+    bump_sequences(pg)?;
+    state::advance(pg, mark)
+}
+
+fn upsert_sessions(
+    pg: &mut PgConnection,
+    rows: &[SessionRow],
+    report: &mut SyncReport,
+) -> Result<()> {
+    for chunk in rows.chunks(UPSERT_ROWS) {
+        let ids: Vec<DbUuid> = chunk.iter().map(|r| r.id).collect();
+        let existing: i64 = sessions::table
+            .filter(sessions::id.eq_any(&ids))
+            .count()
+            .get_result(pg)?;
+        report.sessions_updated += existing as u64;
+        report.sessions_inserted += (chunk.len() as i64 - existing) as u64;
+        diesel::insert_into(sessions::table)
+            .values(chunk)
+            .on_conflict(sessions::id)
+            .do_update()
+            .set((
+                sessions::created_at.eq(excluded(sessions::created_at)),
+                sessions::updated_at.eq(excluded(sessions::updated_at)),
+                sessions::summary.eq(excluded(sessions::summary)),
+            ))
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// Deletes what SQLite no longer holds: children first, then sessions with
+/// whatever children PostgreSQL still has of them.
+fn delete_rows(pg: &mut PgConnection, changed: &Changed, report: &mut SyncReport) -> Result<()> {
+    for chunk in changed.deleted_messages.chunks(10_000) {
+        report.messages_deleted +=
+            diesel::delete(messages::table.filter(messages::id.eq_any(chunk))).execute(pg)? as u64;
+    }
+    for chunk in changed.deleted_drafts.chunks(10_000) {
+        report.drafts_deleted +=
+            diesel::delete(drafts::table.filter(drafts::id.eq_any(chunk))).execute(pg)? as u64;
+    }
+    for chunk in changed.deleted_sessions.chunks(10_000) {
+        report.messages_deleted +=
+            diesel::delete(messages::table.filter(messages::session_id.eq_any(chunk)))
+                .execute(pg)? as u64;
+        report.drafts_deleted +=
+            diesel::delete(drafts::table.filter(drafts::session_id.eq_any(chunk))).execute(pg)?
+                as u64;
+        report.sessions_deleted +=
+            diesel::delete(sessions::table.filter(sessions::id.eq_any(chunk))).execute(pg)? as u64;
+    }
+    Ok(())
+}
+
+/// Deletes the applied entries from the SQLite log; best effort (a busy file
+/// or a failure only delays it to the next sync, which reads past the mark anyway).
+fn trim(src: &mut Source, upto: i64) -> u64 {
+    match changelog::trim_sqlite(src.conn(), upto) {
+        Ok(n) => n as u64,
+        Err(e) => {
+            log::warn!("could not trim the applied change log entries (the next sync will): {e}");
+            0
+        }
     }
 }

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::check::{self, SCAN_BATCH};
-use super::copy::{read_batches, Rows};
 use super::normalize::Reject;
+use super::pipeline::{read_batches, Batch, Rows};
 use super::source::{Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
@@ -197,164 +197,24 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
         .map(|r| (r.table, r.id))
         .collect();
     let mut src = Source::open(sqlite)?;
-    let mut report = VerifyReport::default();
-    std::thread::scope(|scope| {
+    let mut report = std::thread::scope(|scope| {
         src.snapshot(|src| {
             let marks = src.marks()?;
             let (index, _) = check::index_sessions(src, marks.session_rowid)?;
-            let mut sums = [(); 3].map(|_| (Checksum::default(), Checksum::default()));
-            let mut uneven: HashSet<Uuid> = HashSet::new();
-            // PostgreSQL's messages and drafts stream in id order on their own
-            // connections while this thread reads SQLite.
-            let mut pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
-                Ok(messages::table
-                    .filter(messages::id.gt(after))
-                    .order(messages::id)
-                    .limit(SCAN_BATCH)
-                    .select(MessageRow::as_select())
-                    .load(pg)?
-                    .iter()
-                    .map(Digest::of_message)
-                    .collect())
-            });
-            let mut pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
-                Ok(drafts::table
-                    .filter(drafts::id.gt(after))
-                    .order(drafts::id)
-                    .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
-                    .select(DraftRow::as_select())
-                    .load(pg)?
-                    .iter()
-                    .map(Digest::of_draft)
-                    .collect())
-            });
-
-            // Sessions: PostgreSQL's side fits in memory (one entry per session,
-            // as the index already holds); the source streams past it.
-            let mut pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
-                .select(SessionRow::as_select())
-                .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(&mut pg)?
-                .map(|r| r.map(|r| (r.id.0, r)))
-                .collect::<QueryResult<_>>()?;
-            report.sessions.postgres_rows = pg_sessions.len() as u64;
-            for r in pg_sessions.values() {
-                sums[0].1.add(session_key(r));
-            }
+            let mut cmp = Comparison::start(scope, postgres, &mut pg, &recorded)?;
             for table in Table::ALL {
                 let t = Instant::now();
-                let mut waited = Duration::ZERO;
+                cmp.waited = Duration::ZERO;
                 read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
-                    for r in &batch.rejects {
-                        if recorded.contains(&(r.table.clone(), r.id.clone())) {
-                            report.table(table).rejected += 1;
-                        } else {
-                            unrecorded(&mut report, table, r);
-                        }
-                    }
-                    match &batch.rows {
-                        Rows::Sessions(rows) => {
-                            for s in rows {
-                                report.sessions.sqlite_rows += 1;
-                                sums[0].0.add(session_key(s));
-                                let id = s.id.0;
-                                match pg_sessions.remove(&id) {
-                                    None => report.differ(
-                                        table,
-                                        id.to_string(),
-                                        "*",
-                                        "missing on postgres",
-                                    ),
-                                    Some(p) => {
-                                        for (col, a, b) in [
-                                            ("created_at", s.created_at.0, p.created_at.0),
-                                            ("updated_at", s.updated_at.0, p.updated_at.0),
-                                        ] {
-                                            if a != b {
-                                                report.differ(
-                                                    table,
-                                                    id.to_string(),
-                                                    col,
-                                                    format!("sqlite {a:?}, postgres {b:?}"),
-                                                );
-                                            }
-                                        }
-                                        if s.summary != p.summary {
-                                            report.differ(
-                                                table,
-                                                id.to_string(),
-                                                "summary",
-                                                "text differs",
-                                            );
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        Rows::Messages(rows) => {
-                            let ours: Vec<Digest> = rows.iter().map(Digest::of_message).collect();
-                            let w = Instant::now();
-                            let theirs = pg_messages.take_upto(batch.last_rowid)?;
-                            waited += w.elapsed();
-                            merge(
-                                &mut report,
-                                &mut sums[1],
-                                &mut uneven,
-                                table,
-                                &ours,
-                                &theirs,
-                            );
-                        }
-                        Rows::Drafts(rows) => {
-                            let ours: Vec<Digest> = rows.iter().map(Digest::of_draft).collect();
-                            let w = Instant::now();
-                            let theirs = pg_drafts.take_upto(batch.last_rowid)?;
-                            waited += w.elapsed();
-                            merge(
-                                &mut report,
-                                &mut sums[2],
-                                &mut uneven,
-                                table,
-                                &ours,
-                                &theirs,
-                            );
-                        }
-                    }
-                    Ok(())
+                    cmp.batch(table, &batch)
                 })?;
                 log::debug!(
                     "verify: {table} in {:.1?}, {:.1?} of it waiting for postgres",
                     t.elapsed(),
-                    waited
+                    cmp.waited
                 );
             }
-            for (id, _) in pg_sessions {
-                report.differ(Table::Sessions, id.to_string(), "*", "only on postgres");
-            }
-            // What is left on PostgreSQL has ids the source never had.
-            let rest = pg_messages.take_upto(i64::MAX)?;
-            merge(
-                &mut report,
-                &mut sums[1],
-                &mut uneven,
-                Table::Messages,
-                &[],
-                &rest,
-            );
-            let rest = pg_drafts.take_upto(i64::MAX)?;
-            merge(
-                &mut report,
-                &mut sums[2],
-                &mut uneven,
-                Table::Drafts,
-                &[],
-                &rest,
-            );
-            report.sessions_with_message_differences = uneven.len() as u64;
-            for (i, t) in Table::ALL.into_iter().enumerate() {
-                report.table(t).sqlite_checksum = sums[i].0.hex();
-                report.table(t).postgres_checksum = sums[i].1.hex();
-            }
-            Ok(())
+            cmp.finish()
         })
     })?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -364,6 +224,169 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
         Duration::from_millis(report.elapsed_ms)
     );
     Ok(report)
+}
+
+/// One verification in progress: SQLite's batches come in, PostgreSQL's
+/// rows are held (sessions) or read ahead (messages, drafts) to meet them.
+struct Comparison<'a> {
+    report: VerifyReport,
+    recorded: &'a HashSet<(String, String)>,
+    /// Per table: SQLite's checksum, PostgreSQL's.
+    sums: [(Checksum, Checksum); 3],
+    /// Sessions whose messages or drafts differ.
+    uneven: HashSet<Uuid>,
+    /// PostgreSQL's sessions not yet met by a SQLite row.
+    pg_sessions: HashMap<Uuid, SessionRow>,
+    pg_messages: Prefetch,
+    pg_drafts: Prefetch,
+    /// Time spent waiting for PostgreSQL's read-ahead (for the debug log).
+    waited: Duration,
+}
+
+impl<'a> Comparison<'a> {
+    /// Loads PostgreSQL's sessions (one entry per session, as the index
+    /// already holds) and starts reading its messages and drafts ahead, in id
+    /// order, on connections of their own.
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        postgres: &'scope DatabaseUrl,
+        pg: &mut PgConnection,
+        recorded: &'a HashSet<(String, String)>,
+    ) -> Result<Self> {
+        let pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
+            Ok(messages::table
+                .filter(messages::id.gt(after))
+                .order(messages::id)
+                .limit(SCAN_BATCH)
+                .select(MessageRow::as_select())
+                .load(pg)?
+                .iter()
+                .map(Digest::of_message)
+                .collect())
+        });
+        let pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
+            Ok(drafts::table
+                .filter(drafts::id.gt(after))
+                .order(drafts::id)
+                .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
+                .select(DraftRow::as_select())
+                .load(pg)?
+                .iter()
+                .map(Digest::of_draft)
+                .collect())
+        });
+        let pg_sessions: HashMap<Uuid, SessionRow> = sessions::table
+            .select(SessionRow::as_select())
+            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
+            .map(|r| r.map(|r| (r.id.0, r)))
+            .collect::<QueryResult<_>>()?;
+        let mut cmp = Comparison {
+            report: VerifyReport::default(),
+            recorded,
+            sums: [(); 3].map(|_| (Checksum::default(), Checksum::default())),
+            uneven: HashSet::new(),
+            pg_sessions,
+            pg_messages,
+            pg_drafts,
+            waited: Duration::ZERO,
+        };
+        cmp.report.sessions.postgres_rows = cmp.pg_sessions.len() as u64;
+        for r in cmp.pg_sessions.values() {
+            cmp.sums[0].1.add(session_key(r));
+        }
+        Ok(cmp)
+    }
+
+    /// Compares one SQLite batch with PostgreSQL's rows of the same ids.
+    fn batch(&mut self, table: Table, batch: &Batch) -> Result<()> {
+        for r in &batch.rejects {
+            if self.recorded.contains(&(r.table.clone(), r.id.clone())) {
+                self.report.table(table).rejected += 1;
+            } else {
+                unrecorded(&mut self.report, table, r);
+            }
+        }
+        match &batch.rows {
+            Rows::Sessions(rows) => {
+                for s in rows {
+                    self.session(s);
+                }
+                Ok(())
+            }
+            Rows::Messages(rows) => {
+                let ours: Vec<Digest> = rows.iter().map(Digest::of_message).collect();
+                self.children(table, &ours, batch.last_rowid)
+            }
+            Rows::Drafts(rows) => {
+                let ours: Vec<Digest> = rows.iter().map(Digest::of_draft).collect();
+                self.children(table, &ours, batch.last_rowid)
+            }
+        }
+    }
+
+    fn session(&mut self, s: &SessionRow) {
+        let table = Table::Sessions;
+        self.report.sessions.sqlite_rows += 1;
+        self.sums[0].0.add(session_key(s));
+        let id = s.id.0;
+        let Some(p) = self.pg_sessions.remove(&id) else {
+            self.report
+                .differ(table, id.to_string(), "*", "missing on postgres");
+            return;
+        };
+        for (col, a, b) in [
+            ("created_at", s.created_at.0, p.created_at.0),
+            ("updated_at", s.updated_at.0, p.updated_at.0),
+        ] {
+            if a != b {
+                self.report.differ(
+                    table,
+                    id.to_string(),
+                    col,
+                    format!("sqlite {a:?}, postgres {b:?}"),
+                );
+            }
+        }
+        if s.summary != p.summary {
+            self.report
+                .differ(table, id.to_string(), "summary", "text differs");
+        }
+    }
+
+    /// Merges a batch of messages or drafts with PostgreSQL's rows up to its last id.
+    fn children(&mut self, table: Table, ours: &[Digest], last: i64) -> Result<()> {
+        let w = Instant::now();
+        let (theirs, i) = match table {
+            Table::Drafts => (self.pg_drafts.take_upto(last)?, 2),
+            _ => (self.pg_messages.take_upto(last)?, 1),
+        };
+        self.waited += w.elapsed();
+        merge(
+            &mut self.report,
+            &mut self.sums[i],
+            &mut self.uneven,
+            table,
+            ours,
+            &theirs,
+        );
+        Ok(())
+    }
+
+    /// What is left on PostgreSQL has ids the source never had; then the checksums.
+    fn finish(mut self) -> Result<VerifyReport> {
+        for id in std::mem::take(&mut self.pg_sessions).into_keys() {
+            self.report
+                .differ(Table::Sessions, id.to_string(), "*", "only on postgres");
+        }
+        self.children(Table::Messages, &[], i64::MAX)?;
+        self.children(Table::Drafts, &[], i64::MAX)?;
+        self.report.sessions_with_message_differences = self.uneven.len() as u64;
+        for (i, t) in Table::ALL.into_iter().enumerate() {
+            self.report.table(t).sqlite_checksum = self.sums[i].0.hex();
+            self.report.table(t).postgres_checksum = self.sums[i].1.hex();
+        }
+        Ok(self.report)
+    }
 }
 
 fn unrecorded(report: &mut VerifyReport, table: Table, r: &Reject) {

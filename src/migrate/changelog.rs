@@ -1,0 +1,371 @@
+//! The change logs that drive sync and rollback-sync: every insert, update and
+//! delete of the three tables, recorded by triggers in the writer's own
+//! transaction, numbered by a sequence of the database itself.
+//!
+//! No wall clock decides anything: a summary edited without touching
+//! `updated_at`, an `updated_at` moved into the past, a deleted row, all leave
+//! an entry. An entry names a row (`sessions` by their stored id text,
+//! `messages`/`drafts` by rowid), not its values: the reader collapses the
+//! entries per row and reads each row's current state in its snapshot.
+//!
+//! - SQLite: `interview_change_log`, `seq INTEGER PRIMARY KEY AUTOINCREMENT`.
+//!   One writer at a time, and triggers run inside its transaction, so `seq` is
+//!   commit order: "every entry past the mark" is complete at any snapshot.
+//!   Installed by `migrate setup --sqlite` and by `copy` (never by the store's
+//!   embedded migrations: a service that is not migrating must not grow a log).
+//! - PostgreSQL: the same table with `BIGSERIAL`, installed by `migrate switch`
+//!   for the way back. Sequence values are NOT in commit order there, so
+//!   rollback-sync reads it only with PostgreSQL paused and the data tables
+//!   locked in SHARE mode (no writer, hence no entry, in flight).
+
+use std::collections::BTreeSet;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use super::source::Table;
+use crate::error::Result;
+
+/// The SQLite log and its triggers. `IF NOT EXISTS` throughout: installing
+/// twice is a no-op. An UPDATE that changes a session's id logs both ids; one
+/// that changes no value (the store's no-op `SET updated_at = updated_at` row lock before an
+/// append) logs nothing.
+const SQLITE_INSTALL: &str = "
+CREATE TABLE IF NOT EXISTS interview_change_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    table_name TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    op TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_insert AFTER INSERT ON sessions BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('sessions', coalesce(CAST(NEW.id AS TEXT), ''), 'insert');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_update AFTER UPDATE ON sessions
+    WHEN OLD.id IS NOT NEW.id OR OLD.created_at IS NOT NEW.created_at OR OLD.updated_at IS NOT NEW.updated_at OR OLD.summary IS NOT NEW.summary
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op)
+        SELECT 'sessions', coalesce(CAST(OLD.id AS TEXT), ''), 'update' WHERE OLD.id IS NOT NEW.id;
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('sessions', coalesce(CAST(NEW.id AS TEXT), ''), 'update');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_sessions_delete AFTER DELETE ON sessions BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('sessions', coalesce(CAST(OLD.id AS TEXT), ''), 'delete');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('messages', NEW.rowid, 'insert');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_update AFTER UPDATE ON messages
+    WHEN OLD.rowid IS NOT NEW.rowid OR OLD.session_id IS NOT NEW.session_id OR OLD.role IS NOT NEW.role OR OLD.text IS NOT NEW.text OR OLD.created_at IS NOT NEW.created_at
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op)
+        SELECT 'messages', OLD.rowid, 'update' WHERE OLD.rowid IS NOT NEW.rowid;
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('messages', NEW.rowid, 'update');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_messages_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('messages', OLD.rowid, 'delete');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_insert AFTER INSERT ON drafts BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('drafts', NEW.rowid, 'insert');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_update AFTER UPDATE ON drafts
+    WHEN OLD.rowid IS NOT NEW.rowid OR OLD.session_id IS NOT NEW.session_id OR OLD.content IS NOT NEW.content OR OLD.created_at IS NOT NEW.created_at
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op)
+        SELECT 'drafts', OLD.rowid, 'update' WHERE OLD.rowid IS NOT NEW.rowid;
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('drafts', NEW.rowid, 'update');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_delete AFTER DELETE ON drafts BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('drafts', OLD.rowid, 'delete');
+END;
+";
+
+const SQLITE_UNINSTALL: &str = "
+DROP TRIGGER IF EXISTS interview_change_log_sessions_insert;
+DROP TRIGGER IF EXISTS interview_change_log_sessions_update;
+DROP TRIGGER IF EXISTS interview_change_log_sessions_delete;
+DROP TRIGGER IF EXISTS interview_change_log_messages_insert;
+DROP TRIGGER IF EXISTS interview_change_log_messages_update;
+DROP TRIGGER IF EXISTS interview_change_log_messages_delete;
+DROP TRIGGER IF EXISTS interview_change_log_drafts_insert;
+DROP TRIGGER IF EXISTS interview_change_log_drafts_update;
+DROP TRIGGER IF EXISTS interview_change_log_drafts_delete;
+DROP TABLE IF EXISTS interview_change_log;
+";
+
+/// The PostgreSQL log for the way back: one trigger function for the three
+/// tables (each has an `id` column). TRUNCATE is not logged: the service never
+/// truncates, and the migration tool's own `--truncate` drops the log.
+const PG_INSTALL: &str = "
+CREATE TABLE IF NOT EXISTS interview_change_log (
+    seq BIGSERIAL PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    op TEXT NOT NULL
+);
+CREATE OR REPLACE FUNCTION interview_change_log_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, NEW.id::text, 'insert');
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, OLD.id::text, 'delete');
+    ELSE
+        IF OLD.id IS DISTINCT FROM NEW.id THEN
+            INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, OLD.id::text, 'update');
+        END IF;
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, NEW.id::text, 'update');
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS interview_change_log_sessions ON sessions;
+CREATE TRIGGER interview_change_log_sessions AFTER INSERT OR DELETE ON sessions
+    FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_sessions_update ON sessions;
+CREATE TRIGGER interview_change_log_sessions_update AFTER UPDATE ON sessions
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_messages ON messages;
+CREATE TRIGGER interview_change_log_messages AFTER INSERT OR DELETE ON messages
+    FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_messages_update ON messages;
+CREATE TRIGGER interview_change_log_messages_update AFTER UPDATE ON messages
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_drafts ON drafts;
+CREATE TRIGGER interview_change_log_drafts AFTER INSERT OR DELETE ON drafts
+    FOR EACH ROW EXECUTE FUNCTION interview_change_log_record();
+DROP TRIGGER IF EXISTS interview_change_log_drafts_update ON drafts;
+CREATE TRIGGER interview_change_log_drafts_update AFTER UPDATE ON drafts
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
+";
+
+const PG_UNINSTALL: &str = "
+DROP TRIGGER IF EXISTS interview_change_log_sessions ON sessions;
+DROP TRIGGER IF EXISTS interview_change_log_sessions_update ON sessions;
+DROP TRIGGER IF EXISTS interview_change_log_messages ON messages;
+DROP TRIGGER IF EXISTS interview_change_log_messages_update ON messages;
+DROP TRIGGER IF EXISTS interview_change_log_drafts ON drafts;
+DROP TRIGGER IF EXISTS interview_change_log_drafts_update ON drafts;
+DROP FUNCTION IF EXISTS interview_change_log_record();
+DROP TABLE IF EXISTS interview_change_log;
+";
+
+/// Installs the change log and its triggers on a SQLite file (idempotent),
+/// so that every later write of any writer, the legacy service included, is logged.
+///
+/// `migrate setup --sqlite` runs it; `copy` runs it too when it is absent.
+///
+/// ```no_run
+/// interview_store::migrate::install_change_log("interview.db".as_ref())?;
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn install_change_log(sqlite: &std::path::Path) -> Result<()> {
+    let mut src = super::source::Source::open(sqlite)?;
+    install_sqlite(src.conn())
+}
+
+/// Installs the SQLite log and its triggers (idempotent).
+pub(crate) fn install_sqlite(conn: &mut SqliteConnection) -> Result<()> {
+    conn.immediate_transaction(|c| c.batch_execute(SQLITE_INSTALL))?;
+    Ok(())
+}
+
+/// Removes the SQLite log and its triggers (the service writes without a log again).
+pub(crate) fn uninstall_sqlite(conn: &mut SqliteConnection) -> Result<()> {
+    conn.immediate_transaction(|c| c.batch_execute(SQLITE_UNINSTALL))?;
+    Ok(())
+}
+
+/// Installs the PostgreSQL log and its triggers (idempotent), inside the caller's transaction.
+pub(crate) fn install_pg(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(PG_INSTALL)?;
+    Ok(())
+}
+
+/// Removes the PostgreSQL log and its triggers.
+pub(crate) fn uninstall_pg(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(PG_UNINSTALL)?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Whether the SQLite file has its log and all nine triggers.
+pub(crate) fn sqlite_installed(conn: &mut SqliteConnection) -> Result<bool> {
+    let n = diesel::sql_query(
+        "SELECT count(*) AS n FROM sqlite_master WHERE (type = 'table' AND name = 'interview_change_log') \
+         OR (type = 'trigger' AND name LIKE 'interview_change_log_%')",
+    )
+    .get_result::<Count>(conn)?
+    .n;
+    Ok(n == 10)
+}
+
+/// Whether PostgreSQL has its log table.
+pub(crate) fn pg_installed(pg: &mut PgConnection) -> Result<bool> {
+    let n = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'interview_change_log'",
+    )
+    .get_result::<Count>(pg)?
+    .n;
+    Ok(n == 1)
+}
+
+/// The largest sequence number the SQLite log ever issued (0 when none), as
+/// seen by the caller's snapshot. AUTOINCREMENT never reuses a number, even
+/// after the entries are trimmed.
+pub(crate) fn sqlite_position(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(diesel::sql_query(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'interview_change_log'), 0) AS n",
+    )
+    .get_result::<Count>(conn)?
+    .n)
+}
+
+/// The largest sequence number in the PostgreSQL log (0 when empty).
+pub(crate) fn pg_position(pg: &mut PgConnection) -> Result<i64> {
+    Ok(
+        diesel::sql_query("SELECT coalesce(max(seq), 0) AS n FROM interview_change_log")
+            .get_result::<Count>(pg)?
+            .n,
+    )
+}
+
+#[derive(QueryableByName)]
+struct Entry {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    row_key: String,
+}
+
+/// The rows named by the log entries past a mark, once each.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// Session ids as stored (SQLite) or as UUID text (PostgreSQL).
+    pub sessions: BTreeSet<String>,
+    /// Message ids.
+    pub messages: BTreeSet<i64>,
+    /// Draft ids.
+    pub drafts: BTreeSet<i64>,
+    /// The last entry read: the new mark once applied.
+    pub last_seq: i64,
+    /// How many entries were read.
+    pub entries: u64,
+}
+
+impl Changes {
+    fn add(&mut self, e: Entry) {
+        self.last_seq = self.last_seq.max(e.seq);
+        self.entries += 1;
+        match e.table_name.as_str() {
+            "sessions" => {
+                self.sessions.insert(e.row_key);
+            }
+            "messages" => {
+                self.messages.extend(e.row_key.parse::<i64>().ok());
+            }
+            "drafts" => {
+                self.drafts.extend(e.row_key.parse::<i64>().ok());
+            }
+            other => log::warn!("change log entry {} names unknown table {other}", e.seq),
+        }
+    }
+
+    /// The ids of one child table.
+    pub(crate) fn children(&self, table: Table) -> &BTreeSet<i64> {
+        match table {
+            Table::Messages => &self.messages,
+            _ => &self.drafts,
+        }
+    }
+}
+
+/// Entries read per query.
+const PAGE: i64 = 10_000;
+
+/// Every SQLite log entry past `mark`, collapsed per row (inside the caller's read snapshot).
+pub(crate) fn sqlite_changes(conn: &mut SqliteConnection, mark: i64) -> Result<Changes> {
+    let mut out = Changes {
+        last_seq: mark,
+        ..Default::default()
+    };
+    loop {
+        let page: Vec<Entry> = diesel::sql_query(
+            "SELECT seq, table_name, row_key FROM interview_change_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind::<BigInt, _>(out.last_seq)
+        .bind::<BigInt, _>(PAGE)
+        .load(conn)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        page.into_iter().for_each(|e| out.add(e));
+    }
+}
+
+/// Every PostgreSQL log entry past `mark`, collapsed per row (with writers locked out).
+pub(crate) fn pg_changes(pg: &mut PgConnection, mark: i64) -> Result<Changes> {
+    let mut out = Changes {
+        last_seq: mark,
+        ..Default::default()
+    };
+    loop {
+        let page: Vec<Entry> = diesel::sql_query(
+            "SELECT seq, table_name, row_key FROM interview_change_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind::<BigInt, _>(out.last_seq)
+        .bind::<BigInt, _>(PAGE)
+        .load(pg)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        page.into_iter().for_each(|e| out.add(e));
+    }
+}
+
+/// How many entries a SQLite file's change log holds (entries not yet
+/// applied and trimmed); `None` when it has no log.
+///
+/// ```no_run
+/// let pending = interview_store::migrate::change_log_entries("interview.db".as_ref())?;
+/// # Ok::<(), interview_store::Error>(())
+/// ```
+pub fn change_log_entries(sqlite: &std::path::Path) -> Result<Option<i64>> {
+    let mut src = super::source::Source::open(sqlite)?;
+    if !sqlite_installed(src.conn())? {
+        return Ok(None);
+    }
+    sqlite_len(src.conn()).map(Some)
+}
+
+fn sqlite_len(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        diesel::sql_query("SELECT count(*) AS n FROM interview_change_log")
+            .get_result::<Count>(conn)?
+            .n,
+    )
+}
+
+/// Deletes the SQLite entries up to a mark PostgreSQL has committed. A write
+/// to the source: it waits on the busy timeout like any writer, and failing is
+/// harmless (the next sync reads past the mark anyway and trims again).
+pub(crate) fn trim_sqlite(conn: &mut SqliteConnection, upto: i64) -> Result<usize> {
+    Ok(
+        diesel::sql_query("DELETE FROM interview_change_log WHERE seq <= ?")
+            .bind::<BigInt, _>(upto)
+            .execute(conn)?,
+    )
+}
+
+/// Deletes the PostgreSQL entries up to a mark SQLite has committed.
+pub(crate) fn trim_pg(pg: &mut PgConnection, upto: i64) -> Result<usize> {
+    Ok(
+        diesel::sql_query("DELETE FROM interview_change_log WHERE seq <= $1")
+            .bind::<BigInt, _>(upto)
+            .execute(pg)?,
+    )
+}

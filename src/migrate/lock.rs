@@ -1,0 +1,75 @@
+//! One migration command at a time per target database: a PostgreSQL advisory lock.
+//!
+//! The lock lives in the database, so every party sees it: two operators, two
+//! terminals, a retried CI job. It is a session lock on a connection of its
+//! own, held until the command ends (the connection closes, and with it the
+//! lock, even when the process is killed). Session locks need a direct or
+//! session-mode connection: behind a transaction pooler the lock would stay
+//! on a server connection the command no longer uses.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool};
+
+use crate::connection::{AnyConnection, DatabaseUrl};
+use crate::error::{Error, Result};
+
+/// The advisory lock key of the migration commands: "intrvmig" in ASCII.
+pub const MIGRATION_LOCK_KEY: i64 = 0x696e_7472_766d_6967;
+
+/// Held while a migration command runs; dropping it releases the lock.
+pub struct MigrationLock {
+    conn: PgConnection,
+}
+
+#[derive(QueryableByName)]
+struct Got {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+impl MigrationLock {
+    /// Takes the lock on `postgres`'s database at once, or fails with
+    /// [`Error::Busy`] when another migration command holds it.
+    ///
+    /// ```no_run
+    /// use interview_store::migrate::MigrationLock;
+    /// let _lock = MigrationLock::acquire(&"postgres://app@db/interview".parse()?)?;
+    /// // … no other migration command runs on this database until `_lock` drops.
+    /// # Ok::<(), interview_store::Error>(())
+    /// ```
+    pub fn acquire(postgres: &DatabaseUrl) -> Result<MigrationLock> {
+        // A bare connection: the schema migrations run after the lock is held.
+        let mut conn = match postgres.establish()? {
+            AnyConnection::Postgres(pg) => pg,
+            AnyConnection::Sqlite(_) => {
+                return Err(Error::invalid(
+                    "postgres",
+                    format!("{} is not a PostgreSQL URL", postgres.masked()),
+                ))
+            }
+        };
+        let got: Got = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+            .get_result(&mut conn)?;
+        if !got.locked {
+            return Err(Error::Busy(format!(
+                "another migration command is running on {}; wait for it to finish",
+                postgres.masked()
+            )));
+        }
+        Ok(MigrationLock { conn })
+    }
+
+    /// Whether the lock is still held (the connection is alive).
+    pub fn is_held(&mut self) -> bool {
+        diesel::sql_query("SELECT true AS locked")
+            .get_result::<Got>(&mut self.conn)
+            .is_ok_and(|g| g.locked)
+    }
+}
+
+impl std::fmt::Debug for MigrationLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationLock").finish_non_exhaustive()
+    }
+}
