@@ -411,23 +411,22 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 #[test]
-fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
+fn shadow_reads_count_a_differing_row_wait_for_the_follower_and_pass_equal_ones() {
     let sqlite = TestDb::new(interview_store::Backend::Sqlite);
     let pg = TestDb::new(interview_store::Backend::Postgres);
     let ids = [uuid::Uuid::now_v7(), uuid::Uuid::now_v7()];
     common::seed_identical(&sqlite.store(), &ids);
-    common::seed_identical(&pg.store(), &ids);
+    let sqlite_path = std::path::PathBuf::from(sqlite.url.trim_start_matches("sqlite://"));
+    let pg_url = pg.url.parse::<DatabaseUrl>().unwrap();
+    // Copied by the migration tool: PostgreSQL follows SQLite's change log from here.
+    interview_store::migrate::copy(&sqlite_path, &pg_url, &Default::default()).unwrap();
     runtime().block_on(async {
-        let live = LiveStore::new(
-            sqlite.store(),
-            Some(pg.url.parse::<DatabaseUrl>().unwrap()),
-            StoreConfig::default(),
-        );
         let mut state = AppState::new(sqlite.store());
-        state.store = live;
+        state.store = LiveStore::new(sqlite.store(), Some(pg_url.clone()), StoreConfig::default());
+        // A settle time no read here reaches: only the change log can let a read be compared.
         state.shadow = Shadow::new(ShadowConfig {
             fraction: 1.0,
-            settle: Duration::ZERO,
+            settle: Duration::from_secs(3600),
         });
         let (base, _stop) = serve(state).await;
         let http = reqwest::Client::new();
@@ -443,32 +442,78 @@ fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
             (
                 metric(&text, "interview_shadow_reads_compared_total"),
                 metric(&text, "interview_shadow_read_mismatches_total"),
+                metric(
+                    &text,
+                    "interview_shadow_reads_skipped_total{reason=\"behind\"}",
+                ),
+                text.lines()
+                    .filter(|l| l.contains("shadow"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             )
         };
-        // Waits until `n` more reads were compared in the background.
-        let compared = |from: f64, n: f64| {
+        // Waits until the background check of the last read is counted, one way or the other.
+        let settled = |from: (f64, f64, f64, String)| {
             let metrics = &metrics;
             async move {
                 for _ in 0..200 {
                     let m = metrics().await;
-                    if m.0 >= from + n {
+                    if m.0 > from.0 || m.2 > from.2 {
                         return m;
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                panic!("the shadow reads were not compared");
+                panic!(
+                    "the shadow read was neither compared nor skipped: {}",
+                    metrics().await.3
+                );
             }
         };
-        let (c0, m0) = metrics().await;
-        for path in [
-            format!("/interview/session/{}", ids[0]),
-            format!("/interview/draft/latest/{}", ids[0]),
-        ] {
-            let r = http.get(format!("{base}{path}")).send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-        }
-        let (c1, m1) = compared(c0, 2.0).await;
-        assert_eq!(m1, m0, "equal rows are no mismatch");
+        let get = |path: String| {
+            let http = &http;
+            let base = &base;
+            async move {
+                let r = http.get(format!("{base}{path}")).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                r.json::<Value>().await.unwrap()
+            }
+        };
+        let m0 = metrics().await;
+        get(format!("/interview/session/{}", ids[0])).await;
+        let m1 = settled(m0.clone()).await;
+        get(format!("/interview/draft/latest/{}", ids[0])).await;
+        let m2 = settled(m1.clone()).await;
+        assert_eq!(
+            (m2.0, m2.1),
+            (m0.0 + 2.0, m0.1),
+            "equal rows compared, no mismatch"
+        );
+
+        // A change the follower has not applied yet: not compared.
+        let r = http
+            .post(format!("{base}/interview/chat"))
+            .json(&json!({"session_id": ids[0], "text": "not synced yet"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        get(format!("/interview/session/{}", ids[0])).await;
+        let m3 = settled(m2.clone()).await;
+        assert_eq!(
+            (m3.0, m3.1, m3.2),
+            (m2.0, m2.1, m2.2 + 1.0),
+            "skipped as behind"
+        );
+        // Synced: compared again, and equal.
+        let (path, url) = (sqlite_path.clone(), pg_url.clone());
+        tokio::task::spawn_blocking(move || {
+            interview_store::migrate::sync(&path, &url, &Default::default()).unwrap()
+        })
+        .await
+        .unwrap();
+        get(format!("/interview/session/{}", ids[0])).await;
+        let m4 = settled(m3.clone()).await;
+        assert_eq!((m4.0, m4.1), (m3.0 + 1.0, m3.1), "caught up and equal");
 
         // A deliberately different row on the other side.
         pg.store()
@@ -482,19 +527,17 @@ fn shadow_reads_count_a_differing_row_and_not_equal_ones() {
                 Ok(())
             })
             .unwrap();
-        let r = http
-            .get(format!("{base}/interview/session/{}", ids[1]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let body: Value = r.json().await.unwrap();
+        let body = get(format!("/interview/session/{}", ids[1])).await;
         assert_eq!(
             body["summary"], "summary",
             "the client gets the live backend's answer"
         );
-        let (_, m2) = compared(c1, 1.0).await;
-        assert_eq!(m2, m1 + 1.0, "the differing row is counted");
+        let m5 = settled(m4.clone()).await;
+        assert_eq!(
+            (m5.0, m5.1),
+            (m4.0 + 1.0, m4.1 + 1.0),
+            "the differing row is counted"
+        );
     });
 }
 

@@ -9,12 +9,15 @@
 //! `interview_shadow_reads_compared_total`, skipped ones in
 //! `interview_shadow_reads_skipped_total{reason}`.
 //!
-//! "Caught up": a read is compared only once the session's last change on
-//! the live side is older than `INTERVIEW_SHADOW_SETTLE_MS`, so the follower
-//! had that long to copy it. This is weaker than asking the change log
-//! whether every entry of the session has been applied (a follower lagging
-//! more than the settle time shows up as mismatches, which is what the
-//! counter is for), and needs no knowledge of the migration's bookkeeping.
+//! "Caught up": while a migration follows the live side's change log
+//! (`interview_change_log`, applied up to `interview_migration_state`'s mark
+//! in PostgreSQL: `mark_change_seq` from SQLite, `rollback_change_seq` back
+//! from PostgreSQL), a read is compared only when no entry of that session
+//! (its row, its messages, its drafts) lies past the mark; otherwise it is
+//! skipped as `behind`. Where there is no change log or no migration state,
+//! the weaker rule applies: compare only once the session's last change is
+//! older than `INTERVIEW_SHADOW_SETTLE_MS` (a follower lagging by more than
+//! that shows as mismatches).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -107,15 +110,6 @@ impl Shadow {
         if !self.sampled() {
             return;
         }
-        if let Some(changed) = live.changed_at {
-            let age = (crate::timestamp::now() - changed)
-                .to_std()
-                .unwrap_or_default();
-            if age < self.config.settle {
-                skipped("settling");
-                return;
-            }
-        }
         if self.inner.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
             skipped("busy");
@@ -123,15 +117,22 @@ impl Shadow {
         }
         let counters = self.inner.clone();
         let store = store.clone();
+        let settle = self.config.settle;
         tokio::task::spawn_blocking(move || {
-            check(&store, what, id, &live, read);
+            check(&store, what, id, &live, settle, read);
             counters.in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
 
-fn check<F>(store: &LiveStore, what: &'static str, id: Uuid, live: &Answer, read: F)
-where
+fn check<F>(
+    store: &LiveStore,
+    what: &'static str,
+    id: Uuid,
+    live: &Answer,
+    settle: Duration,
+    read: F,
+) where
     F: FnOnce(&Store) -> Result<Answer>,
 {
     let other = match store.other() {
@@ -142,6 +143,25 @@ where
             return skipped("unreachable");
         }
     };
+    let pending = caught_up::pending(&store.current(), &other, id).unwrap_or_else(|e| {
+        // No change log or migration state there (no migration under way): the settle time decides.
+        log::debug!("shadow read of {what} {id}: no change log to ask: {e}");
+        None
+    });
+    match pending {
+        Some(0) => {}
+        Some(_) => return skipped("behind"),
+        None => {
+            if let Some(changed) = live.changed_at {
+                let age = (crate::timestamp::now() - changed)
+                    .to_std()
+                    .unwrap_or_default();
+                if age < settle {
+                    return skipped("settling");
+                }
+            }
+        }
+    }
     let shadow = match read(&other) {
         Ok(answer) => answer,
         Err(e) => {
@@ -157,6 +177,90 @@ where
             store.current().backend(),
             other.backend()
         );
+    }
+}
+
+/// Whether the follower has applied every change of a session, from the change log.
+mod caught_up {
+    use diesel::prelude::*;
+    use uuid::Uuid;
+
+    use crate::connection::Backend;
+    use crate::error::Result;
+    use crate::schema::{drafts, messages};
+    use crate::store::Store;
+    use crate::types::DbUuid;
+
+    // The migration's tables, as far as this check reads them (the migration tool owns them).
+    diesel::table! {
+        interview_change_log (seq) {
+            seq -> BigInt,
+            table_name -> Text,
+            row_key -> Text,
+        }
+    }
+    diesel::table! {
+        interview_migration_state (source) {
+            source -> Text,
+            mark_change_seq -> Nullable<BigInt>,
+            rollback_change_seq -> BigInt,
+        }
+    }
+
+    /// Entries of session `id` in `live`'s change log not yet applied to the
+    /// other side; `None` when there is no migration state to ask (an error:
+    /// no change log or state table at all).
+    pub(super) fn pending(live: &Store, other: &Store, id: Uuid) -> Result<Option<i64>> {
+        let (pg, mark_column_is_rollback) = match (live.backend(), other.backend()) {
+            (Backend::Sqlite, Backend::Postgres) => (other, false),
+            (Backend::Postgres, Backend::Sqlite) => (live, true),
+            _ => return Ok(None),
+        };
+        let mark = pg
+            .with_connection(|c| {
+                let s = interview_migration_state::table;
+                Ok(if mark_column_is_rollback {
+                    s.select(interview_migration_state::rollback_change_seq.nullable())
+                        .first::<Option<i64>>(c)
+                        .optional()?
+                } else {
+                    s.select(interview_migration_state::mark_change_seq)
+                        .first::<Option<i64>>(c)
+                        .optional()?
+                })
+            })?
+            .flatten();
+        let Some(mark) = mark else {
+            return Ok(None);
+        };
+        live.with_connection(|c| {
+            let ids = |v: Vec<i64>| v.into_iter().map(|n| n.to_string()).collect::<Vec<_>>();
+            let message_ids = ids(messages::table
+                .filter(messages::session_id.eq(DbUuid(id)))
+                .select(messages::id)
+                .load(c)?);
+            let draft_ids = ids(drafts::table
+                .filter(drafts::session_id.eq(DbUuid(id)))
+                .select(drafts::id)
+                .load(c)?);
+            use interview_change_log as log;
+            Ok(log::table
+                .filter(log::seq.gt(mark))
+                .filter(
+                    log::table_name
+                        .eq("sessions")
+                        .and(log::row_key.eq(id.hyphenated().to_string()))
+                        .or(log::table_name
+                            .eq("messages")
+                            .and(log::row_key.eq_any(message_ids)))
+                        .or(log::table_name
+                            .eq("drafts")
+                            .and(log::row_key.eq_any(draft_ids))),
+                )
+                .count()
+                .get_result::<i64>(c)?)
+        })
+        .map(Some)
     }
 }
 
