@@ -1,6 +1,8 @@
 //! The whole cutover runbook under live traffic, and its rollback: nothing lost, nothing twice,
-//! nothing accepted while paused. A legacy writer edits the file beside the service, a second
-//! migration command during the copy and a sync after the switch are refused.
+//! nothing accepted while paused. The service runs as two processes (two servers, each with its
+//! own pool) on one database, and each pause is set through one of them only. A legacy writer
+//! edits the file beside the service, a second migration command during the copy and a sync
+//! after the switch are refused.
 #![cfg(feature = "server")]
 
 mod common;
@@ -61,8 +63,8 @@ struct Seen {
 }
 
 struct Traffic {
-    /// Where the clients send requests; swapped at each restart.
-    base: Mutex<String>,
+    /// The service's processes; client `n` talks to process `n % len`. Swapped at each restart.
+    bases: Mutex<Vec<String>>,
     paused: AtomicBool,
     stop: AtomicBool,
     seen: Mutex<Seen>,
@@ -78,7 +80,10 @@ async fn client(t: Arc<Traffic>, n: usize) {
     let mut i = 0u64;
     while !t.stop.load(Ordering::SeqCst) {
         i += 1;
-        let base = t.base.lock().unwrap().clone();
+        let base = {
+            let bases = t.bases.lock().unwrap();
+            bases[n % bases.len()].clone()
+        };
         let paused_before = t.paused.load(Ordering::SeqCst);
         let (path, body) = match &session {
             None => ("/interview/start", json!({})),
@@ -157,15 +162,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-fn pause_db(url: &DatabaseUrl) {
-    maintenance::pause(&mut maintenance::connect(url).unwrap()).unwrap();
-}
-
 /// The legacy service: raw SQL on the file, its own clock, no care for `updated_at`.
 fn legacy(file: &std::path::Path, sql: &str) {
+    legacy_try(file, sql).unwrap();
+}
+
+fn legacy_try(file: &std::path::Path, sql: &str) -> QueryResult<()> {
     let mut c = SqliteConnection::establish(file.to_str().unwrap()).unwrap();
-    c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
-    c.batch_execute(sql).unwrap();
+    c.batch_execute("PRAGMA busy_timeout = 10000")?;
+    c.batch_execute(sql)
 }
 
 const LEGACY_A: &str = "0190a5f0-0000-7000-8000-0000000000aa";
@@ -193,10 +198,11 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     let pg_db = common::PgDatabase::create();
     let pg_url: DatabaseUrl = pg_db.url.parse().unwrap();
 
-    // 1. The service runs on SQLite, with clients writing all along.
+    // 1. The service runs on SQLite as two processes, with clients writing all along.
     let srv = start(open(&lite_url)).await;
+    let srv2 = start(open(&lite_url)).await;
     let traffic = Arc::new(Traffic {
-        base: Mutex::new(srv.base.clone()),
+        bases: Mutex::new(vec![srv.base.clone(), srv2.base.clone()]),
         paused: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         seen: Mutex::new(Seen::default()),
@@ -261,10 +267,22 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     assert!(!lag.is_equal(), "writes after the copy show as lag");
     assert!(lag.messages.differences > 0);
 
-    // 3. Pause, sync, verify equal, switch, restart on PostgreSQL, unpause.
+    // 3. Pause (through the first process only: the flag is in the file, so the second
+    // process and the legacy writer are refused too), sync, switch (verify equal), restart
+    // both processes on PostgreSQL, unpause.
     admin(&srv.base, true).await;
-    pause_db(&DatabaseUrl::sqlite(lite_url.clone()));
     traffic.paused.store(true, Ordering::SeqCst);
+    let err = legacy_try(
+        &file,
+        &format!(
+            "UPDATE sessions SET summary = 'written during the pause' WHERE id = '{LEGACY_B}'"
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("writes are paused"),
+        "the legacy writer is refused during the pause: {err}"
+    );
     let pause_started = Instant::now();
     let pending = migrate::change_log_entries(&file).unwrap().unwrap();
     let (f, u) = (file.clone(), pg_url.clone());
@@ -284,6 +302,7 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         .unwrap();
     assert!(equal.verify.is_equal(), "{equal:#?}");
     srv.shut_down().await;
+    srv2.shut_down().await;
     let legacy_rows: Vec<SessionText> = diesel::sql_query(format!(
         "SELECT summary, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS updated_at \
          FROM sessions WHERE id IN ('{LEGACY_A}', '{LEGACY_B}') ORDER BY id"
@@ -304,7 +323,8 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         ]
     );
     let pg_srv = start(open(&pg_db.url)).await;
-    *traffic.base.lock().unwrap() = pg_srv.base.clone();
+    let pg_srv2 = start(open(&pg_db.url)).await;
+    *traffic.bases.lock().unwrap() = vec![pg_srv.base.clone(), pg_srv2.base.clone()];
     traffic.paused.store(false, Ordering::SeqCst);
     let pause = pause_started.elapsed();
     eprintln!("cutover write pause: {pause:.2?}");
@@ -327,9 +347,9 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     assert!(err.to_string().contains("rollback-sync"), "{err}");
     assert_eq!(migrate::status(&pg_url).unwrap().state, state_before);
 
-    // 5. Rollback: pause, rollback-sync, switch back (verify equal), restart on SQLite, unpause.
-    admin(&pg_srv.base, true).await;
-    pause_db(&pg_url);
+    // 5. Rollback: pause (through the second process only), rollback-sync, switch back
+    // (verify equal), restart both processes on SQLite, unpause.
+    admin(&pg_srv2.base, true).await;
     traffic.paused.store(true, Ordering::SeqCst);
     let rollback_started = Instant::now();
     let (f, u) = (file.clone(), pg_url.clone());
@@ -342,10 +362,12 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         .unwrap();
     assert!(back.verify.is_equal(), "{back:#?}");
     pg_srv.shut_down().await;
+    pg_srv2.shut_down().await;
     let lite_srv = start(open(&lite_url)).await;
+    let lite_srv2 = start(open(&lite_url)).await;
     // The pause of step 3 is held by the SQLite file itself and survived the restart.
     admin(&lite_srv.base, false).await;
-    *traffic.base.lock().unwrap() = lite_srv.base.clone();
+    *traffic.bases.lock().unwrap() = vec![lite_srv.base.clone(), lite_srv2.base.clone()];
     traffic.paused.store(false, Ordering::SeqCst);
     eprintln!("rollback write pause: {:.2?}", rollback_started.elapsed());
     let before = traffic.seen.lock().unwrap().messages.len();
@@ -355,6 +377,7 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         c.await.unwrap();
     }
     lite_srv.shut_down().await;
+    lite_srv2.shut_down().await;
     let seen = traffic.seen.lock().unwrap();
     assert!(seen.messages.len() > before, "writes go on, back on sqlite");
     assert!(

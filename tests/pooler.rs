@@ -175,7 +175,8 @@ fn the_migration_tool_works_through_the_pooler_with_the_cache_off() {
     );
     let synced = migrate(&["sync", "--sqlite", sqlite, "--postgres", pg]);
     assert!(
-        String::from_utf8_lossy(&synced.stdout).contains("1 changed; messages: 1"),
+        String::from_utf8_lossy(&synced.stdout)
+            .contains("1 changed, 0 deleted; messages 1 written"),
         "{}",
         String::from_utf8_lossy(&synced.stdout)
     );
@@ -192,19 +193,31 @@ fn the_migration_tool_works_through_the_pooler_with_the_cache_off() {
     ]);
     migrate(&["status", "--postgres", pg]);
 
-    // After a cutover the service writes to PostgreSQL through the pooler; rollback-sync brings it back.
+    // The switch, then the service writes to PostgreSQL through the pooler; rollback-sync brings it back.
+    migrate(&["pause", "--sqlite", sqlite]);
+    migrate(&["switch", "--sqlite", sqlite, "--postgres", pg]);
     let store = db.store();
     let s = store.start_session().unwrap();
     store
         .append_message(s.id, Role::Assistant, "after the switch")
         .unwrap();
+    migrate(&["pause", "--postgres", pg]);
     let back = migrate(&["rollback-sync", "--postgres", pg, "--sqlite", sqlite]);
     assert!(
-        String::from_utf8_lossy(&back.stdout).contains("sessions: 1 new"),
+        String::from_utf8_lossy(&back.stdout).contains("sessions 1 new"),
         "{}",
         String::from_utf8_lossy(&back.stdout)
     );
     assert_eq!(legacy.store().counts().unwrap(), store.counts().unwrap());
+    migrate(&[
+        "switch",
+        "--to",
+        "sqlite",
+        "--sqlite",
+        sqlite,
+        "--postgres",
+        pg,
+    ]);
 }
 
 #[cfg(feature = "server")]

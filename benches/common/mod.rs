@@ -97,6 +97,15 @@ impl BenchDb {
             "prefilled {backend}: {sessions} sessions x {MESSAGES_PER_SESSION} messages in {:.1?}",
             started.elapsed()
         );
+        // The SQLite file during a cutover: every write also logged for `migrate sync`.
+        if backend == Backend::Sqlite
+            && std::env::var("INTERVIEW_BENCH_CHANGE_LOG").as_deref() == Ok("1")
+        {
+            let path = url.trim_start_matches("sqlite://");
+            interview_store::migrate::install_change_log(path.as_ref())
+                .expect("install change log");
+            eprintln!("change log installed on the SQLite file");
+        }
         let (read, write) = ids.split_at(ids.len() / 2);
         BenchDb {
             backend,

@@ -1,11 +1,17 @@
 //! One migration command at a time per target database: a PostgreSQL advisory lock.
 //!
 //! The lock lives in the database, so every party sees it: two operators, two
-//! terminals, a retried CI job. It is a session lock on a connection of its
-//! own, held until the command ends (the connection closes, and with it the
-//! lock, even when the process is killed). Session locks need a direct or
-//! session-mode connection: behind a transaction pooler the lock would stay
-//! on a server connection the command no longer uses.
+//! terminals, a retried CI job. It is a transaction-scoped lock
+//! (`pg_try_advisory_xact_lock`) in a transaction left open on a connection of
+//! its own until the command ends: the transaction ends when the connection
+//! closes, and the lock with it, even when the process is killed. Not a session
+//! lock, because behind a transaction pooler (PgBouncer, Supavisor) a session
+//! lock stays on a server connection the command no longer owns and blocks
+//! every later command; an open transaction pins its server connection, and
+//! the pooler ends it when the client goes away. The open transaction holds no
+//! snapshot between statements (read committed), so it does not hold back vacuum;
+//! a server-side `idle_in_transaction_session_timeout` shorter than the command
+//! would end it early.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
@@ -48,7 +54,9 @@ impl MigrationLock {
                 ))
             }
         };
-        let got: Got = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        AnsiTransactionManager::begin_transaction(&mut conn)?;
+        let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
             .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
             .get_result(&mut conn)?;
         if !got.locked {
@@ -65,6 +73,19 @@ impl MigrationLock {
         diesel::sql_query("SELECT true AS locked")
             .get_result::<Got>(&mut self.conn)
             .is_ok_and(|g| g.locked)
+    }
+}
+
+impl Drop for MigrationLock {
+    // Ending the transaction releases the lock before the next command can start; left to
+    // the connection's close, the server (or a pooler, which must discard a server
+    // connection abandoned mid-transaction) releases it some moments later, and a command
+    // run right after this one would be refused.
+    fn drop(&mut self) {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        if let Err(e) = AnsiTransactionManager::rollback_transaction(&mut self.conn) {
+            log::warn!("releasing the migration lock: {e}; it ends with the connection");
+        }
     }
 }
 
