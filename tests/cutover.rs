@@ -18,7 +18,7 @@ use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
 use interview_store::migrate::{self, CopyOptions, SyncOptions};
 use interview_store::server::{self, AppState};
-use interview_store::{maintenance, Backend, Category, Store, StoreConfig};
+use interview_store::{Backend, Category, Store, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

@@ -12,6 +12,7 @@
 //! the new side takes writes: the window is at most one watch interval
 //! ([`WATCH_EVERY`]) plus one maintenance read, unless a write notices first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ struct Inner {
     config: StoreConfig,
     /// One switch at a time in this process.
     switching: tokio::sync::Mutex<()>,
+    /// Whether the missing other backend was logged already (once is enough;
+    /// held writes ask every 25 ms).
+    told_unconfigured: AtomicBool,
 }
 
 /// What [`LiveStore::follow`] found.
@@ -72,6 +76,7 @@ impl LiveStore {
                 other: Mutex::new(None),
                 config,
                 switching: tokio::sync::Mutex::new(()),
+                told_unconfigured: AtomicBool::new(false),
             }),
         }
     }
@@ -130,6 +135,9 @@ impl LiveStore {
             return Ok(Follow::Stay);
         }
         let Some(next) = self.other()? else {
+            if self.inner.told_unconfigured.swap(true, Ordering::Relaxed) {
+                return Ok(Follow::Stay);
+            }
             log::warn!(
                 "switch: {} is retired but the other backend is not configured \
                  (INTERVIEW_POSTGRES_URL / INTERVIEW_SQLITE_PATH): writes answer 503 read_only",
@@ -140,7 +148,7 @@ impl LiveStore {
         let there = next.maintenance()?;
         if there.paused {
             // The switch makes the new side live right after retiring the old one.
-            log::info!(
+            log::debug!(
                 "switch: {} is retired, {} not live yet ({there}): holding writes",
                 current.url().masked(),
                 next.url().masked()
