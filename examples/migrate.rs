@@ -365,6 +365,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             for (t, c) in Table::ALL.iter().zip(report.tables) {
                 println!("{t}: {} copied, {} rejected", c.copied, c.rejected);
             }
+            println!("idempotency keys: {} copied", report.idempotency_keys);
             println!(
                 "{} NULL summaries loaded as ''; {} in {:.1?}",
                 report.null_summaries,
@@ -386,7 +387,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 migrate::sync(&sqlite.path, &postgres.url(), &SyncOptions { reject_file })?;
             println!(
                 "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
-                 messages {} written, {} deleted; drafts {} written, {} deleted; rejected: {:?}; in {:.1?}",
+                 messages {} written, {} deleted; drafts {} written, {} deleted; idempotency keys {} written, \
+                 {} deleted; rejected: {:?}; in {:.1?}",
                 report.entries,
                 report.change_seq,
                 report.sessions_inserted,
@@ -396,6 +398,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 report.messages_deleted,
                 report.drafts,
                 report.drafts_deleted,
+                report.keys.written,
+                report.keys.deleted,
                 report.rejected,
                 report.elapsed
             );
@@ -425,6 +429,14 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     report.sessions_with_message_differences
                 );
                 for d in &report.differences {
+                    println!("  {d}");
+                }
+                let k = &report.idempotency_keys;
+                println!(
+                    "idempotency keys (finished): sqlite {} / postgres {}, {} differences",
+                    k.sqlite_keys, k.postgres_keys, k.differences
+                );
+                for d in &k.listed {
                     println!("  {d}");
                 }
                 println!(
@@ -516,7 +528,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             let report = migrate::rollback_sync(&sqlite.path, &postgres.url())?;
             println!(
                 "{} change log entries up to {}: sessions {} new, {} changed, {} deleted; \
-                 messages {} written, {} deleted; drafts {} written, {} deleted",
+                 messages {} written, {} deleted; drafts {} written, {} deleted; idempotency keys {} \
+                 written, {} deleted",
                 report.entries,
                 report.change_seq,
                 report.sessions_inserted,
@@ -525,7 +538,9 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 report.messages,
                 report.messages_deleted,
                 report.drafts,
-                report.drafts_deleted
+                report.drafts_deleted,
+                report.keys.written,
+                report.keys.deleted
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -617,6 +632,10 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     p.updated_at
                 );
             }
+            println!(
+                "idempotency keys (finished) in postgres: {}",
+                status.idempotency_keys
+            );
             for r in &status.rejects {
                 println!("  rejected: {r}");
             }

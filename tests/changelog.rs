@@ -345,3 +345,140 @@ fn phases_no_command_can_skip() {
     sync(&src.path, &url, &SyncOptions::default()).unwrap();
     assert_equal(&src, &url);
 }
+
+/// A finished key written through the store on the SQLite file.
+fn answer_under_key(store: &Store, key: &str) {
+    let policy = interview_store::KeyPolicy::default();
+    let interview_store::Claim::Run(ticket) = store
+        .claim_idempotency_key("start", key, "hash", policy)
+        .unwrap()
+    else {
+        panic!("the key {key} is new");
+    };
+    store
+        .start_session_once(&ticket, Role::Assistant, "Hello", |_| {
+            interview_store::Recorded {
+                status: 201,
+                body: format!("{{\"key\":\"{key}\"}}"),
+            }
+        })
+        .unwrap();
+}
+
+/// A key pruned on SQLite after the copy is deleted on PostgreSQL by sync; a key
+/// answered after the copy arrives; a claim still running never travels.
+#[test]
+fn sync_carries_idempotency_keys_and_their_pruning() {
+    let src = Legacy::new(&clean_sql(2, 1));
+    let store = src.store();
+    answer_under_key(&store, "old");
+    // Old before the copy, so that only the prune's delete names it afterwards.
+    src.exec(
+        "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE key = 'old'",
+    );
+    let (_db, url) = pg();
+    let copied = copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    assert_eq!(copied.idempotency_keys, 1);
+    let keys = "SELECT count(*) AS n FROM idempotency_keys";
+    assert_eq!(pg_count(&url, keys), 1);
+
+    answer_under_key(&store, "new");
+    let policy = interview_store::KeyPolicy::default();
+    assert!(matches!(
+        store.claim_idempotency_key("start", "running", "h", policy),
+        Ok(interview_store::Claim::Run(_))
+    ));
+    store
+        .prune_idempotency_keys(std::time::Duration::from_secs(3600))
+        .unwrap();
+    let report = sync(&src.path, &url, &SyncOptions::default()).unwrap();
+    assert_eq!(
+        (report.keys.written, report.keys.deleted),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT count(*) AS n FROM idempotency_keys WHERE key = 'new' AND status_code = 201"
+        ),
+        1
+    );
+    assert_eq!(pg_count(&url, keys), 1, "old pruned, running left behind");
+    assert_equal(&src, &url);
+    assert_eq!(migrate::status(&url).unwrap().idempotency_keys, 1);
+}
+
+/// A legacy file has no keys table: copy carries none; once the store adopts the
+/// file, keys answered before the next sync (before their triggers) arrive too.
+#[test]
+fn a_legacy_file_without_the_keys_table_copies_and_its_later_keys_sync() {
+    let src = Legacy::new(&clean_sql(2, 1));
+    let (_db, url) = pg();
+    let copied = copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    assert_eq!(copied.idempotency_keys, 0);
+    assert_equal(&src, &url);
+    let store = src.store(); // the new service adopts the file: the table appears
+    answer_under_key(&store, "after-adoption");
+    let v = verify(&src.path, &url).unwrap();
+    assert_eq!(v.idempotency_keys.differences, 1, "{v:#?}");
+    let report = sync(&src.path, &url, &SyncOptions::default()).unwrap();
+    assert_eq!(report.keys.written, 1, "{report:?}");
+    assert_equal(&src, &url);
+    answer_under_key(&store, "logged");
+    let report = sync(&src.path, &url, &SyncOptions::default()).unwrap();
+    assert_eq!(report.keys.written, 1, "now by its own entry: {report:?}");
+    assert_equal(&src, &url);
+}
+
+/// Verify compares the recorded answers and names the key that differs.
+#[test]
+fn verify_reports_a_differing_idempotency_key() {
+    let src = Legacy::new(&clean_sql(1, 1));
+    let store = src.store();
+    answer_under_key(&store, "k");
+    let (_db, url) = pg();
+    copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    assert_equal(&src, &url);
+    pg_conn(&url)
+        .batch_execute("UPDATE idempotency_keys SET response_body = '{}'")
+        .unwrap();
+    let v = verify(&src.path, &url).unwrap();
+    assert!(!v.is_equal());
+    assert_eq!(v.idempotency_keys.differences, 1, "{v:#?}");
+    assert_eq!(v.idempotency_keys.listed[0].column, "response_body");
+    pg_conn(&url)
+        .batch_execute("INSERT INTO idempotency_keys SELECT scope, 'only-pg', request_hash, token, status_code, response_body, created_at, claimed_at, completed_at FROM idempotency_keys")
+        .unwrap();
+    let v = verify(&src.path, &url).unwrap();
+    assert_eq!(v.idempotency_keys.differences, 2, "{v:#?}");
+}
+
+/// The way back: a key answered and one pruned on PostgreSQL reach SQLite by rollback-sync.
+#[test]
+fn rollback_sync_carries_idempotency_keys() {
+    let src = Legacy::new(&clean_sql(1, 1));
+    let store = src.store();
+    answer_under_key(&store, "before");
+    let (_db, url) = pg();
+    copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    pause_sqlite(&src.path);
+    switch(&src.path, &url, Backend::Postgres).unwrap();
+    let on_pg = pg_store(&url);
+    answer_under_key(&on_pg, "on-pg");
+    pg_conn(&url)
+        .batch_execute("UPDATE idempotency_keys SET created_at = '2000-01-01' WHERE key = 'before'")
+        .unwrap();
+    on_pg
+        .prune_idempotency_keys(std::time::Duration::from_secs(3600))
+        .unwrap();
+    pause_pg(&url);
+    let report = rollback_sync(&src.path, &url).unwrap();
+    assert_eq!(
+        (report.keys.written, report.keys.deleted),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_equal(&src, &url);
+    switch(&src.path, &url, Backend::Sqlite).unwrap();
+}

@@ -1290,3 +1290,54 @@ backend_test!(
         });
     }
 );
+
+/// A chat answered on SQLite under a key, then the cutover (copy, sync, switch):
+/// the client's retry, now served from PostgreSQL, gets the first answer and
+/// stores nothing twice.
+#[test]
+fn a_retry_after_the_cutover_replays_the_answer_given_on_sqlite() {
+    use interview_store::connection::DatabaseUrl;
+    use interview_store::migrate::{self, CopyOptions, SyncOptions};
+    let src = common::legacy::Legacy::new(&common::legacy::clean_sql(2, 2));
+    let pg_db = common::PgDatabase::create();
+    let pg_url: DatabaseUrl = pg_db.url.parse().unwrap();
+    let lite = src.store();
+    let id = "00000000-0000-4000-8000-000000000001";
+    let turn = json!({"session_id": id, "text": "I kept the keys."});
+    let first = runtime().block_on(async {
+        let srv = TestServer::start(lite.clone(), None).await;
+        let first = post_keyed(&srv, "/interview/chat", "retry-1", turn.clone()).await;
+        assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+        first
+    });
+    let copied = migrate::copy(&src.path, &pg_url, &CopyOptions::default()).unwrap();
+    assert_eq!(copied.idempotency_keys, 1, "{copied:?}");
+    let url = DatabaseUrl::sqlite(src.path.display().to_string());
+    interview_store::maintenance::pause(&mut interview_store::maintenance::connect(&url).unwrap())
+        .unwrap();
+    migrate::sync(&src.path, &pg_url, &SyncOptions::default()).unwrap();
+    migrate::switch(&src.path, &pg_url, interview_store::Backend::Postgres).unwrap();
+
+    let pg = Store::open(pg_url.clone(), StoreConfig::default()).unwrap();
+    let before = pg.counts().unwrap();
+    runtime().block_on(async {
+        let srv = TestServer::start(pg.clone(), None).await;
+        let r = srv
+            .http
+            .post(format!("{}/interview/chat", srv.base))
+            .header("idempotency-key", "retry-1")
+            .json(&turn)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("idempotent-replayed")
+                .map(|v| v.to_str().unwrap().to_string()),
+            Some("true".to_string())
+        );
+        let again = (r.status(), r.json::<Value>().await.unwrap());
+        assert_eq!(again, first, "the answer given on SQLite");
+    });
+    assert_eq!(pg.counts().unwrap(), before, "nothing stored twice");
+}

@@ -1,6 +1,7 @@
 //! The change logs that drive sync and rollback-sync: every insert, update and
-//! delete of the three tables, recorded by triggers in the writer's own
-//! transaction, numbered by a sequence of the database itself.
+//! delete of the three tables, and of finished idempotency keys (named by
+//! `(scope, key)` as a JSON array, see [`super::keys`]), recorded by triggers
+//! in the writer's own transaction, numbered by a sequence of the database itself.
 //!
 //! No wall clock decides anything: a summary edited without touching
 //! `updated_at`, an `updated_at` moved into the past, a deleted row, all leave
@@ -79,7 +80,46 @@ CREATE TRIGGER IF NOT EXISTS interview_change_log_drafts_delete AFTER DELETE ON 
 END;
 ";
 
+/// The keys' triggers, installed beside [`SQLITE_INSTALL`] once the file has
+/// the keys table (a legacy file gets it when the store adopts it). Only
+/// finished keys are logged: a claim and its release never travel. Keys are
+/// named by `json_array(scope, key)`, which any text survives.
+const SQLITE_INSTALL_KEYS: &str = "
+CREATE TRIGGER IF NOT EXISTS interview_change_log_keys_insert AFTER INSERT ON idempotency_keys
+    WHEN NEW.status_code IS NOT NULL
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('idempotency_keys', json_array(CAST(NEW.scope AS TEXT), CAST(NEW.key AS TEXT)), 'insert');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_keys_update AFTER UPDATE ON idempotency_keys
+    WHEN OLD.status_code IS NOT NULL OR NEW.status_code IS NOT NULL
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op)
+        SELECT 'idempotency_keys', json_array(CAST(OLD.scope AS TEXT), CAST(OLD.key AS TEXT)), 'update'
+        WHERE OLD.scope IS NOT NEW.scope OR OLD.key IS NOT NEW.key;
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('idempotency_keys', json_array(CAST(NEW.scope AS TEXT), CAST(NEW.key AS TEXT)), 'update');
+END;
+CREATE TRIGGER IF NOT EXISTS interview_change_log_keys_delete AFTER DELETE ON idempotency_keys
+    WHEN OLD.status_code IS NOT NULL
+BEGIN
+    INSERT INTO interview_change_log (table_name, row_key, op) VALUES ('idempotency_keys', json_array(CAST(OLD.scope AS TEXT), CAST(OLD.key AS TEXT)), 'delete');
+END;
+";
+
+/// The names of the keys' triggers.
+const SQLITE_KEY_TRIGGERS: [&str; 3] = [
+    "interview_change_log_keys_insert",
+    "interview_change_log_keys_update",
+    "interview_change_log_keys_delete",
+];
+
+/// The entry that stands for every key: written with the keys' triggers when
+/// they come after the copy, so the next sync carries all keys over.
+const ALL_KEYS: &str = "*";
+
 const SQLITE_UNINSTALL: &str = "
+DROP TRIGGER IF EXISTS interview_change_log_keys_insert;
+DROP TRIGGER IF EXISTS interview_change_log_keys_update;
+DROP TRIGGER IF EXISTS interview_change_log_keys_delete;
 DROP TRIGGER IF EXISTS interview_change_log_sessions_insert;
 DROP TRIGGER IF EXISTS interview_change_log_sessions_update;
 DROP TRIGGER IF EXISTS interview_change_log_sessions_delete;
@@ -134,9 +174,37 @@ CREATE TRIGGER interview_change_log_drafts AFTER INSERT OR DELETE ON drafts
 DROP TRIGGER IF EXISTS interview_change_log_drafts_update ON drafts;
 CREATE TRIGGER interview_change_log_drafts_update AFTER UPDATE ON drafts
     FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION interview_change_log_record();
+CREATE OR REPLACE FUNCTION interview_change_log_key() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, json_build_array(NEW.scope, NEW.key)::text, 'insert');
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, json_build_array(OLD.scope, OLD.key)::text, 'delete');
+    ELSE
+        IF OLD.scope IS DISTINCT FROM NEW.scope OR OLD.key IS DISTINCT FROM NEW.key THEN
+            INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, json_build_array(OLD.scope, OLD.key)::text, 'update');
+        END IF;
+        INSERT INTO interview_change_log (table_name, row_key, op) VALUES (TG_TABLE_NAME, json_build_array(NEW.scope, NEW.key)::text, 'update');
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS interview_change_log_keys_insert ON idempotency_keys;
+CREATE TRIGGER interview_change_log_keys_insert AFTER INSERT ON idempotency_keys
+    FOR EACH ROW WHEN (NEW.status_code IS NOT NULL) EXECUTE FUNCTION interview_change_log_key();
+DROP TRIGGER IF EXISTS interview_change_log_keys_update ON idempotency_keys;
+CREATE TRIGGER interview_change_log_keys_update AFTER UPDATE ON idempotency_keys
+    FOR EACH ROW WHEN ((OLD.status_code IS NOT NULL OR NEW.status_code IS NOT NULL) AND OLD.* IS DISTINCT FROM NEW.*)
+    EXECUTE FUNCTION interview_change_log_key();
+DROP TRIGGER IF EXISTS interview_change_log_keys_delete ON idempotency_keys;
+CREATE TRIGGER interview_change_log_keys_delete AFTER DELETE ON idempotency_keys
+    FOR EACH ROW WHEN (OLD.status_code IS NOT NULL) EXECUTE FUNCTION interview_change_log_key();
 ";
 
 const PG_UNINSTALL: &str = "
+DROP TRIGGER IF EXISTS interview_change_log_keys_insert ON idempotency_keys;
+DROP TRIGGER IF EXISTS interview_change_log_keys_update ON idempotency_keys;
+DROP TRIGGER IF EXISTS interview_change_log_keys_delete ON idempotency_keys;
+DROP FUNCTION IF EXISTS interview_change_log_key();
 DROP TRIGGER IF EXISTS interview_change_log_sessions ON sessions;
 DROP TRIGGER IF EXISTS interview_change_log_sessions_update ON sessions;
 DROP TRIGGER IF EXISTS interview_change_log_messages ON messages;
@@ -161,10 +229,43 @@ pub fn install_change_log(sqlite: &std::path::Path) -> Result<()> {
     install_sqlite(src.conn())
 }
 
-/// Installs the SQLite log and its triggers (idempotent).
+/// Installs the SQLite log and its triggers (idempotent), the keys' too
+/// when the file has the keys table.
 pub(crate) fn install_sqlite(conn: &mut SqliteConnection) -> Result<()> {
     conn.immediate_transaction(|c| c.batch_execute(SQLITE_INSTALL))?;
-    Ok(())
+    install_sqlite_keys(conn)
+}
+
+/// Installs the keys' triggers when the file has the keys table and they are
+/// missing (the store adopted a legacy file after the copy): with them goes
+/// an entry naming every key, since keys written before were never logged.
+/// Writes nothing otherwise.
+pub(crate) fn install_sqlite_keys(conn: &mut SqliteConnection) -> Result<()> {
+    if !super::keys::sqlite_has_table(conn)? || sqlite_keys_installed(conn)? {
+        return Ok(());
+    }
+    conn.immediate_transaction(|c| {
+        c.batch_execute(SQLITE_INSTALL_KEYS)?;
+        diesel::sql_query(
+            "INSERT INTO interview_change_log (table_name, row_key, op) VALUES (?, ?, 'insert')",
+        )
+        .bind::<Text, _>(super::keys::TABLE)
+        .bind::<Text, _>(ALL_KEYS)
+        .execute(c)?;
+        Ok(())
+    })
+}
+
+fn sqlite_keys_installed(conn: &mut SqliteConnection) -> Result<bool> {
+    let n = diesel::sql_query(
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?)",
+    )
+    .bind::<Text, _>(SQLITE_KEY_TRIGGERS[0])
+    .bind::<Text, _>(SQLITE_KEY_TRIGGERS[1])
+    .bind::<Text, _>(SQLITE_KEY_TRIGGERS[2])
+    .get_result::<Count>(conn)?
+    .n;
+    Ok(n == 3)
 }
 
 /// Removes the SQLite log and its triggers (the service writes without a log again).
@@ -191,11 +292,12 @@ struct Count {
     n: i64,
 }
 
-/// Whether the SQLite file has its log and all nine triggers.
+/// Whether the SQLite file has its log and the nine triggers of the three
+/// tables (the keys' are [`install_sqlite_keys`]'s business).
 pub(crate) fn sqlite_installed(conn: &mut SqliteConnection) -> Result<bool> {
     let n = diesel::sql_query(
         "SELECT count(*) AS n FROM sqlite_master WHERE (type = 'table' AND name = 'interview_change_log') \
-         OR (type = 'trigger' AND name LIKE 'interview_change_log_%')",
+         OR (type = 'trigger' AND name LIKE 'interview_change_log_%' AND name NOT LIKE 'interview_change_log_keys_%')",
     )
     .get_result::<Count>(conn)?
     .n;
@@ -251,6 +353,10 @@ pub(crate) struct Changes {
     pub messages: BTreeSet<i64>,
     /// Draft ids.
     pub drafts: BTreeSet<i64>,
+    /// Idempotency keys, `(scope, key)`.
+    pub keys: BTreeSet<(String, String)>,
+    /// Every key is named (the keys' triggers came after the copy).
+    pub all_keys: bool,
     /// The last entry read: the new mark once applied.
     pub last_seq: i64,
     /// How many entries were read.
@@ -271,6 +377,13 @@ impl Changes {
             "drafts" => {
                 self.drafts.extend(e.row_key.parse::<i64>().ok());
             }
+            super::keys::TABLE if e.row_key == ALL_KEYS => self.all_keys = true,
+            super::keys::TABLE => match serde_json::from_str::<(String, String)>(&e.row_key) {
+                Ok(k) => {
+                    self.keys.insert(k);
+                }
+                Err(err) => log::warn!("change log entry {} names no key: {err}", e.seq),
+            },
             other => log::warn!("change log entry {} names unknown table {other}", e.seq),
         }
     }

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 
 use super::changelog;
 use super::check::{self, CheckReport};
+use super::keys;
 use super::lock::MigrationLock;
 use super::normalize::{Reject, SessionIndex};
 use super::pipeline::{bump_sequences, copy_rows, read_batches, write_rejects, Batch};
@@ -93,6 +94,8 @@ pub struct CopyReport {
     pub tables: [TableCopy; 3],
     /// Sessions whose NULL summary loaded as `''`.
     pub null_summaries: u64,
+    /// Finished idempotency keys copied (PostgreSQL's count when already copied).
+    pub idempotency_keys: u64,
     /// The snapshot's marks (of the first run, when resumed).
     pub marks: Marks,
     /// This run finished a copy an earlier run started.
@@ -205,6 +208,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             return Ok(CopyReport {
                 tables: tallies(&mut pg)?.0,
                 null_summaries: tallies(&mut pg)?.1,
+                idempotency_keys: keys::pg_count(&mut pg)? as u64,
                 marks: s.marks(),
                 resumed: false,
                 already_copied: true,
@@ -219,7 +223,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     // the snapshot has an entry past the position recorded with it.
     changelog::install_sqlite(src.conn())?;
     let resumed = existing.is_some();
-    let marks = src.snapshot(|src| {
+    let (marks, idempotency_keys) = src.snapshot(|src| {
         let marks = match &existing {
             Some(s) => s.marks(),
             None => src.marks()?,
@@ -258,10 +262,13 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             undo(&mut pg)?;
         }
         loaded?;
-        Ok(marks)
+        // The finished keys of the same snapshot, in one transaction: a rerun replaces them.
+        let keys = pg.transaction(|pg| keys::copy_into_pg(src.conn(), pg))?;
+        Ok((marks, keys))
     })?;
 
     finish(&mut pg)?;
+    trim_before_snapshot(&mut src, &mut pg);
     let (tables, null_summaries) = tallies(&mut pg)?;
     if let Some(path) = &opts.reject_file {
         write_rejects(path, &state::rejects(&mut pg)?, false)?;
@@ -269,6 +276,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     let report = CopyReport {
         tables,
         null_summaries,
+        idempotency_keys,
         marks,
         resumed,
         already_copied: false,
@@ -276,6 +284,23 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     };
     log::info!("copy finished: {report:?}");
     Ok(report)
+}
+
+/// Deletes the SQLite log entries the snapshot already holds (written
+/// between `setup` and the copy, or the keys' "every key" entry): the log
+/// then holds only what sync has still to apply. Best effort, as sync's trim.
+fn trim_before_snapshot(src: &mut Source, pg: &mut PgConnection) {
+    let trimmed = state::load(pg)
+        .map(|s| s.and_then(|s| s.mark_change_seq))
+        .and_then(|seq| match seq {
+            Some(seq) => changelog::trim_sqlite(src.conn(), seq),
+            None => Ok(0),
+        });
+    if let Err(e) = trimmed {
+        log::warn!(
+            "could not trim the change log entries the copy holds (the first sync will): {e}"
+        );
+    }
 }
 
 /// The phase check of a copy: never over a live PostgreSQL; over a retired
@@ -322,6 +347,14 @@ fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
                 url.masked()
             )));
         }
+    }
+    let n = keys::pg_count(pg)?;
+    if n > 0 {
+        return Err(Error::Refused(format!(
+            "{}: table {} already holds {n} finished keys that no copy wrote; pass --truncate to replace them",
+            url.masked(),
+            keys::TABLE
+        )));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::changelog::{self, Changes};
+use super::keys::{self, KeyChanges, KeysApplied};
 use super::lock::MigrationLock;
 use super::state;
 use crate::connection::DatabaseUrl;
@@ -35,6 +36,8 @@ pub struct RollbackReport {
     pub messages_deleted: u64,
     /// Drafts deleted.
     pub drafts_deleted: u64,
+    /// Finished idempotency keys written and deleted.
+    pub keys: KeysApplied,
     /// PostgreSQL change log entries read.
     pub entries: u64,
     /// PostgreSQL's change log position now applied to SQLite.
@@ -70,7 +73,8 @@ pub fn rollback_sync(sqlite: &Path, postgres: &DatabaseUrl) -> Result<RollbackRe
     let mut lite = super::pause::open_sqlite(sqlite)?;
     let rows = pg.transaction(|pg| {
         // Waits for any writer still in flight; the pause refuses new ones.
-        pg.batch_execute("LOCK TABLE sessions, messages, drafts IN SHARE MODE")?;
+        // The keys too: a prune touches no other table, and its entry must not come late.
+        pg.batch_execute("LOCK TABLE sessions, messages, drafts, idempotency_keys IN SHARE MODE")?;
         let changes = changelog::pg_changes(pg, mark)?;
         read_rows(pg, changes)
     })?;
@@ -79,7 +83,11 @@ pub fn rollback_sync(sqlite: &Path, postgres: &DatabaseUrl) -> Result<RollbackRe
         change_seq: rows.changes.last_seq,
         ..Default::default()
     };
-    super::pause::write_into_sqlite(&mut lite, |c| apply(c, &rows, &mut report))?;
+    super::pause::write_into_sqlite(&mut lite, |c| {
+        apply(c, &rows, &mut report)?;
+        report.keys = keys::apply_to_sqlite(c, &rows.keys)?;
+        Ok(())
+    })?;
     pg.transaction(|pg| {
         state::advance_rollback(pg, report.change_seq)?;
         changelog::trim_pg(pg, report.change_seq)
@@ -120,6 +128,7 @@ fn rollback_allowed(pg: &mut PgConnection, postgres: &DatabaseUrl) -> Result<i64
 /// The rows PostgreSQL's log names, as they are now.
 struct PgRows {
     changes: Changes,
+    keys: KeyChanges,
     sessions: Vec<SessionRow>,
     messages: Vec<MessageRow>,
     drafts: Vec<DraftRow>,
@@ -129,6 +138,7 @@ struct PgRows {
 }
 
 fn read_rows(pg: &mut PgConnection, changes: Changes) -> Result<PgRows> {
+    let keys = keys::read_pg(pg, &changes.keys)?;
     let ids: Vec<DbUuid> = changes
         .sessions
         .iter()
@@ -180,6 +190,7 @@ fn read_rows(pg: &mut PgConnection, changes: Changes) -> Result<PgRows> {
     let deleted_drafts = ids.into_iter().filter(|id| !found.contains(id)).collect();
     Ok(PgRows {
         changes,
+        keys,
         sessions: sessions_now,
         messages: messages_now,
         drafts: drafts_now,

@@ -103,6 +103,8 @@ pub struct Status {
     pub tables: Vec<TableProgress>,
     /// Every recorded reject.
     pub rejects: Vec<Reject>,
+    /// Finished idempotency keys in PostgreSQL (copied, synced or answered there).
+    pub idempotency_keys: i64,
     /// Whether PostgreSQL's writes are paused, or it is retired (see [`crate::maintenance`]).
     pub maintenance: crate::maintenance::Maintenance,
 }
@@ -114,6 +116,7 @@ pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
         state: load(&mut pg)?,
         tables: progress(&mut pg)?,
         rejects: rejects(&mut pg)?,
+        idempotency_keys: super::keys::pg_count(&mut pg)?,
         maintenance: crate::maintenance::read(&mut postgres.establish()?)?,
     })
 }
@@ -330,7 +333,7 @@ pub(crate) fn record_reject(
 /// Empties the data and bookkeeping tables (`--truncate`).
 pub(crate) fn truncate(pg: &mut PgConnection) -> Result<()> {
     pg.batch_execute(
-        "TRUNCATE drafts, messages, sessions, interview_migration_state, interview_migration_progress, \
+        "TRUNCATE drafts, messages, sessions, idempotency_keys, interview_migration_state, interview_migration_progress, \
          interview_migration_rejects RESTART IDENTITY",
     )?;
     Ok(())

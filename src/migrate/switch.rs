@@ -153,7 +153,10 @@ fn require_equal(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> 
         return Err(Error::Refused(format!(
             "verify found {} difference(s) between the two sides, so the switch would lose or \
              change data; run `migrate verify` to see them",
-            report.sessions.differences + report.messages.differences + report.drafts.differences
+            report.sessions.differences
+                + report.messages.differences
+                + report.drafts.differences
+                + report.idempotency_keys.differences
         )));
     }
     Ok(report)

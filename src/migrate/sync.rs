@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::changelog::{self, Changes};
+use super::keys::{self, KeysApplied};
 use super::lock::MigrationLock;
 use super::normalize::{self, Reject, SessionIndex};
 use super::pipeline::{bump_sequences, write_rejects};
@@ -49,6 +50,8 @@ pub struct SyncReport {
     pub drafts_deleted: u64,
     /// Rows rejected: sessions, messages, drafts.
     pub rejected: [u64; 3],
+    /// Finished idempotency keys written and deleted.
+    pub keys: KeysApplied,
     /// Change log entries read.
     pub entries: u64,
     /// The change log position applied, recorded in PostgreSQL.
@@ -95,6 +98,8 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
              run `migrate copy --truncate --yes` to copy it again (it installs the log)"
         )));
     }
+    // A file the store adopted after the copy has grown the keys table since.
+    changelog::install_sqlite_keys(src.conn())?;
     let strict = opts.reject_file.is_none();
     let mut report = SyncReport::default();
     let rejects = src.snapshot(|src| {
@@ -114,9 +119,14 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
                 rejects,
             });
         }
+        let keys = keys::read_sqlite(src.conn(), &changes.keys, changes.all_keys)?;
         report.entries = changes.entries;
         report.change_seq = changes.last_seq;
-        pg.transaction(|pg| apply(pg, &read, changes.last_seq, &mut report))?;
+        pg.transaction(|pg| {
+            apply(pg, &read, changes.last_seq, &mut report)?;
+            report.keys = keys::apply_to_pg(pg, src.conn(), &keys)?;
+            Ok::<_, Error>(())
+        })?;
         Ok(rejects)
     })?;
     report.trimmed = trim(&mut src, report.change_seq);

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::check::{self, SCAN_BATCH};
+use super::keys::KeysVerify;
 use super::normalize::Reject;
 use super::pipeline::{read_batches, Batch, Rows};
 use super::source::{Source, Table};
@@ -78,6 +79,8 @@ pub struct VerifyReport {
     pub sessions_with_message_differences: u64,
     /// The first [`LISTED`] differences.
     pub differences: Vec<RowDifference>,
+    /// The finished idempotency keys, compared apart (see [`super::keys`]).
+    pub idempotency_keys: KeysVerify,
     /// Time taken, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -88,6 +91,7 @@ impl VerifyReport {
         self.sessions.differences == 0
             && self.messages.differences == 0
             && self.drafts.differences == 0
+            && self.idempotency_keys.differences == 0
     }
 
     fn table(&mut self, t: Table) -> &mut TableVerify {
@@ -214,7 +218,9 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
                     cmp.waited
                 );
             }
-            cmp.finish()
+            let mut report = cmp.finish()?;
+            report.idempotency_keys = super::keys::verify(src.conn(), &mut pg)?;
+            Ok(report)
         })
     })?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
