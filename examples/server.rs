@@ -7,14 +7,15 @@
 //!   `INTERVIEW_REQUEST_TIMEOUT_MS`, `INTERVIEW_CONNECT_TIMEOUT_MS`, `INTERVIEW_STATEMENT_TIMEOUT_MS`
 //! - `INTERVIEW_HEADER_READ_TIMEOUT_MS`, `INTERVIEW_HTTP_TIMEOUT_MS`, `INTERVIEW_MAX_CONCURRENT_REQUESTS`,
 //!   `INTERVIEW_SHUTDOWN_TIMEOUT_MS`, `INTERVIEW_IDEMPOTENCY_RETENTION_HOURS` (see README, "Security")
+//! - `INTERVIEW_PAUSE_WAIT_MS` (hold writes through a pause or switch), `INTERVIEW_SHADOW_READS`,
+//!   `INTERVIEW_SHADOW_SETTLE_MS` (see README, "Following a switch")
 //! - `RUST_LOG` for logging (default `info`)
 //!
 //! Run: `cargo run --all-features --example server`
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use interview_store::server::{self, AppState, ScriptedInterviewer, ServerConfig};
+use interview_store::server::{self, AppState, ServerConfig};
 use interview_store::Store;
 
 #[tokio::main]
@@ -44,13 +45,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if config.admin_token.is_none() {
         log::info!("admin endpoints disabled (INTERVIEW_ADMIN_TOKEN is not set)");
     }
-    let state = AppState {
-        store,
-        interviewer: Arc::new(ScriptedInterviewer),
-        admin_token: config.admin_token.clone(),
-        request_timeout: config.request_timeout,
-        limits: config.limits.clone(),
-    };
+    match config.other_url() {
+        Some(other) => log::info!("follows a switch to {}", other.masked()),
+        None => log::info!("no other backend configured: a switch is not followed"),
+    }
+    let state = AppState::from_config(store, &config);
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     log::info!("listening on http://{}", listener.local_addr()?);
     server::serve(listener, state, server::shutdown_signal()).await?;

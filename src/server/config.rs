@@ -7,6 +7,7 @@ use crate::connection::{Backend, DatabaseUrl};
 use crate::error::{Error, Result};
 use crate::store::StoreConfig;
 
+use super::shadow::ShadowConfig;
 use super::Limits;
 
 /// Everything the example server reads from its environment.
@@ -16,6 +17,9 @@ pub struct ServerConfig {
     pub backend: Backend,
     /// `INTERVIEW_SQLITE_PATH` (default `interview.db`).
     pub sqlite_path: String,
+    /// Whether `INTERVIEW_SQLITE_PATH` was set: a server on PostgreSQL follows a
+    /// switch back to SQLite only to a file it was told about.
+    pub sqlite_path_given: bool,
     /// `INTERVIEW_POSTGRES_URL`, a PostgreSQL URL or keyword/value string
     /// (anything else is refused); required when the backend is `postgres`.
     /// Its `Debug` masks the password.
@@ -33,6 +37,13 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Header read and HTTP timeouts, concurrency, shutdown deadline, idempotency-key retention.
     pub limits: Limits,
+    /// `INTERVIEW_PAUSE_WAIT_MS` (default 2,000): how long a write refused by a
+    /// paused or retired database is held and retried before it answers 503.
+    pub pause_wait: Duration,
+    /// `INTERVIEW_SHADOW_READS` (default 0, off) and `INTERVIEW_SHADOW_SETTLE_MS`
+    /// (default 5,000): the share of session and draft reads also read from the
+    /// other backend and compared.
+    pub shadow: ShadowConfig,
 }
 
 impl ServerConfig {
@@ -96,6 +107,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             backend: get("INTERVIEW_DB_BACKEND").map_or(Ok(Backend::Sqlite), |v| v.parse())?,
             sqlite_path: get("INTERVIEW_SQLITE_PATH").unwrap_or_else(|| "interview.db".into()),
+            sqlite_path_given: get("INTERVIEW_SQLITE_PATH").is_some(),
             postgres_url: get("INTERVIEW_POSTGRES_URL")
                 .map(|v| DatabaseUrl::postgres(&v).map_err(postgres_setting))
                 .transpose()?,
@@ -106,12 +118,37 @@ impl ServerConfig {
             store,
             request_timeout: ms("INTERVIEW_REQUEST_TIMEOUT_MS", 10_000)?,
             limits,
+            pause_wait: ms("INTERVIEW_PAUSE_WAIT_MS", 2_000)?,
+            shadow: ShadowConfig {
+                fraction: get("INTERVIEW_SHADOW_READS")
+                    .map_or(Ok(0.0), |v| fraction("INTERVIEW_SHADOW_READS", &v))?,
+                settle: ms("INTERVIEW_SHADOW_SETTLE_MS", 5_000)?,
+            },
         })
     }
 
     /// The database the backend flag selects, with the statement cache setting.
     pub fn database_url(&self) -> Result<DatabaseUrl> {
+        self.url_of(self.backend)
+    }
+
+    /// The other backend's database, when it is configured: where a switch leads.
+    ///
+    /// Always from these settings, never from the database (a retired one
+    /// names where its data went for humans only). The SQLite file must
+    /// already exist: following a switch never creates one.
+    pub fn other_url(&self) -> Option<DatabaseUrl> {
         match self.backend {
+            Backend::Sqlite => self.url_of(Backend::Postgres).ok(),
+            Backend::Postgres if self.sqlite_path_given => {
+                DatabaseUrl::existing_sqlite(std::path::Path::new(&self.sqlite_path)).ok()
+            }
+            Backend::Postgres => None,
+        }
+    }
+
+    fn url_of(&self, backend: Backend) -> Result<DatabaseUrl> {
+        match backend {
             Backend::Sqlite => Ok(DatabaseUrl::sqlite(self.sqlite_path.clone())),
             Backend::Postgres => self
                 .postgres_url
@@ -137,6 +174,16 @@ fn on_off(name: &'static str, value: &str) -> Result<bool> {
             format!("{value:?} is neither \"on\" nor \"off\""),
         )),
     }
+}
+
+/// Reads a share between 0 and 1, e.g. `0.1`.
+fn fraction(name: &'static str, value: &str) -> Result<f64> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| Error::invalid(name, format!("{value:?} is not a number from 0 to 1")))
 }
 
 /// Names the setting in a refusal of `INTERVIEW_POSTGRES_URL` (whose value is never repeated).
@@ -184,11 +231,42 @@ mod tests {
             c.limits.idempotency_retention,
             Duration::from_secs(48 * 3600)
         );
+        assert_eq!(c.pause_wait, Duration::from_secs(2));
         let err = config(&[("INTERVIEW_MAX_CONCURRENT_REQUESTS", "0")]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("INTERVIEW_MAX_CONCURRENT_REQUESTS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_other_backend_is_only_what_the_settings_name() {
+        let c = config(&[("INTERVIEW_SQLITE_PATH", "/tmp/x.db")]).unwrap();
+        assert!(c.other_url().is_none(), "no PostgreSQL configured");
+        let c = config(&[
+            ("INTERVIEW_SQLITE_PATH", "/tmp/x.db"),
+            ("INTERVIEW_POSTGRES_URL", "postgres://app:pw@db/interview"),
+        ])
+        .unwrap();
+        assert_eq!(c.other_url().unwrap().backend(), Backend::Postgres);
+        let c = config(&[
+            ("INTERVIEW_DB_BACKEND", "postgres"),
+            ("INTERVIEW_POSTGRES_URL", "postgres://app:pw@db/interview"),
+        ])
+        .unwrap();
+        assert!(
+            c.other_url().is_none(),
+            "the default SQLite path is not a place to switch to"
+        );
+        let c = config(&[
+            ("INTERVIEW_SHADOW_READS", "0.1"),
+            ("INTERVIEW_PAUSE_WAIT_MS", "500"),
+        ])
+        .unwrap();
+        assert_eq!(c.shadow.fraction, 0.1);
+        assert_eq!(c.pause_wait, Duration::from_millis(500));
+        assert!(config(&[("INTERVIEW_SHADOW_READS", "1.5")]).is_err());
+        assert!(config(&[("INTERVIEW_SHADOW_READS", "NaN")]).is_err());
     }
 }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::{blocking, AppState};
-use crate::error::Category;
-use crate::store::{Claim, Recorded, Ticket};
+use crate::error::{Category, Error};
+use crate::store::{Claim, Recorded, Store, Ticket};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -31,18 +31,25 @@ pub(super) enum Begin {
     Answer(Response),
 }
 
-/// Reads the key, if any, and claims it for a request in `scope` whose content is `request`.
+/// A request's key, scope and content hash: what a claim is made of.
+#[derive(Debug, Clone)]
+pub(super) struct Key {
+    scope: &'static str,
+    key: String,
+    hash: String,
+}
+
+/// Reads the key, if any, of a request in `scope` whose content is `request`.
 ///
 /// `request` is the request as parsed (re-serialised), so a retry that only
 /// formats its JSON differently still counts as the same request.
-pub(super) async fn begin(
-    state: &AppState,
+pub(super) fn read(
     headers: &HeaderMap,
     scope: &'static str,
     request: &[u8],
-) -> Result<Begin, ApiError> {
+) -> Result<Option<Key>, ApiError> {
     let Some(raw) = headers.get(HEADER) else {
-        return Ok(Begin::Run(None));
+        return Ok(None);
     };
     let key = raw
         .to_str()
@@ -55,11 +62,28 @@ pub(super) async fn begin(
             ))
         })?
         .to_string();
-    let hash = hex(&Sha256::digest(request));
-    let store = state.store.clone();
+    Ok(Some(Key {
+        scope,
+        key,
+        hash: hex(&Sha256::digest(request)),
+    }))
+}
+
+/// Claims `key` (if the request carried one) in `store`.
+///
+/// Claimed in the store the write then goes to: after a switch the writer
+/// claims again in the new database (see `hold`).
+pub(super) async fn claim(
+    state: &AppState,
+    store: Store,
+    key: Option<&Key>,
+) -> Result<Begin, Error> {
+    let Some(key) = key.cloned() else {
+        return Ok(Begin::Run(None));
+    };
     let policy = state.limits.key_policy();
     let claim = blocking::run(state.request_timeout, move || {
-        store.claim_idempotency_key(scope, &key, &hash, policy)
+        store.claim_idempotency_key(key.scope, &key.key, &key.hash, policy)
     })
     .await?;
     Ok(match claim {
@@ -87,9 +111,8 @@ pub(super) async fn begin(
 /// Gives the key back after the request failed with nothing stored, so a retry runs at once.
 ///
 /// Best effort: if the database is down too, the claim lapses after its lease.
-pub(super) async fn release(state: &AppState, ticket: Option<Ticket>) {
+pub(super) async fn release(state: &AppState, store: Store, ticket: Option<Ticket>) {
     let Some(ticket) = ticket else { return };
-    let store = state.store.clone();
     if let Err(e) = blocking::run(state.request_timeout, move || {
         store.release_idempotency_key(&ticket)
     })
@@ -136,7 +159,7 @@ pub(super) async fn prune_forever(state: AppState) {
     // Often enough that the table holds little more than the retention's worth.
     let every = (retention / 24).clamp(Duration::from_secs(60), Duration::from_secs(3600));
     loop {
-        let store = state.store.clone();
+        let store = state.store.current();
         match blocking::run(state.request_timeout, move || {
             store.prune_idempotency_keys(retention)
         })

@@ -9,12 +9,15 @@ mod auth;
 pub mod blocking;
 pub mod config;
 pub mod error;
+mod hold;
 pub mod idempotency;
 pub mod interviewer;
 pub mod limits;
+pub mod live_store;
 pub mod metrics;
 mod routes;
 mod serve;
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +36,9 @@ pub use config::ServerConfig;
 pub use error::ApiError;
 pub use interviewer::{Interviewer, ScriptedInterviewer};
 pub use limits::Limits;
+pub use live_store::LiveStore;
 pub use serve::{serve, shutdown_signal};
+pub use shadow::{Shadow, ShadowConfig};
 
 use crate::Store;
 
@@ -43,8 +48,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The repository.
-    pub store: Store,
+    /// The repository in use, swapped when the database is switched (see [`live_store`]).
+    pub store: LiveStore,
     /// Writes the interviewer's side of the conversation.
     pub interviewer: Arc<dyn Interviewer>,
     /// Bearer token for `/admin/*`; admin endpoints answer 404 without one.
@@ -53,17 +58,41 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Timeouts, concurrency and idempotency-key retention.
     pub limits: Limits,
+    /// How long a write refused by a paused or retired database is held and
+    /// retried before it answers 503 (see `hold`).
+    pub pause_wait: Duration,
+    /// Shadow reads from the other backend (see [`shadow`]).
+    pub shadow: Shadow,
 }
 
 impl AppState {
-    /// State with the built-in scripted interviewer and no admin token.
+    /// State with the built-in scripted interviewer and no admin token, on
+    /// `store` alone: no switch to follow, no shadow reads, and a write refused
+    /// by a pause answers 503 at once (`pause_wait` zero).
     pub fn new(store: Store) -> Self {
         AppState {
-            store,
+            store: LiveStore::fixed(store),
             interviewer: Arc::new(ScriptedInterviewer),
             admin_token: None,
             request_timeout: Duration::from_secs(10),
             limits: Limits::default(),
+            pause_wait: Duration::ZERO,
+            shadow: Shadow::new(ShadowConfig::default()),
+        }
+    }
+
+    /// State for `store` opened from `config`: it follows a switch to
+    /// `config`'s other backend, holds writes for `INTERVIEW_PAUSE_WAIT_MS`
+    /// and shadow-reads as `INTERVIEW_SHADOW_READS` says.
+    pub fn from_config(store: Store, config: &ServerConfig) -> Self {
+        AppState {
+            store: LiveStore::new(store, config.other_url(), config.store.clone()),
+            interviewer: Arc::new(ScriptedInterviewer),
+            admin_token: config.admin_token.clone(),
+            request_timeout: config.request_timeout,
+            limits: config.limits.clone(),
+            pause_wait: config.pause_wait,
+            shadow: Shadow::new(config.shadow),
         }
     }
 }

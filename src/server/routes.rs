@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiJson};
-use super::idempotency::{self, Begin};
+use super::hold::{self, Written};
+use super::shadow::Answer;
 use super::{auth, blocking, metrics, AppState};
 use crate::store::{Draft, Message, Role};
 
@@ -34,7 +35,7 @@ async fn call<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce(crate::Store) -> crate::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = state.store.clone();
+    let store = state.store.current();
     let started = Instant::now();
     let result = blocking::run(state.request_timeout, move || f(store)).await;
     metrics::operation(op, started);
@@ -57,7 +58,8 @@ fn draft_json(d: &Draft) -> Value {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let store = state.store.clone();
+    // The store in use now: after a switch, /health names the new backend.
+    let store = state.store.current();
     // Store::health bounds its own wait; this task only keeps it off the async workers.
     let h = match tokio::task::spawn_blocking(move || store.health()).await {
         Ok(h) => h,
@@ -90,7 +92,7 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(state.store.pool_state()),
+        metrics::render(state.store.current().pool_state()),
     )
 }
 
@@ -110,35 +112,28 @@ async fn start(
         }
         v
     };
-    let ticket = match idempotency::begin(
+    let opening = state.interviewer.opening();
+    let request = request.to_string();
+    let written = hold::write(
         &state,
         &headers,
         "POST /interview/start",
-        request.to_string().as_bytes(),
+        request.as_bytes(),
+        "start_session",
+        move |store, ticket| {
+            let respond = |(session, reply): &(crate::Session, Message)| {
+                super::idempotency::recorded(StatusCode::CREATED, &start_json(session, reply))
+            };
+            match ticket {
+                Some(t) => store.start_session_once(t, Role::Assistant, &opening, respond),
+                None => store.start_session_with(Role::Assistant, &opening),
+            }
+        },
     )
-    .await?
-    {
-        Begin::Answer(response) => return Ok(response),
-        Begin::Run(ticket) => ticket,
-    };
-    let opening = state.interviewer.opening();
-    let held = ticket.clone();
-    let result = call(&state, "start_session", move |store| {
-        let respond = |(session, reply): &(crate::Session, Message)| {
-            idempotency::recorded(StatusCode::CREATED, &start_json(session, reply))
-        };
-        match &held {
-            Some(t) => store.start_session_once(t, Role::Assistant, &opening, respond),
-            None => store.start_session_with(Role::Assistant, &opening),
-        }
-    })
-    .await;
-    let (session, reply) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            idempotency::release(&state, ticket).await;
-            return Err(e);
-        }
+    .await?;
+    let (session, reply) = match written {
+        Written::Answer(response) => return Ok(response),
+        Written::Done(done) => done,
     };
     Ok((StatusCode::CREATED, Json(start_json(&session, &reply))).into_response())
 }
@@ -164,60 +159,62 @@ async fn chat(
         return Err(ApiError::input("text must not be empty"));
     }
     let request = serde_json::to_vec(&req).unwrap_or_default();
-    let ticket =
-        match idempotency::begin(&state, &headers, "POST /interview/chat", &request).await? {
-            Begin::Answer(response) => return Ok(response),
-            Begin::Run(ticket) => ticket,
-        };
     let interviewer = state.interviewer.clone();
-    let held = ticket.clone();
-    let result = call(&state, "chat", move |store| {
-        // The reply is worked out first, then the whole turn is stored in one
-        // transaction: a pause or a failure never leaves half a turn behind.
-        let mut history = store.get_session(id)?.messages;
-        history.push(Message {
-            id: 0,
-            session_id: id,
-            role: Role::User,
-            text: req.text.clone(),
-            created_at: crate::timestamp::now(),
-        });
-        let answer = interviewer.reply(&history);
-        history.push(Message {
-            id: 0,
-            session_id: id,
-            role: Role::Assistant,
-            text: answer.clone(),
-            created_at: crate::timestamp::now(),
-        });
-        let summary = interviewer.summarize(&history);
-        let turns = [
-            (Role::User, req.text.as_str()),
-            (Role::Assistant, answer.as_str()),
-        ];
-        let stored = match &held {
-            Some(t) => store.append_messages_once(t, id, &turns, Some(&summary), |stored| {
-                idempotency::recorded(StatusCode::OK, &chat_json(id, stored))
-            })?,
-            None => store.append_messages(id, &turns, Some(&summary))?,
-        };
-        let [mine, reply]: [Message; 2] =
-            stored
-                .try_into()
-                .map_err(|v: Vec<Message>| crate::Error::Corrupt {
-                    what: format!("chat turn of session {id}"),
-                    reason: format!("{} messages stored instead of 2", v.len()),
-                })?;
-        Ok([mine, reply])
-    })
-    .await;
-    match result {
-        Ok(turn) => Ok(Json(chat_json(id, &turn)).into_response()),
-        Err(e) => {
-            idempotency::release(&state, ticket).await;
-            Err(e)
-        }
+    let written = hold::write(
+        &state,
+        &headers,
+        "POST /interview/chat",
+        &request,
+        "chat",
+        move |store, ticket| chat_turn(&store, ticket, &*interviewer, id, &req.text),
+    )
+    .await?;
+    match written {
+        Written::Answer(response) => Ok(response),
+        Written::Done(turn) => Ok(Json(chat_json(id, &turn)).into_response()),
     }
+}
+
+/// One chat turn: the reply is worked out first, then the whole turn is
+/// stored in one transaction, so a pause or a failure never leaves half a
+/// turn behind.
+fn chat_turn(
+    store: &crate::Store,
+    ticket: Option<&crate::store::Ticket>,
+    interviewer: &dyn super::Interviewer,
+    id: Uuid,
+    text: &str,
+) -> crate::Result<[Message; 2]> {
+    let mut history = store.get_session(id)?.messages;
+    history.push(Message {
+        id: 0,
+        session_id: id,
+        role: Role::User,
+        text: text.to_string(),
+        created_at: crate::timestamp::now(),
+    });
+    let answer = interviewer.reply(&history);
+    history.push(Message {
+        id: 0,
+        session_id: id,
+        role: Role::Assistant,
+        text: answer.clone(),
+        created_at: crate::timestamp::now(),
+    });
+    let summary = interviewer.summarize(&history);
+    let turns = [(Role::User, text), (Role::Assistant, answer.as_str())];
+    let stored = match ticket {
+        Some(t) => store.append_messages_once(t, id, &turns, Some(&summary), |stored| {
+            super::idempotency::recorded(StatusCode::OK, &chat_json(id, stored))
+        })?,
+        None => store.append_messages(id, &turns, Some(&summary))?,
+    };
+    stored
+        .try_into()
+        .map_err(|v: Vec<Message>| crate::Error::Corrupt {
+            what: format!("chat turn of session {id}"),
+            reason: format!("{} messages stored instead of 2", v.len()),
+        })
 }
 
 fn chat_json(id: Uuid, turn: &[Message]) -> Value {
@@ -229,14 +226,47 @@ async fn session(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let s = call(&state, "get_session", move |store| store.get_session(id)).await?;
-    Ok(Json(json!({
-        "id": s.session.id,
-        "created_at": s.session.created_at,
-        "updated_at": s.session.updated_at,
-        "summary": s.session.summary,
-        "messages": s.messages.iter().map(message_json).collect::<Vec<_>>(),
-    })))
+    let answer = call(&state, "get_session", move |store| {
+        session_answer(&store, id)
+    })
+    .await?;
+    let body = answer.body.clone();
+    state
+        .shadow
+        .compare(&state.store, "session", id, answer, move |other| {
+            session_answer(other, id)
+        });
+    if body.is_null() {
+        return Err(ApiError::from(crate::Error::not_found(format!(
+            "session {id}"
+        ))));
+    }
+    Ok(Json(body))
+}
+
+/// `GET /interview/session/{id}`'s body (`Null` when there is no such
+/// session), and when the session last changed.
+fn session_answer(store: &crate::Store, id: Uuid) -> crate::Result<Answer> {
+    let s = match store.get_session(id) {
+        Ok(s) => s,
+        Err(crate::Error::NotFound { .. }) => {
+            return Ok(Answer {
+                body: Value::Null,
+                changed_at: None,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Answer {
+        body: json!({
+            "id": s.session.id,
+            "created_at": s.session.created_at,
+            "updated_at": s.session.updated_at,
+            "summary": s.session.summary,
+            "messages": s.messages.iter().map(message_json).collect::<Vec<_>>(),
+        }),
+        changed_at: Some(s.session.updated_at),
+    })
 }
 
 #[derive(Deserialize, Serialize)]
@@ -253,32 +283,30 @@ async fn draft(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&req.session_id)?;
     let request = serde_json::to_vec(&req).unwrap_or_default();
-    let ticket =
-        match idempotency::begin(&state, &headers, "POST /interview/draft", &request).await? {
-            Begin::Answer(response) => return Ok(response),
-            Begin::Run(ticket) => ticket,
-        };
     let interviewer = state.interviewer.clone();
-    let held = ticket.clone();
-    let result = call(&state, "save_draft", move |store| {
-        let content = match req.content {
-            Some(c) => c,
-            None => interviewer.compose_draft(&store.get_session(id)?.messages),
-        };
-        match &held {
-            Some(t) => store.save_draft_once(t, id, &content, |d| {
-                idempotency::recorded(StatusCode::CREATED, &draft_json(d))
-            }),
-            None => store.save_draft(id, &content),
-        }
-    })
-    .await;
-    match result {
-        Ok(draft) => Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response()),
-        Err(e) => {
-            idempotency::release(&state, ticket).await;
-            Err(e)
-        }
+    let written = hold::write(
+        &state,
+        &headers,
+        "POST /interview/draft",
+        &request,
+        "save_draft",
+        move |store, ticket| {
+            let content = match &req.content {
+                Some(c) => c.clone(),
+                None => interviewer.compose_draft(&store.get_session(id)?.messages),
+            };
+            match ticket {
+                Some(t) => store.save_draft_once(t, id, &content, |d| {
+                    super::idempotency::recorded(StatusCode::CREATED, &draft_json(d))
+                }),
+                None => store.save_draft(id, &content),
+            }
+        },
+    )
+    .await?;
+    match written {
+        Written::Answer(response) => Ok(response),
+        Written::Done(draft) => Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response()),
     }
 }
 
@@ -287,12 +315,36 @@ async fn latest_draft(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    match call(&state, "latest_draft", move |store| store.latest_draft(id)).await? {
-        Some(d) => Ok(Json(draft_json(&d))),
-        None => Err(ApiError::from(crate::Error::not_found(format!(
+    let answer = call(&state, "latest_draft", move |store| {
+        draft_answer(&store, id)
+    })
+    .await?;
+    let body = answer.body.clone();
+    state
+        .shadow
+        .compare(&state.store, "latest draft", id, answer, move |other| {
+            draft_answer(other, id)
+        });
+    if body.is_null() {
+        return Err(ApiError::from(crate::Error::not_found(format!(
             "draft of session {id}"
-        )))),
+        ))));
     }
+    Ok(Json(body))
+}
+
+/// `GET /interview/draft/latest/{id}`'s body (`Null` for none), and when it was written.
+fn draft_answer(store: &crate::Store, id: Uuid) -> crate::Result<Answer> {
+    Ok(match store.latest_draft(id)? {
+        Some(d) => Answer {
+            body: draft_json(&d),
+            changed_at: Some(d.created_at),
+        },
+        None => Answer {
+            body: Value::Null,
+            changed_at: None,
+        },
+    })
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use super::{idempotency, router, AppState};
+use super::{idempotency, live_store, router, AppState};
 
 /// Serves the API on `listener` until `shutdown` resolves.
 ///
@@ -25,6 +25,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = state.limits.clone();
     let pruner = tokio::spawn(idempotency::prune_forever(state.clone()));
+    let watcher = tokio::spawn(live_store::watch(
+        state.store.clone(),
+        state.request_timeout,
+    ));
     let app = router(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -59,6 +63,7 @@ pub async fn serve(
     }
     drop(listener);
     pruner.abort();
+    watcher.abort();
     if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()
