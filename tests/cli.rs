@@ -2,27 +2,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::legacy::{clean_sql, Legacy};
 #[allow(unused_imports)]
 use common::TestDb;
-
-/// The example binary cargo builds next to the test binaries.
-fn migrate_bin() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile_dir = deps.parent().unwrap().parent().unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("migrate{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: cargo test builds examples",
-        bin.display()
-    );
-    bin
-}
 
 fn run(args: &[&str]) -> Output {
     run_in(Path::new("."), args)
@@ -30,7 +15,7 @@ fn run(args: &[&str]) -> Output {
 
 /// Runs the tool in `dir`, so a file it might create by mistake lands there.
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(migrate_bin())
+    Command::new(common::bin::example_bin("migrate"))
         .current_dir(dir)
         .args(args)
         .env_remove("INTERVIEW_SQLITE_PATH")
@@ -226,7 +211,7 @@ fn a_keyword_value_string_is_postgres_and_its_password_is_never_printed() {
         vec!["status", "--postgres", &conninfo],
     ] {
         // With the info log on, which names the database being opened.
-        let o = Command::new(migrate_bin())
+        let o = Command::new(common::bin::example_bin("migrate"))
             .current_dir(dir.path())
             .args(&args)
             .env_remove("INTERVIEW_POSTGRES_URL")
@@ -247,7 +232,7 @@ fn a_keyword_value_string_is_postgres_and_its_password_is_never_printed() {
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
         assert!(!text(&o).contains("hunter2"), "{}", text(&o));
     }
-    let o = Command::new(migrate_bin())
+    let o = Command::new(common::bin::example_bin("migrate"))
         .current_dir(dir.path())
         .args(["setup"])
         .env("INTERVIEW_POSTGRES_URL", "interview.db")

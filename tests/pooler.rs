@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use chrono::Utc;
@@ -122,17 +121,9 @@ fn timestamps_do_not_depend_on_the_session_time_zone() {
     assert_eq!(zone.zone, "Asia/Kathmandu", "the test ran in that zone");
 }
 
-fn migrate_bin() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile_dir = deps.parent().unwrap().parent().unwrap();
-    profile_dir
-        .join("examples")
-        .join(format!("migrate{}", std::env::consts::EXE_SUFFIX))
-}
-
 /// The migration tool with `INTERVIEW_PG_STATEMENT_CACHE=off`, as an operator behind a pooler runs it.
 fn migrate(args: &[&str]) -> Output {
-    let o = Command::new(migrate_bin())
+    let o = Command::new(common::bin::example_bin("migrate"))
         .args(args)
         .env_remove("INTERVIEW_SQLITE_PATH")
         .env_remove("INTERVIEW_POSTGRES_URL")

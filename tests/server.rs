@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::bin::Killed;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1062,34 +1064,6 @@ fn unreachable_database_fails_fast_and_recovers() {
     });
 }
 
-/// The example server binary cargo builds next to the test binaries.
-fn server_bin() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let bin = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: cargo test builds examples",
-        bin.display()
-    );
-    bin
-}
-
-/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill(); // SIGKILL: no shutdown, no flush
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the example server on `db` until the handle is dropped.
 fn spawn_server(db: &TestDb) -> (Killed, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1097,7 +1071,7 @@ fn spawn_server(db: &TestDb) -> (Killed, String) {
         .local_addr()
         .unwrap()
         .port();
-    let mut cmd = std::process::Command::new(server_bin());
+    let mut cmd = std::process::Command::new(common::bin::example_bin("server"));
     cmd.env("INTERVIEW_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .env("INTERVIEW_DB_BACKEND", db.backend.as_str())

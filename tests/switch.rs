@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::bin::Killed;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,34 +27,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The example server binary cargo builds next to the test binaries.
-fn server_bin() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let bin = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: cargo test builds examples",
-        bin.display()
-    );
-    bin
-}
-
-/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the example server on SQLite at `sqlite`, with PostgreSQL at `postgres` as the other backend.
 fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -60,7 +34,7 @@ fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
         .local_addr()
         .unwrap()
         .port();
-    let child = std::process::Command::new(server_bin())
+    let child = std::process::Command::new(common::bin::example_bin("server"))
         .env("INTERVIEW_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .env("INTERVIEW_DB_BACKEND", "sqlite")

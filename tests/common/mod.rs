@@ -5,6 +5,7 @@
 //! connection that creates and drops one database per test.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod legacy;
 pub mod scratch;
 
