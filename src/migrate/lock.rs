@@ -16,11 +16,27 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 
+use std::time::{Duration, Instant};
+
 use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};
 
 /// The advisory lock key of the migration commands: "intrvmig" in ASCII.
 pub const MIGRATION_LOCK_KEY: i64 = 0x696e_7472_766d_6967;
+
+/// How often a waiting command tries the lock again.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// Takes the migration lock for the caller's open transaction, without
+/// waiting: `false` when another command holds it. A follower takes it this
+/// way in each batch's own transaction, so that a command needing the
+/// database to itself (switch, verify) runs between two batches.
+pub(crate) fn try_lock(pg: &mut PgConnection) -> Result<bool> {
+    let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .get_result(pg)?;
+    Ok(got.locked)
+}
 
 /// Held while a migration command runs; dropping it releases the lock.
 pub struct MigrationLock {
@@ -44,6 +60,13 @@ impl MigrationLock {
     /// # Ok::<(), interview_store::Error>(())
     /// ```
     pub fn acquire(postgres: &DatabaseUrl) -> Result<MigrationLock> {
+        Self::acquire_waiting(postgres, Duration::ZERO)
+    }
+
+    /// Takes the lock, waiting up to `wait` for the command holding it to let
+    /// go: for steps that take turns with a running follower, whose batches
+    /// hold the lock for milliseconds. [`Error::Busy`] past the wait.
+    pub fn acquire_waiting(postgres: &DatabaseUrl, wait: Duration) -> Result<MigrationLock> {
         // A bare connection: the schema migrations run after the lock is held.
         let mut conn = match postgres.establish()? {
             AnyConnection::Postgres(pg) => pg,
@@ -56,14 +79,15 @@ impl MigrationLock {
         };
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
         AnsiTransactionManager::begin_transaction(&mut conn)?;
-        let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-            .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
-            .get_result(&mut conn)?;
-        if !got.locked {
-            return Err(Error::Busy(format!(
-                "another migration command is running on {}; wait for it to finish",
-                postgres.masked()
-            )));
+        let deadline = Instant::now() + wait;
+        while !try_lock(&mut conn)? {
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "another migration command is running on {}; wait for it to finish",
+                    postgres.masked()
+                )));
+            }
+            std::thread::sleep(RETRY);
         }
         Ok(MigrationLock { conn })
     }

@@ -55,6 +55,20 @@ pub struct State {
     /// When SQLite became live again.
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub rolled_back_at: Option<DateTime<Utc>>,
+    /// The SQLite change log position up to which a full verify found
+    /// PostgreSQL equal; a switch under traffic verifies only rows named later.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub verified_change_seq: Option<i64>,
+    /// When that verify ran.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub verified_at: Option<DateTime<Utc>>,
+    /// PostgreSQL's change log applied to SQLite: every entry written by a
+    /// transaction older than this horizon (a transaction id).
+    #[diesel(sql_type = BigInt)]
+    pub rollback_xid_horizon: i64,
+    /// The horizon up to which SQLite was last found equal to PostgreSQL.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub rollback_verified_horizon: Option<i64>,
 }
 
 impl State {
@@ -146,7 +160,8 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
 pub(crate) fn load(pg: &mut PgConnection) -> Result<Option<State>> {
     Ok(diesel::sql_query(
         "SELECT source, phase, started_at, copied_at, synced_at, mark_session_rowid, mark_message_id, \
-         mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at \
+         mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at, \
+         verified_change_seq, verified_at, rollback_xid_horizon, rollback_verified_horizon \
          FROM interview_migration_state",
     )
     .get_result(pg)

@@ -22,6 +22,14 @@ pub struct SwitchReport {
     pub verify: VerifyReport,
     /// The switch had already happened; this run only redid its idempotent steps.
     pub already_switched: bool,
+    /// How long the old side refused writes while the switch ran (from its
+    /// pause by the switch to the new side going live); `None` when the
+    /// operator had paused it before.
+    pub held_ms: Option<u64>,
+    /// Rows checked by the bounded verify of a switch under traffic (rows
+    /// named by the change log since the last full verify); `None` when the
+    /// full verify ran instead.
+    pub verified_rows: Option<u64>,
 }
 
 /// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite (after rollback-sync).
@@ -123,6 +131,8 @@ fn to_postgres(
         live: Backend::Postgres,
         verify: report,
         already_switched,
+        held_ms: None,
+        verified_rows: None,
     })
 }
 
@@ -229,5 +239,7 @@ fn to_sqlite(
         live: Backend::Sqlite,
         verify: report,
         already_switched,
+        held_ms: None,
+        verified_rows: None,
     })
 }

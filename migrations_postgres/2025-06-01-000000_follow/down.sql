@@ -1,0 +1,4 @@
+ALTER TABLE interview_migration_state DROP COLUMN rollback_verified_horizon;
+ALTER TABLE interview_migration_state DROP COLUMN rollback_xid_horizon;
+ALTER TABLE interview_migration_state DROP COLUMN verified_at;
+ALTER TABLE interview_migration_state DROP COLUMN verified_change_seq;
