@@ -280,6 +280,13 @@ pub(crate) fn install_pg(pg: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// Empties the PostgreSQL log: what it holds before the switch are the
+/// migration tool's own writes, which SQLite has already.
+pub(crate) fn clear_pg(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute("DELETE FROM interview_change_log")?;
+    Ok(())
+}
+
 /// Removes the PostgreSQL log and its triggers.
 pub(crate) fn uninstall_pg(pg: &mut PgConnection) -> Result<()> {
     pg.batch_execute(PG_UNINSTALL)?;

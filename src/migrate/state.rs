@@ -294,6 +294,18 @@ pub(crate) fn advance(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
     Ok(())
 }
 
+/// Records that a full verify found both sides equal up to the SQLite log's
+/// `change_seq` (rows named by later entries aside).
+pub(crate) fn mark_verified(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE interview_migration_state SET verified_change_seq = $1, verified_at = now() \
+         WHERE phase = 'copied'",
+    )
+    .bind::<BigInt, _>(change_seq)
+    .execute(pg)?;
+    Ok(())
+}
+
 /// Moves the rollback mark forward after a rollback-sync.
 pub(crate) fn advance_rollback(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
     diesel::sql_query(
@@ -308,7 +320,7 @@ pub(crate) fn advance_rollback(pg: &mut PgConnection, change_seq: i64) -> Result
 pub(crate) fn mark_switched(pg: &mut PgConnection, rollback_from: i64) -> Result<()> {
     diesel::sql_query(
         "UPDATE interview_migration_state SET phase = 'switched', switched_at = coalesce(switched_at, now()), \
-         rollback_change_seq = $1",
+         rollback_change_seq = $1, rollback_xid_horizon = 0, rollback_verified_horizon = 0",
     )
     .bind::<BigInt, _>(rollback_from)
     .execute(pg)?;

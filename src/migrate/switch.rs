@@ -9,7 +9,7 @@ use super::lock::MigrationLock;
 use super::pause;
 use super::source::{source_name, Source};
 use super::state::{self, State};
-use super::verify::{verify, VerifyReport};
+use super::verify::{verify_locked, VerifyReport};
 use crate::connection::{Backend, DatabaseUrl};
 use crate::error::{Error, Result};
 
@@ -55,7 +55,8 @@ pub struct SwitchReport {
 pub fn switch(sqlite: &Path, postgres: &DatabaseUrl, to: Backend) -> Result<SwitchReport> {
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
-    let _lock = MigrationLock::acquire(postgres)?;
+    // A running follower holds the lock for one batch at a time: take turns with it.
+    let _lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
     let mut pg = state::connect(postgres)?;
     let st = state::load(&mut pg)?;
     let st = st.ok_or_else(|| {
@@ -101,6 +102,9 @@ fn to_postgres(
         }
     };
     let mut lite = pause::open_sqlite(sqlite)?;
+    if !already_switched && !pause::sqlite_paused(sqlite)? {
+        return online_to_postgres(sqlite, postgres, pg, st, &mut lite);
+    }
     if !already_switched {
         require_sqlite_caught_up(sqlite, st)?;
     }
@@ -136,6 +140,124 @@ fn to_postgres(
     })
 }
 
+/// The switch under traffic: SQLite is paused here, for as short as it takes
+/// to apply the last log entries, compare the rows they name, retire SQLite
+/// and make PostgreSQL live. Writes arriving in that window are refused by the
+/// database and held by the servers (see `INTERVIEW_PAUSE_WAIT_MS`), not
+/// failed. Any failure resumes SQLite: the service never stays paused because
+/// a switch did not go through.
+///
+/// Before the pause, with writes still flowing, the switch catches up itself
+/// and compares the rows written since the last full verify; the pause then
+/// covers only what was written during that catch-up. The hold therefore
+/// follows the write rate over a few milliseconds, not the database's size.
+fn online_to_postgres(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    st: &State,
+    lite: &mut crate::AnyConnection,
+) -> Result<SwitchReport> {
+    let Some(verified) = st.verified_change_seq else {
+        return Err(Error::Refused(format!(
+            "{} is not paused and no full verify was recorded: run `migrate verify` first (a \
+             switch under traffic checks only the rows changed since it), or pause SQLite for a \
+             switch with a full verify",
+            sqlite.display()
+        )));
+    };
+    let mut src = Source::open(sqlite)?;
+    let mut live_pg = pause::open_pg(postgres)?;
+    let mut from = verified;
+    let mut rows = 0;
+    for _ in 0..CATCH_UP_PASSES {
+        let (upto, checked, entries) = checked_pass(sqlite, postgres, pg, &mut src, from)?;
+        (from, rows) = (upto, rows + checked);
+        if entries <= CAUGHT_UP {
+            break;
+        }
+    }
+    // Ready before the pause, so the pause does not wait for DDL; PostgreSQL is
+    // not live yet, so what it logs until the switch is the tool's own writes.
+    pg.transaction(changelog::install_pg)?;
+    pause::pause(lite)?;
+    let held = std::time::Instant::now();
+    let result = checked_pass(sqlite, postgres, pg, &mut src, from).and_then(|(_, checked, _)| {
+        pause::retire(lite, &postgres.masked())?;
+        pg.transaction(|pg| {
+            changelog::install_pg(pg)?;
+            changelog::clear_pg(pg)?;
+            let from = changelog::pg_position(pg)?;
+            state::mark_switched(pg, from)
+        })?;
+        pause::make_live(&mut live_pg)?;
+        Ok(checked)
+    });
+    let held_ms = held.elapsed().as_millis() as u64;
+    let rows = match result {
+        Ok(checked) => rows + checked,
+        Err(e) => {
+            if let Err(resume) = pause::make_live(lite) {
+                log::error!(
+                    "the switch failed and SQLite could not be resumed ({resume}): run \
+                     `migrate resume --sqlite {}`",
+                    sqlite.display()
+                );
+            }
+            return Err(e);
+        }
+    };
+    log::info!(
+        "switched under traffic: {} is live; {} is retired; writes held {held_ms} ms, {rows} rows rechecked",
+        postgres.masked(),
+        sqlite.display()
+    );
+    Ok(SwitchReport {
+        live: Backend::Postgres,
+        verify: VerifyReport::default(),
+        already_switched: false,
+        held_ms: Some(held_ms),
+        verified_rows: Some(rows),
+    })
+}
+
+/// Catch-up passes before the pause, at most: each covers what was written
+/// during the one before.
+const CATCH_UP_PASSES: usize = 3;
+
+/// Entries a pass may leave for the paused one.
+const CAUGHT_UP: u64 = 200;
+
+/// One sync pass that also compares the rows named past `from`, in the same
+/// snapshot: the position applied, the rows compared, the entries applied.
+/// Refuses when any row differs.
+fn checked_pass(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    src: &mut Source,
+    from: i64,
+) -> Result<(i64, u64, u64)> {
+    let started = std::time::Instant::now();
+    let pass =
+        pg.transaction(|pg| super::sync::pass(pg, src, sqlite, postgres, true, Some(from)))?;
+    let recheck = pass.recheck.unwrap_or_default();
+    log::debug!(
+        "switch: {} entries applied, {} rows compared in {:?}",
+        pass.report.entries,
+        recheck.rows,
+        started.elapsed()
+    );
+    if !recheck.is_equal() {
+        return Err(Error::Refused(format!(
+            "the rows changed since the last full verify differ between the two sides, so the \
+             switch would lose or change data; SQLite is live as before. {}",
+            recheck.describe()
+        )));
+    }
+    Ok((pass.report.change_seq, recheck.rows, pass.report.entries))
+}
+
 /// SQLite paused, and every entry of its log applied by sync.
 fn require_sqlite_caught_up(sqlite: &Path, st: &State) -> Result<()> {
     if !pause::sqlite_paused(sqlite)? {
@@ -158,7 +280,7 @@ fn require_sqlite_caught_up(sqlite: &Path, st: &State) -> Result<()> {
 }
 
 fn require_equal(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
-    let report = verify(sqlite, postgres)?;
+    let report = verify_locked(sqlite, postgres)?;
     if !report.is_equal() {
         return Err(Error::Refused(format!(
             "verify found {} difference(s) between the two sides, so the switch would lose or \
