@@ -29,6 +29,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs the example server on SQLite at `sqlite`, with PostgreSQL at `postgres` as the other backend.
 fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
+    spawn_server_waiting(sqlite, postgres, 20_000)
+}
+
+/// [`spawn_server`] holding writes through a pause for up to `pause_wait_ms`.
+fn spawn_server_waiting(sqlite: &str, postgres: &str, pause_wait_ms: u64) -> (Killed, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -41,7 +46,7 @@ fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
         .env("INTERVIEW_SQLITE_PATH", sqlite)
         .env("INTERVIEW_POSTGRES_URL", postgres)
         // Generous: the test's copy runs inside the pause on a busy machine.
-        .env("INTERVIEW_PAUSE_WAIT_MS", "20000")
+        .env("INTERVIEW_PAUSE_WAIT_MS", pause_wait_ms.to_string())
         .spawn()
         .unwrap();
     (Killed(child), format!("http://127.0.0.1:{port}"))
@@ -68,6 +73,8 @@ struct Seen {
     failed: Vec<String>,
     /// Writes sent before PostgreSQL was made live and acknowledged after: held, not refused.
     held: usize,
+    /// The longest request that overlapped a switch.
+    longest_during_switch: Duration,
 }
 
 struct Traffic {
@@ -96,7 +103,12 @@ async fn client(t: Arc<Traffic>, bases: Vec<String>, n: usize) {
                 json!({"session_id": s, "text": format!("answer {n}/{i}")}),
             ),
         };
+        let sent = Instant::now();
         let r = http.post(format!("{base}{path}")).json(&body).send().await;
+        if during || t.switching.load(Ordering::SeqCst) {
+            let mut seen = t.seen.lock().unwrap();
+            seen.longest_during_switch = seen.longest_during_switch.max(sent.elapsed());
+        }
         let (status, v) = match r {
             Ok(r) => (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)),
             Err(e) => {
@@ -569,4 +581,158 @@ fn a_keyed_write_held_through_the_switch_lands_once_on_the_new_side() {
     );
     let on_sqlite = sqlite.store().get_session(id).unwrap().messages;
     assert!(!on_sqlite.iter().any(|m| m.text == "across the switch"));
+}
+
+/// Runs `migrate` with `args`; its exit status and standard output.
+fn migrate_cli(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(common::bin::example_bin("migrate"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "migrate {}: {}\n{stdout}{}",
+        args[0],
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, stdout)
+}
+
+/// Starts `migrate follow` with `extra` arguments; its JSON lines go to `log`.
+fn spawn_follow(sqlite: &str, postgres: &str, extra: &[&str], log: &std::path::Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        std::process::Command::new(common::bin::example_bin("migrate"))
+            .args(["follow", "--sqlite", sqlite, "--postgres", postgres])
+            .args(["--json", "--report-secs", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a follower process to end by itself (the switch ends its direction).
+fn wait_follower_ended(f: &mut Killed, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = f.0.try_wait().unwrap() {
+            let out = std::fs::read_to_string(log).unwrap();
+            assert!(status.success(), "follower: {status}\n{out}");
+            assert!(out.contains(r#""ended":"switched""#), "{out}");
+            assert!(out.contains(r#""lag_ms""#), "it reported its lag: {out}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not end with the switch"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "writes held N ms" in a switch's output.
+fn held_ms(out: &str) -> u64 {
+    out.split("writes held ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hold reported: {out}"))
+}
+
+#[test]
+fn the_zero_downtime_cutover_under_traffic_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_path = dir.path().join("interview.db");
+    let sqlite = sqlite_path.to_str().unwrap().to_string();
+    let seed = Store::connect(&sqlite, StoreConfig::default()).unwrap();
+    seed.migrate().unwrap();
+    for _ in 0..20 {
+        seed.start_session().unwrap();
+    }
+    drop(seed);
+    let pg = PgDatabase::create();
+    let pg_url = DatabaseUrl::postgres(&pg.url).unwrap();
+    interview_store::migrate::copy(&sqlite_path, &pg_url, &Default::default()).unwrap();
+
+    let forward_log = dir.path().join("follow.jsonl");
+    let mut follower = spawn_follow(&sqlite, &pg.url, &[], &forward_log);
+    let (mut one, base_one) = spawn_server_waiting(&sqlite, &pg.url, 2000);
+    let (mut two, base_two) = spawn_server_waiting(&sqlite, &pg.url, 2000);
+    let t = Arc::new(Traffic {
+        stop: AtomicBool::new(false),
+        switching: AtomicBool::new(false),
+        seen: Mutex::default(),
+    });
+    let held = runtime().block_on(async {
+        let http = reqwest::Client::new();
+        wait_healthy(&http, &base_one).await;
+        wait_healthy(&http, &base_two).await;
+        let bases = vec![base_one.clone(), base_two.clone()];
+        let clients: Vec<_> = (0..4)
+            .map(|n| tokio::spawn(client(t.clone(), bases.clone(), n)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (sqlite, url) = (sqlite.clone(), pg.url.clone());
+        let held = tokio::task::spawn_blocking(move || {
+            let args = ["--sqlite", sqlite.as_str(), "--postgres", url.as_str()];
+            let (status, _) = migrate_cli(&[&["verify", "--live"][..], &args].concat());
+            assert!(status.success(), "verify under traffic: {status}");
+            std::thread::sleep(Duration::from_millis(300));
+            let (status, out) = migrate_cli(&[&["switch"][..], &args].concat());
+            assert!(status.success(), "switch under traffic: {status}");
+            held_ms(&out)
+        });
+        t.switching.store(true, Ordering::SeqCst);
+        let held = held.await.unwrap();
+        t.switching.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        t.stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.await.unwrap();
+        }
+        for base in [&base_one, &base_two] {
+            let health: Value = http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(health["backend"], "postgres", "{base}: {health}");
+        }
+        held
+    });
+    wait_follower_ended(&mut follower, &forward_log);
+    assert!(one.0.try_wait().unwrap().is_none(), "server one restarted");
+    assert!(two.0.try_wait().unwrap().is_none(), "server two restarted");
+
+    let seen = t.seen.lock().unwrap();
+    assert!(
+        seen.failed.is_empty(),
+        "requests failed: {:#?}",
+        seen.failed
+    );
+    // Every acknowledged turn is on PostgreSQL exactly once.
+    let pg_store = Store::connect(&pg.url, StoreConfig::default()).unwrap();
+    for (session, text) in &seen.acked {
+        let s = pg_store.get_session(session.parse().unwrap()).unwrap();
+        let n = s.messages.iter().filter(|m| &m.text == text).count();
+        assert_eq!(n, 1, "acknowledged {text:?} of {session} stored {n} times");
+    }
+    // Held, not refused: no write waited out the servers' 2 s bound.
+    assert!(
+        seen.longest_during_switch < Duration::from_millis(2000),
+        "{:?}",
+        seen.longest_during_switch
+    );
+    eprintln!(
+        "zero-downtime switch: writes held {held} ms, longest request during it {:?}, {} turns acknowledged",
+        seen.longest_during_switch,
+        seen.acked.len()
+    );
 }

@@ -182,17 +182,28 @@ fn online_to_postgres(
     pg.transaction(changelog::install_pg)?;
     pause::pause(lite)?;
     let held = std::time::Instant::now();
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, since: &mut std::time::Instant| {
+        steps.push((name, since.elapsed()));
+        *since = std::time::Instant::now();
+    };
+    let mut t = held;
     let result = checked_pass(sqlite, postgres, pg, &mut src, from).and_then(|(_, checked, _)| {
+        step("last entries", &mut t);
         pause::retire(lite, &postgres.masked())?;
+        step("retire", &mut t);
         pg.transaction(|pg| {
             changelog::install_pg(pg)?;
             changelog::clear_pg(pg)?;
             let from = changelog::pg_position(pg)?;
             state::mark_switched(pg, from)
         })?;
+        step("record", &mut t);
         pause::make_live(&mut live_pg)?;
+        step("live", &mut t);
         Ok(checked)
     });
+    log::info!("switch: writes held for {steps:?}");
     let held_ms = held.elapsed().as_millis() as u64;
     let rows = match result {
         Ok(checked) => rows + checked,
