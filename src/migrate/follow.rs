@@ -339,7 +339,15 @@ impl Leg for Forward<'_> {
 
     fn connect(&mut self) -> Result<()> {
         let pg = state::connect(self.postgres)?;
-        let src = Source::open(self.sqlite)?;
+        let mut src = Source::open(self.sqlite)?;
+        // Without a log nothing would ever look pending: say so instead of idling.
+        if !changelog::sqlite_installed(src.conn())? {
+            return Err(Error::Refused(format!(
+                "{} has no change log, so its changes cannot be followed; run `migrate setup \
+                 --sqlite …` and `migrate copy` (it installs the log)",
+                self.sqlite.display()
+            )));
+        }
         self.conns = Some((pg, src));
         Ok(())
     }
