@@ -33,7 +33,7 @@ pub use copy::{copy, CopyOptions, CopyReport, Progress, ProgressFn, TableCopy};
 pub use keys::{KeyDifference, KeysApplied, KeysVerify};
 pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use normalize::Reject;
-pub use rollback::{rollback_sync, RollbackReport};
+pub use rollback::{rollback_sync, ReverseFollower, RollbackReport};
 pub use source::{Marks, Table};
 pub use state::{status, State, Status, TableProgress};
 pub use switch::{switch, SwitchReport};
