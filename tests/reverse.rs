@@ -191,7 +191,11 @@ struct Told {
 /// SQLite once PostgreSQL says it is retired. A refusal for the pause (or
 /// SQLite's retirement, until it is live) is retried.
 fn write_until(stop: &AtomicBool, pg_url: &DatabaseUrl, sqlite: &Path, ids: &[Uuid]) -> Told {
-    let mut store = Store::open(pg_url.clone(), StoreConfig::default()).unwrap();
+    let config = StoreConfig {
+        pg_statement_cache: pg_url.statement_cache(),
+        ..Default::default()
+    };
+    let mut store = Store::open(pg_url.clone(), config).unwrap();
     let mut on_sqlite = false;
     let mut told = Told::default();
     let mut n = 0;
@@ -243,6 +247,30 @@ fn follow_until_refused(sqlite: &Path, pg_url: &DatabaseUrl) -> (u64, String) {
 fn the_switch_back_under_writes_loses_nothing_and_stores_nothing_twice() {
     let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let (_dir, path, _db, url) = switched(&ids);
+    switch_back_under_writes(&path, &url, &ids);
+}
+
+/// The same through PgBouncer in transaction mode: the writer, the follower
+/// and the switch back (its waiting lock, the pause, the final pass).
+#[test]
+fn the_switch_back_under_writes_works_through_a_transaction_pooler() {
+    let Some(pooler) = common::pgbouncer_url() else {
+        return;
+    };
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let (_dir, path, db, _direct) = switched(&ids);
+    let url: DatabaseUrl = common::scratch::with_database(&pooler, &db.name)
+        .parse::<DatabaseUrl>()
+        .unwrap()
+        .with_statement_cache(false);
+    switch_back_under_writes(&path, &url, &ids);
+}
+
+/// A writer on PostgreSQL and a reverse follower run; the switch back
+/// happens under them; then every write the writer was told succeeded is
+/// checked in SQLite.
+fn switch_back_under_writes(path: &Path, url: &DatabaseUrl, ids: &[Uuid]) {
+    let (path, url, ids) = (path.to_path_buf(), url.clone(), ids.to_vec());
     let seeded = sqlite_store(&path).counts().unwrap().messages;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
