@@ -182,12 +182,16 @@ impl ReverseFollower {
         })
     }
 
-    /// One pass; see [`reverse_step`]: `None` when it must wait its turn.
+    /// One pass: applies to SQLite what PostgreSQL's transactions committed
+    /// since the last one. `None` when it must wait its turn (another
+    /// migration command holds the lock, or another pass committed
+    /// meanwhile); [`Error::Refused`] once the cutover left phase `switched`.
     pub fn step(&mut self) -> Result<Option<RollbackReport>> {
         reverse_step(&mut self.pg, &mut self.lite)
     }
 
-    /// PostgreSQL log entries not applied yet; see [`reverse_pending`].
+    /// PostgreSQL log entries not applied yet (at or past the horizon; a
+    /// transaction still open is not counted until it commits).
     pub fn pending(&mut self) -> Result<u64> {
         reverse_pending(&mut self.pg)
     }
@@ -222,8 +226,8 @@ pub(crate) fn run_pass(
     })
 }
 
-/// Starts a [`Reading::Locked`] transaction for a caller that reads more in
-/// the same snapshot after the pass (the switch back's verify).
+/// The first statement of a [`Reading::Locked`] pass's transaction, for a
+/// caller that reads more in the same snapshot after the pass (the switch back's verify).
 pub(crate) fn lock_writers(pg: &mut PgConnection) -> Result<()> {
     pg.batch_execute(LOCK_WRITERS)?;
     Ok(())
@@ -242,16 +246,16 @@ pub(crate) fn pass(
     let mut report = RollbackReport {
         entries: changes.entries,
         change_seq: changes.last_seq.max(st.rollback_change_seq),
-        xid_horizon: h.max(st.rollback_xid_horizon),
+        xid_horizon: st.rollback_xid_horizon,
         ..Default::default()
     };
     if changes.entries == 0 {
         // An idle poll writes nothing, not even a row lock (which would take a
         // transaction id). The horizon may stay behind: nothing lies below `h`
         // past it, so the next pass reads no more for it.
-        report.xid_horizon = st.rollback_xid_horizon;
         return Ok(Passed { report, state: st });
     }
+    report.xid_horizon = h.max(st.rollback_xid_horizon);
     // From here on this pass writes: it must be the newest snapshot to do so.
     state::load_for_rollback_pass(pg)?;
     let rows = read_rows(pg, changes)?;
