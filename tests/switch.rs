@@ -643,8 +643,48 @@ fn held_ms(out: &str) -> u64 {
         .unwrap_or_else(|| panic!("no hold reported: {out}"))
 }
 
+/// Under the clients' traffic: `verify --live`, then `switch --to TO` with
+/// `switching` set while it runs; the writes-held figure it printed.
+async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to: &str) -> u64 {
+    let cli = |command: &'static [&'static str]| {
+        let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+        args.extend(["--sqlite", sqlite, "--postgres", postgres].map(String::from));
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            migrate_cli(&args)
+        })
+    };
+    let (status, _) = cli(&["verify", "--live"]).await.unwrap();
+    assert!(status.success(), "verify under traffic: {status}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.switching.store(true, Ordering::SeqCst);
+    let command: &'static [&'static str] = match to {
+        "sqlite" => &["switch", "--to", "sqlite"],
+        _ => &["switch", "--to", "postgres"],
+    };
+    let (status, out) = cli(command).await.unwrap();
+    t.switching.store(false, Ordering::SeqCst);
+    assert!(status.success(), "switch --to {to} under traffic: {status}");
+    held_ms(&out)
+}
+
+/// Every server process names `backend` in `/health`.
+async fn all_on(http: &reqwest::Client, bases: &[String], backend: &str) {
+    for base in bases {
+        let health: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["backend"], backend, "{base}: {health}");
+    }
+}
+
 #[test]
-fn the_zero_downtime_cutover_under_traffic_fails_no_request() {
+fn the_zero_downtime_cutover_and_rollback_under_traffic_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("interview.db");
     let sqlite = sqlite_path.to_str().unwrap().to_string();
@@ -659,7 +699,8 @@ fn the_zero_downtime_cutover_under_traffic_fails_no_request() {
     interview_store::migrate::copy(&sqlite_path, &pg_url, &Default::default()).unwrap();
 
     let forward_log = dir.path().join("follow.jsonl");
-    let mut follower = spawn_follow(&sqlite, &pg.url, &[], &forward_log);
+    let backward_log = dir.path().join("follow-back.jsonl");
+    let mut forward = spawn_follow(&sqlite, &pg.url, &[], &forward_log);
     let (mut one, base_one) = spawn_server_waiting(&sqlite, &pg.url, 2000);
     let (mut two, base_two) = spawn_server_waiting(&sqlite, &pg.url, 2000);
     let t = Arc::new(Traffic {
@@ -667,47 +708,41 @@ fn the_zero_downtime_cutover_under_traffic_fails_no_request() {
         switching: AtomicBool::new(false),
         seen: Mutex::default(),
     });
-    let held = runtime().block_on(async {
+    let bases = vec![base_one.clone(), base_two.clone()];
+    let (held_there, longest_there, held_back) = runtime().block_on(async {
         let http = reqwest::Client::new();
         wait_healthy(&http, &base_one).await;
         wait_healthy(&http, &base_two).await;
-        let bases = vec![base_one.clone(), base_two.clone()];
         let clients: Vec<_> = (0..4)
             .map(|n| tokio::spawn(client(t.clone(), bases.clone(), n)))
             .collect();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (sqlite, url) = (sqlite.clone(), pg.url.clone());
-        let held = tokio::task::spawn_blocking(move || {
-            let args = ["--sqlite", sqlite.as_str(), "--postgres", url.as_str()];
-            let (status, _) = migrate_cli(&[&["verify", "--live"][..], &args].concat());
-            assert!(status.success(), "verify under traffic: {status}");
-            std::thread::sleep(Duration::from_millis(300));
-            let (status, out) = migrate_cli(&[&["switch"][..], &args].concat());
-            assert!(status.success(), "switch under traffic: {status}");
-            held_ms(&out)
-        });
-        t.switching.store(true, Ordering::SeqCst);
-        let held = held.await.unwrap();
-        t.switching.store(false, Ordering::SeqCst);
+        let held_there = switch_under_traffic(&t, &sqlite, &pg.url, "postgres").await;
+        let longest_there = std::mem::take(&mut t.seen.lock().unwrap().longest_during_switch);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        all_on(&http, &bases, "postgres").await;
+
+        // The way back, the same way: a reverse follower, then the switch under traffic.
+        let (s, u, log) = (sqlite.clone(), pg.url.clone(), backward_log.clone());
+        let mut backward =
+            tokio::task::spawn_blocking(move || spawn_follow(&s, &u, &["--reverse"], &log))
+                .await
+                .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        let held_back = switch_under_traffic(&t, &sqlite, &pg.url, "sqlite").await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         t.stop.store(true, Ordering::SeqCst);
         for c in clients {
             c.await.unwrap();
         }
-        for base in [&base_one, &base_two] {
-            let health: Value = http
-                .get(format!("{base}/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(health["backend"], "postgres", "{base}: {health}");
-        }
-        held
+        all_on(&http, &bases, "sqlite").await;
+        let log = backward_log.clone();
+        tokio::task::spawn_blocking(move || wait_follower_ended(&mut backward, &log))
+            .await
+            .unwrap();
+        (held_there, longest_there, held_back)
     });
-    wait_follower_ended(&mut follower, &forward_log);
+    wait_follower_ended(&mut forward, &forward_log);
     assert!(one.0.try_wait().unwrap().is_none(), "server one restarted");
     assert!(two.0.try_wait().unwrap().is_none(), "server two restarted");
 
@@ -717,22 +752,44 @@ fn the_zero_downtime_cutover_under_traffic_fails_no_request() {
         "requests failed: {:#?}",
         seen.failed
     );
-    // Every acknowledged turn is on PostgreSQL exactly once.
+    // Every acknowledged turn is on SQLite, live again, exactly once, and on
+    // PostgreSQL too (the reverse follower and the switch back carried it over).
+    let lite = Store::connect(&sqlite, StoreConfig::default()).unwrap();
     let pg_store = Store::connect(&pg.url, StoreConfig::default()).unwrap();
+    let mut on_pg = 0;
     for (session, text) in &seen.acked {
-        let s = pg_store.get_session(session.parse().unwrap()).unwrap();
-        let n = s.messages.iter().filter(|m| &m.text == text).count();
-        assert_eq!(n, 1, "acknowledged {text:?} of {session} stored {n} times");
+        let id = session.parse().unwrap();
+        let n = lite
+            .get_session(id)
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| &m.text == text)
+            .count();
+        assert_eq!(
+            n, 1,
+            "acknowledged {text:?} of {session} stored {n} times in SQLite"
+        );
+        on_pg += pg_store
+            .get_session(id)
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| &m.text == text)
+            .count();
     }
-    // Held, not refused: no write waited out the servers' 2 s bound.
     assert!(
-        seen.longest_during_switch < Duration::from_millis(2000),
-        "{:?}",
-        seen.longest_during_switch
+        on_pg > 0,
+        "some turns were written while PostgreSQL was live"
     );
+    // Held, not refused: no write waited out the servers' 2 s bound.
+    let longest_back = seen.longest_during_switch;
+    for longest in [longest_there, longest_back] {
+        assert!(longest < Duration::from_millis(2000), "{longest:?}");
+    }
     eprintln!(
-        "zero-downtime switch: writes held {held} ms, longest request during it {:?}, {} turns acknowledged",
-        seen.longest_during_switch,
+        "zero-downtime: switch held writes {held_there} ms (longest request {longest_there:?}), \
+         switch back {held_back} ms (longest request {longest_back:?}); {} turns acknowledged",
         seen.acked.len()
     );
 }
