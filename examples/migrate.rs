@@ -236,7 +236,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Side::Postgres)]
         to: Side,
     },
-    /// After a switch, with PostgreSQL paused: apply to SQLite what was written to PostgreSQL since.
+    /// After a switch: apply to SQLite what PostgreSQL's committed transactions wrote since (no pause needed).
     RollbackSync {
         #[command(flatten)]
         postgres: Postgres,
