@@ -17,6 +17,7 @@ mod lock;
 mod normalize;
 mod pause;
 mod pipeline;
+mod rebuild;
 mod rollback;
 mod sample;
 mod source;
