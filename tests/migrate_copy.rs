@@ -566,7 +566,9 @@ fn a_copy_stopped_during_the_rebuild_finishes_it_on_the_next_run() {
     // One connection stops at the step, the others finish their tables' chains: the next
     // run meets some indexes built, some keys valid, some not.
     for (step, connections) in [
+        ("messages_pkey", 1),
         ("messages_session_id_id_idx", 3),
+        ("drafts_pkey", 2),
         ("messages_session_id_fkey", 3),
         ("drafts_session_id_fkey", 1),
         ("sessions_updated_at_id_idx", 2),

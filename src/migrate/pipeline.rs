@@ -324,10 +324,18 @@ impl Encoder {
     }
 }
 
+/// Bytes per `CopyData` message.
+const COPY_MESSAGE: usize = 64 << 10;
+
 /// Loads one encoded batch with `COPY … FROM STDIN (FORMAT binary)`.
 pub(crate) fn copy_encoded(pg: &mut PgConnection, batch: &Encoded) -> Result<()> {
+    // In 64 KiB messages: libpq copies each into its output buffer, which
+    // would otherwise grow to the whole batch and stay that large.
     let write = |w: &mut dyn std::io::Write| {
-        w.write_all(&batch.data)
+        batch
+            .data
+            .chunks(COPY_MESSAGE)
+            .try_for_each(|c| w.write_all(c))
             .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
     };
     match batch.table {
