@@ -75,12 +75,17 @@ const WORDS: &[&str] = &[
 
 fn text(rng: &mut StdRng, min: usize, max: usize) -> String {
     let target = rng.random_range(min..=max);
-    let mut s = String::with_capacity(target + 16);
-    while s.chars().count() < target {
+    let mut s = String::with_capacity(target * 2 + 16);
+    // Counted as it grows: recounting the whole string per word made drafts quadratic.
+    let mut chars = 0;
+    while chars < target {
         if !s.is_empty() {
             s.push(' ');
+            chars += 1;
         }
-        s.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        let word = WORDS[rng.random_range(0..WORDS.len())];
+        s.push_str(word);
+        chars += word.chars().count();
     }
     s.chars().take(target).collect()
 }

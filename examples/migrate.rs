@@ -155,6 +155,14 @@ enum Command {
         /// Confirm --truncate; without it the copy only prints what it would delete (exit 2).
         #[arg(long, requires = "truncate")]
         yes: bool,
+        /// Connections that build the indexes and validate the foreign keys after the load,
+        /// one table each (default: the number of CPUs, at most 3).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rebuild_connections: Option<u16>,
+        /// Memory per rebuild connection for its sort or hash, in MiB (the server's
+        /// maintenance_work_mem and work_mem when higher).
+        #[arg(long, default_value_t = 256)]
+        rebuild_memory_mb: u64,
     },
     /// Apply what changed in the source since the copy or the last sync (its change log).
     Sync {
@@ -376,19 +384,25 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             reject_file,
             truncate,
             yes,
+            rebuild_connections,
+            rebuild_memory_mb,
         } => {
             log::info!(
                 "copying {} into {}",
                 sqlite.path.display(),
                 postgres.url().masked()
             );
+            let defaults = CopyOptions::default();
             let opts = CopyOptions {
                 batch_size,
                 reject_file,
                 truncate,
                 confirmed: yes,
                 progress: Some(progress_reporter()),
-                ..Default::default()
+                rebuild_connections: rebuild_connections
+                    .map_or(defaults.rebuild_connections, usize::from),
+                rebuild_memory_mb,
+                ..defaults
             };
             let report = migrate::copy(&sqlite.path, &postgres.url(), &opts)?;
             for (t, c) in Table::ALL.iter().zip(report.tables) {

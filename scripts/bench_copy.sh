@@ -79,7 +79,12 @@ count() { sqlite3 "$1" "SELECT count(*) FROM $2"; }
 
 for sessions in "${sizes[@]}"; do
   file=$data/legacy-$sessions.db
-  [ -f "$file" ] || nice -n 19 "$bin/generate" --sessions "$sessions" --out "$file"
+  if [ ! -f "$file" ]; then
+    # Made under another name and renamed when whole: an interrupted run leaves no file to reuse.
+    rm -f "$file.partial" "$file.partial-wal" "$file.partial-shm"
+    nice -n 19 "$bin/generate" --sessions "$sessions" --out "$file.partial"
+    mv "$file.partial" "$file"
+  fi
   messages=$(count "$file" messages)
   drafts=$(count "$file" drafts)
   file_mb=$(du -m "$file" | cut -f1)

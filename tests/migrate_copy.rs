@@ -525,6 +525,28 @@ fn verify_catches_one_changed_character_and_rows_on_one_side() {
     );
 }
 
+/// The indexes and constraints of the public schema, with their definitions and validity.
+fn schema_shape(url: &DatabaseUrl) -> Vec<(String, String)> {
+    let mut conn = PgConnection::establish(url.connection_string()).unwrap();
+    #[derive(QueryableByName, Debug)]
+    struct Def {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        def: String,
+    }
+    diesel::sql_query(
+        "SELECT indexname AS name, indexdef AS def FROM pg_indexes WHERE schemaname = 'public' \
+         UNION ALL SELECT conname::text, pg_get_constraintdef(oid) || ' valid=' || convalidated FROM pg_constraint \
+         WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+    )
+    .load::<Def>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|d| (d.name, d.def))
+    .collect()
+}
+
 #[test]
 fn the_copy_leaves_the_schema_exactly_as_the_migrations_define_it() {
     let src = Legacy::new(&clean_sql(2, 2));
@@ -532,27 +554,152 @@ fn the_copy_leaves_the_schema_exactly_as_the_migrations_define_it() {
     let (_fresh_db, fresh) = pg();
     pg_store(&fresh).migrate().unwrap();
     copy(&src.path, &url, &CopyOptions::default()).unwrap();
-    let shape = |url: &DatabaseUrl| -> Vec<(String, String)> {
-        let mut conn = PgConnection::establish(url.connection_string()).unwrap();
-        #[derive(QueryableByName, Debug)]
-        struct Def {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            name: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            def: String,
-        }
-        diesel::sql_query(
-            "SELECT indexname AS name, indexdef AS def FROM pg_indexes WHERE schemaname = 'public' \
-             UNION ALL SELECT conname::text, pg_get_constraintdef(oid) || ' valid=' || convalidated FROM pg_constraint \
-             WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+    assert_eq!(schema_shape(&url), schema_shape(&fresh));
+}
+
+#[test]
+fn a_copy_stopped_during_the_rebuild_finishes_it_on_the_next_run() {
+    let src = Legacy::new(&clean_sql(6, 4));
+    let (_fresh_db, fresh) = pg();
+    pg_store(&fresh).migrate().unwrap();
+    let migrated = schema_shape(&fresh);
+    // One connection stops at the step, the others finish their tables' chains: the next
+    // run meets some indexes built, some keys valid, some not.
+    for (step, connections) in [
+        ("messages_pkey", 1),
+        ("messages_session_id_id_idx", 3),
+        ("drafts_pkey", 2),
+        ("messages_session_id_fkey", 3),
+        ("drafts_session_id_fkey", 1),
+        ("sessions_updated_at_id_idx", 2),
+    ] {
+        let (_db, url) = pg();
+        let stopped = CopyOptions {
+            rebuild_connections: connections,
+            fail_at_rebuild_step: Some(step.into()),
+            ..Default::default()
+        };
+        let err = copy(&src.path, &url, &stopped).unwrap_err();
+        assert!(err.to_string().contains("fault injected"), "{step}: {err}");
+        assert_eq!(
+            status(&url).unwrap().state.unwrap().phase,
+            "copying",
+            "{step}"
+        );
+        assert_ne!(schema_shape(&url), migrated, "{step}: nothing left to do");
+
+        let report = copy(
+            &src.path,
+            &url,
+            &CopyOptions {
+                rebuild_connections: connections,
+                ..Default::default()
+            },
         )
-        .load::<Def>(&mut conn)
-        .unwrap()
-        .into_iter()
-        .map(|d| (d.name, d.def))
-        .collect()
-    };
-    assert_eq!(shape(&url), shape(&fresh));
+        .unwrap();
+        assert!(report.resumed, "{step}");
+        assert_eq!(report.tables.map(|t| t.copied), [6, 24, 6], "{step}");
+        assert_eq!(schema_shape(&url), migrated, "{step}");
+        assert_eq!(status(&url).unwrap().state.unwrap().phase, "copied");
+        let v = verify(&src.path, &url).unwrap();
+        assert!(v.is_equal(), "{step}: {v:#?}");
+    }
+}
+
+#[test]
+fn the_binary_copy_reads_back_exactly_on_either_side_of_postgres_epoch() {
+    // The copy encodes PostgreSQL's binary COPY format itself: timestamps are microseconds
+    // from 2000-01-01, so values before it are negative; text goes as its UTF-8 bytes.
+    let times = [
+        (
+            "1900-06-01T12:00:00.000001Z",
+            "1900-06-01 12:00:00.000001+00",
+        ),
+        ("1970-01-01T00:00:00Z", "1970-01-01 00:00:00+00"),
+        (
+            "1999-12-31T23:59:59.999999Z",
+            "1999-12-31 23:59:59.999999+00",
+        ),
+        ("2000-01-01T00:00:00Z", "2000-01-01 00:00:00+00"),
+        (
+            "2000-01-01T00:00:00.000001+00:00",
+            "2000-01-01 00:00:00.000001+00",
+        ),
+        (
+            "2025-03-01 14:34:56.123456+02:00",
+            "2025-03-01 12:34:56.123456+00",
+        ),
+        (
+            "9999-12-31T23:59:59.999999Z",
+            "9999-12-31 23:59:59.999999+00",
+        ),
+    ];
+    let texts = [
+        "",
+        "a",
+        "é 日本語 🎉 \"q\" \\ tab\there\nline",
+        &"x".repeat(70_000),
+    ];
+    let mut sql = String::from("BEGIN;");
+    for (i, (stored, _)) in times.iter().enumerate() {
+        let id = format!("00000000-0000-4000-8000-{i:012}");
+        sql += &format!(
+            "INSERT INTO sessions VALUES ('{id}', '{stored}', '{stored}', '{}');",
+            texts[i % texts.len()]
+        );
+        sql += &format!(
+            "INSERT INTO messages VALUES ({}, '{id}', 'user', '{}', '{stored}');",
+            i + 1,
+            texts[(i + 1) % texts.len()]
+        );
+        sql += &format!(
+            "INSERT INTO drafts VALUES ({}, '{id}', '{}', '{stored}');",
+            i + 1,
+            texts[(i + 2) % texts.len()]
+        );
+    }
+    let src = Legacy::new(&(sql + "COMMIT;"));
+    let (_db, url) = pg();
+    copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    let mut conn = PgConnection::establish(url.connection_string()).unwrap();
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Back {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        created: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        summary: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        message: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        message_at: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        draft: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        draft_at: String,
+    }
+    conn.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+    let back = diesel::sql_query(
+        "SELECT s.created_at::text AS created, s.summary, m.text AS message, \
+         m.created_at::text AS message_at, d.content AS draft, d.created_at::text AS draft_at \
+         FROM sessions s JOIN messages m ON m.session_id = s.id JOIN drafts d ON d.session_id = s.id \
+         WHERE s.updated_at = s.created_at ORDER BY m.id",
+    )
+    .load::<Back>(&mut conn)
+    .unwrap();
+    let expected: Vec<Back> = times
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shown))| Back {
+            created: shown.to_string(),
+            summary: texts[i % texts.len()].to_string(),
+            message: texts[(i + 1) % texts.len()].to_string(),
+            message_at: shown.to_string(),
+            draft: texts[(i + 2) % texts.len()].to_string(),
+            draft_at: shown.to_string(),
+        })
+        .collect();
+    assert_eq!(back, expected);
+    assert!(verify(&src.path, &url).unwrap().is_equal());
 }
 
 #[test]

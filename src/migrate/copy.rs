@@ -13,7 +13,10 @@ use super::check::{self, CheckReport};
 use super::keys;
 use super::lock::MigrationLock;
 use super::normalize::{Reject, SessionIndex};
-use super::pipeline::{bump_sequences, copy_rows, read_batches, write_rejects, Batch};
+use super::pipeline::{
+    bump_sequences, copy_encoded, read_batches_timed, write_rejects, Batch, Encoded, ReadTimes,
+};
+use super::rebuild::{self, RebuildOptions};
 use super::source::{Marks, Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
@@ -35,9 +38,19 @@ pub struct CopyOptions {
     pub confirmed: bool,
     /// Called after each committed batch.
     pub progress: Option<ProgressFn>,
+    /// Connections that build the indexes and validate the foreign keys after
+    /// the load, one table each (default: the number of CPUs, at most 3).
+    pub rebuild_connections: usize,
+    /// Memory per rebuild connection for its sort or hash, in MiB (default 256;
+    /// the server's own `maintenance_work_mem` and `work_mem` when higher).
+    pub rebuild_memory_mb: u64,
     /// Test hook: fail after this many committed batches, as a crash would.
     #[doc(hidden)]
     pub fail_after_batches: Option<u64>,
+    /// Test hook: fail instead of this step of the rebuild (an index or
+    /// constraint name, or `analyze <table>`), as a crash there would.
+    #[doc(hidden)]
+    pub fail_at_rebuild_step: Option<String>,
 }
 
 impl Default for CopyOptions {
@@ -48,7 +61,10 @@ impl Default for CopyOptions {
             truncate: false,
             confirmed: false,
             progress: None,
+            rebuild_connections: std::thread::available_parallelism().map_or(2, |n| n.get().min(3)),
+            rebuild_memory_mb: 256,
             fail_after_batches: None,
+            fail_at_rebuild_step: None,
         }
     }
 }
@@ -60,6 +76,8 @@ impl std::fmt::Debug for CopyOptions {
             .field("reject_file", &self.reject_file)
             .field("truncate", &self.truncate)
             .field("confirmed", &self.confirmed)
+            .field("rebuild_connections", &self.rebuild_connections)
+            .field("rebuild_memory_mb", &self.rebuild_memory_mb)
             .finish_non_exhaustive()
     }
 }
@@ -105,36 +123,6 @@ pub struct CopyReport {
     /// Time this run took.
     pub elapsed: Duration,
 }
-
-/// Secondary indexes and foreign keys, dropped for the load and rebuilt after
-/// it (bulk-building an index beats maintaining it row by row). Names and
-/// definitions match `migrations_postgres`, which a test checks.
-const DEFERRED: &[(&str, &str)] = &[
-    (
-        "DROP INDEX IF EXISTS messages_session_id_id_idx",
-        "CREATE INDEX IF NOT EXISTS messages_session_id_id_idx ON messages (session_id, id)",
-    ),
-    (
-        "DROP INDEX IF EXISTS drafts_session_id_id_idx",
-        "CREATE INDEX IF NOT EXISTS drafts_session_id_id_idx ON drafts (session_id, id)",
-    ),
-    (
-        "DROP INDEX IF EXISTS sessions_updated_at_id_idx",
-        "CREATE INDEX IF NOT EXISTS sessions_updated_at_id_idx ON sessions (updated_at, id)",
-    ),
-    (
-        "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_session_id_fkey",
-        "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_session_id_fkey; \
-         ALTER TABLE messages ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES sessions (id) NOT VALID; \
-         ALTER TABLE messages VALIDATE CONSTRAINT messages_session_id_fkey",
-    ),
-    (
-        "ALTER TABLE drafts DROP CONSTRAINT IF EXISTS drafts_session_id_fkey",
-        "ALTER TABLE drafts DROP CONSTRAINT IF EXISTS drafts_session_id_fkey; \
-         ALTER TABLE drafts ADD CONSTRAINT drafts_session_id_fkey FOREIGN KEY (session_id) REFERENCES sessions (id) NOT VALID; \
-         ALTER TABLE drafts VALIDATE CONSTRAINT drafts_session_id_fkey",
-    ),
-];
 
 /// Copies every row of a SQLite source into PostgreSQL.
 ///
@@ -228,7 +216,9 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             Some(s) => s.marks(),
             None => src.marks()?,
         };
+        let t = Instant::now();
         let (index, _) = check::index_sessions(src, marks.session_rowid)?;
+        log::info!("copy: session index in {:.1?}", t.elapsed());
         // A fresh strict copy validates while it loads and empties the tables
         // again if anything was invalid; a resumed one cannot undo the earlier
         // runs, so it checks first.
@@ -257,17 +247,21 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         } else {
             log::info!("resuming the copy of {source_name}");
         }
+        let t = Instant::now();
         let loaded = load(src, &mut pg, &index, marks, opts);
+        log::info!("copy: load in {:.1?}", t.elapsed());
         if existing.is_none() && matches!(loaded, Err(Error::InvalidSource { .. })) {
             undo(&mut pg)?;
         }
         loaded?;
         // The finished keys of the same snapshot, in one transaction: a rerun replaces them.
+        let t = Instant::now();
         let keys = pg.transaction(|pg| keys::copy_into_pg(src.conn(), pg))?;
+        log::info!("copy: {keys} idempotency keys in {:.1?}", t.elapsed());
         Ok((marks, keys))
     })?;
 
-    finish(&mut pg)?;
+    finish(&mut pg, postgres, opts)?;
     trim_before_snapshot(&mut src, &mut pg);
     let (tables, null_summaries) = tallies(&mut pg)?;
     if let Some(path) = &opts.reject_file {
@@ -361,9 +355,7 @@ fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
 
 /// Tunes the empty tables for a bulk load.
 fn prepare_tables(pg: &mut PgConnection) -> Result<()> {
-    for (drop, _) in DEFERRED {
-        pg.batch_execute(drop)?;
-    }
+    rebuild::drop_all(pg)?;
     // lz4 compresses long text about as well as pglz at a fraction of the CPU;
     // servers built without it keep their default.
     for (table, column) in [
@@ -382,26 +374,23 @@ fn prepare_tables(pg: &mut PgConnection) -> Result<()> {
 /// Back to the empty, migrated schema after a strict copy met an invalid row.
 fn undo(pg: &mut PgConnection) -> Result<()> {
     state::truncate(pg)?;
-    for (_, create) in DEFERRED {
-        pg.batch_execute(create)?;
-    }
-    Ok(())
+    rebuild::restore_serially(pg)
 }
 
-/// Rebuilds what [`prepare_tables`] dropped, validates the foreign keys and
-/// moves each sequence past the largest copied id.
-fn finish(pg: &mut PgConnection) -> Result<()> {
-    let t = Instant::now();
-    for (_, create) in DEFERRED {
-        pg.batch_execute(create)?;
-    }
+/// Rebuilds what [`prepare_tables`] dropped (in parallel, see [`rebuild`]), moves each
+/// sequence past the largest copied id and marks the copy finished.
+fn finish(pg: &mut PgConnection, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result<()> {
+    rebuild::rebuild(
+        pg,
+        postgres,
+        &RebuildOptions {
+            connections: opts.rebuild_connections,
+            memory_mb: opts.rebuild_memory_mb,
+            fail_at: opts.fail_at_rebuild_step.clone(),
+        },
+    )?;
     bump_sequences(pg)?;
-    pg.batch_execute("ANALYZE sessions; ANALYZE messages; ANALYZE drafts")?;
     state::finish_copy(pg)?;
-    log::info!(
-        "indexes and foreign keys rebuilt and validated in {:.1?}",
-        t.elapsed()
-    );
     Ok(())
 }
 
@@ -421,8 +410,44 @@ fn tallies(pg: &mut PgConnection) -> Result<([TableCopy; 3], u64)> {
     Ok((out, nulls))
 }
 
-/// The load: this thread reads and normalises SQLite batches while a second
-/// thread writes the previous ones to PostgreSQL, so both databases stay busy.
+/// One batch ready for the writer: encoded for `COPY`, with its bookkeeping.
+struct Ready {
+    last_rowid: i64,
+    rows: usize,
+    rejects: Vec<Reject>,
+    null_summaries: i64,
+    encoded: Encoded,
+}
+
+impl Ready {
+    fn of(batch: Batch) -> Result<Ready> {
+        Ok(Ready {
+            last_rowid: batch.last_rowid,
+            rows: batch.len(),
+            encoded: Encoded::of(&batch.rows)?,
+            rejects: batch.rejects,
+            null_summaries: batch.null_summaries,
+        })
+    }
+
+    fn table(&self) -> Table {
+        self.encoded.table
+    }
+}
+
+/// The writer's time per table, for the debug log.
+#[derive(Default)]
+struct WriteTimes {
+    /// In `COPY` transactions.
+    busy: Duration,
+    /// Waiting for the reader's next batch.
+    idle: Duration,
+    batches: u64,
+    bytes: u64,
+}
+
+/// The load: this thread reads, normalises and encodes SQLite batches while a
+/// second thread writes the previous ones to PostgreSQL, so both databases stay busy.
 fn load(
     src: &mut Source,
     pg: &mut PgConnection,
@@ -433,107 +458,42 @@ fn load(
     let progress = state::progress(pg)?;
     let strict = opts.reject_file.is_none();
     let progress = &progress;
-    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let (tx, rx) = mpsc::sync_channel::<Ready>(1);
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<()> {
-            let mut done: Vec<u64> = Table::ALL
-                .iter()
-                .map(|t| {
-                    progress
-                        .iter()
-                        .find(|p| p.table_name == t.as_str())
-                        .map_or(0, |p| (p.rows_copied + p.rows_rejected) as u64)
-                })
-                .collect();
-            let totals: Vec<u64> = Table::ALL
-                .iter()
-                .map(|t| {
-                    progress
-                        .iter()
-                        .find(|p| p.table_name == t.as_str())
-                        .map_or(0, |p| p.rows_total as u64)
-                })
-                .collect();
-            let mut committed = 0u64;
-            // Strict: after the first invalid row, write nothing more but keep
-            // reading, so that the error lists every invalid row.
-            let mut invalid: Vec<Reject> = Vec::new();
-            for batch in rx {
-                if strict && (!batch.rejects.is_empty() || !invalid.is_empty()) {
-                    invalid.extend(batch.rejects);
-                    continue;
-                }
-                let t = Instant::now();
-                pg.transaction(|pg| {
-                    // The copy's own commits need not wait for the disk flush: a
-                    // lost tail after a server crash loses batch and progress
-                    // together, and the next run redoes both. LOCAL: a session
-                    // setting would not stick behind a transaction-mode pooler.
-                    pg.batch_execute("SET LOCAL synchronous_commit = off")?;
-                    copy_rows(pg, &batch.rows)?;
-                    state::record_batch(
-                        pg,
-                        batch.table,
-                        batch.last_rowid,
-                        batch.len() as i64,
-                        &batch.rejects,
-                        batch.null_summaries,
-                        "copy",
-                    )
-                })?;
-                let i = batch.table as usize;
-                done[i] += (batch.len() + batch.rejects.len()) as u64;
-                committed += 1;
-                log::debug!(
-                    "{}: {} rows up to rowid {} in {:.1?} ({}/{})",
-                    batch.table,
-                    batch.len(),
-                    batch.last_rowid,
-                    t.elapsed(),
-                    done[i],
-                    totals[i]
-                );
-                if let Some(f) = &opts.progress {
-                    f(&Progress {
-                        table: batch.table,
-                        done: done[i],
-                        total: totals[i],
-                    });
-                }
-                if opts.fail_after_batches == Some(committed) {
-                    return Err(Error::Refused(format!(
-                        "stopped after {committed} batches (fault injected)"
-                    )));
-                }
-            }
-            if invalid.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::InvalidSource {
-                    count: invalid.len(),
-                    rejects: invalid,
-                })
-            }
-        });
+        let writer = scope.spawn(move || write(pg, rx, progress, strict, opts));
         let read = (|| {
             for table in Table::ALL {
                 let after = progress
                     .iter()
                     .find(|p| p.table_name == table.as_str())
                     .map_or(0, |p| p.last_source_rowid);
-                read_batches(
+                let mut times = ReadTimes::default();
+                let mut encoding = Duration::ZERO;
+                read_batches_timed(
                     src,
                     table,
                     after,
                     marks.of(table),
                     opts.batch_size,
                     index,
+                    &mut times,
                     |b| {
+                        let t = Instant::now();
+                        let ready = Ready::of(b)?;
+                        encoding += t.elapsed();
                         // A closed channel means the writer failed; its error is the one to report.
-                        tx.send(b)
+                        tx.send(ready)
                             .map_err(|_| Error::Refused("writer stopped".into()))
                     },
                 )?;
+                log::info!(
+                    "copy: {table} read: sqlite {:.1?}, normalising {:.1?}, encoding {:.1?}, \
+                     waiting for the writer {:.1?}",
+                    times.sqlite,
+                    times.normalise,
+                    encoding,
+                    times.handed_on.saturating_sub(encoding)
+                );
             }
             Ok(())
         })();
@@ -543,4 +503,99 @@ fn load(
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         wrote.and(read)
     })
+}
+
+/// The writing thread: each batch in a transaction with its progress record.
+fn write(
+    pg: &mut PgConnection,
+    rx: mpsc::Receiver<Ready>,
+    progress: &[state::TableProgress],
+    strict: bool,
+    opts: &CopyOptions,
+) -> Result<()> {
+    let of = |t: Table, f: fn(&state::TableProgress) -> i64| {
+        progress
+            .iter()
+            .find(|p| p.table_name == t.as_str())
+            .map_or(0, |p| f(p) as u64)
+    };
+    let mut done = Table::ALL.map(|t| of(t, |p| p.rows_copied + p.rows_rejected));
+    let totals = Table::ALL.map(|t| of(t, |p| p.rows_total));
+    let mut times: [WriteTimes; 3] = Default::default();
+    let mut committed = 0u64;
+    // Strict: after the first invalid row, write nothing more but keep
+    // reading, so that the error lists every invalid row.
+    let mut invalid: Vec<Reject> = Vec::new();
+    let mut waited = Instant::now();
+    for batch in rx {
+        let i = batch.table() as usize;
+        times[i].idle += waited.elapsed();
+        if strict && (!batch.rejects.is_empty() || !invalid.is_empty()) {
+            invalid.extend(batch.rejects);
+            waited = Instant::now();
+            continue;
+        }
+        let t = Instant::now();
+        pg.transaction(|pg| {
+            // The copy's own commits need not wait for the disk flush: a
+            // lost tail after a server crash loses batch and progress
+            // together, and the next run redoes both. LOCAL: a session
+            // setting would not stick behind a transaction-mode pooler.
+            pg.batch_execute("SET LOCAL synchronous_commit = off")?;
+            copy_encoded(pg, &batch.encoded)?;
+            state::record_batch(
+                pg,
+                batch.table(),
+                batch.last_rowid,
+                batch.rows as i64,
+                &batch.rejects,
+                batch.null_summaries,
+                "copy",
+            )
+        })?;
+        let took = t.elapsed();
+        times[i].busy += took;
+        times[i].batches += 1;
+        times[i].bytes += batch.encoded.data.len() as u64;
+        done[i] += (batch.rows + batch.rejects.len()) as u64;
+        committed += 1;
+        log::debug!(
+            "{}: {} rows up to rowid {} in {took:.1?} ({}/{})",
+            batch.table(),
+            batch.rows,
+            batch.last_rowid,
+            done[i],
+            totals[i]
+        );
+        if let Some(f) = &opts.progress {
+            f(&Progress {
+                table: batch.table(),
+                done: done[i],
+                total: totals[i],
+            });
+        }
+        if opts.fail_after_batches == Some(committed) {
+            return Err(Error::Refused(format!(
+                "stopped after {committed} batches (fault injected)"
+            )));
+        }
+        waited = Instant::now();
+    }
+    for (t, w) in Table::ALL.iter().zip(&times) {
+        log::info!(
+            "copy: {t} written: {} batches, {:.0} MB, in COPY {:.1?}, waiting for the reader {:.1?}",
+            w.batches,
+            w.bytes as f64 / 1e6,
+            w.busy,
+            w.idle
+        );
+    }
+    if invalid.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidSource {
+            count: invalid.len(),
+            rejects: invalid,
+        })
+    }
 }

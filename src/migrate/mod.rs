@@ -18,6 +18,7 @@ mod lock;
 mod normalize;
 mod pause;
 mod pipeline;
+mod rebuild;
 mod recheck;
 mod rollback;
 mod sample;

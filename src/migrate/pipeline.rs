@@ -3,8 +3,10 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
+use diesel::pg::CopyFormat;
 use diesel::prelude::*;
 
 use super::normalize::{self, Reject, SessionIndex};
@@ -14,6 +16,7 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::{DbTimestamp, DbUuid};
 
 /// Moves each id sequence past the largest id, so that the service's own
 /// inserts never collide with copied rows.
@@ -56,7 +59,6 @@ pub(crate) enum Rows {
 
 /// One batch on its way from the SQLite reader to the PostgreSQL writer.
 pub(crate) struct Batch {
-    pub table: Table,
     pub last_rowid: i64,
     pub rows: Rows,
     pub rejects: Vec<Reject>,
@@ -76,6 +78,17 @@ impl Batch {
 /// About how many bytes of source text a batch holds.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Where a reader's time went, for the debug log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadTimes {
+    /// Reading rows from SQLite.
+    pub sqlite: Duration,
+    /// Normalising them.
+    pub normalise: Duration,
+    /// In the caller's hands (e.g. waiting for the writer to take the batch).
+    pub handed_on: Duration,
+}
+
 /// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
 /// for long rows) and normalises each batch.
 pub(crate) fn read_batches(
@@ -85,6 +98,30 @@ pub(crate) fn read_batches(
     upto: i64,
     size: i64,
     index: &SessionIndex,
+    each: impl FnMut(Batch) -> Result<()>,
+) -> Result<()> {
+    read_batches_timed(
+        src,
+        table,
+        after,
+        upto,
+        size,
+        index,
+        &mut ReadTimes::default(),
+        each,
+    )
+}
+
+/// [`read_batches`], adding where the time went to `times`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn read_batches_timed(
+    src: &mut Source,
+    table: Table,
+    after: i64,
+    upto: i64,
+    size: i64,
+    index: &SessionIndex,
+    times: &mut ReadTimes,
     mut each: impl FnMut(Batch) -> Result<()>,
 ) -> Result<()> {
     fn split<R, T>(
@@ -105,9 +142,11 @@ pub(crate) fn read_batches(
     let mut limit = size;
     loop {
         let mut bytes = 0usize;
+        let mut t = Instant::now();
         let batch = match table {
             Table::Sessions => {
                 let raw: Vec<RawSession> = src.rows(table, after, upto, limit)?;
+                t = times.lap(t, |t| &mut t.sqlite);
                 bytes += raw.iter().map(RawSession::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.rowid) else {
                     return Ok(());
@@ -120,7 +159,6 @@ pub(crate) fn read_batches(
                     })
                 });
                 Batch {
-                    table,
                     last_rowid: last,
                     rows: Rows::Sessions(rows),
                     rejects,
@@ -129,13 +167,13 @@ pub(crate) fn read_batches(
             }
             Table::Messages => {
                 let raw: Vec<RawMessage> = src.rows(table, after, upto, limit)?;
+                t = times.lap(t, |t| &mut t.sqlite);
                 bytes += raw.iter().map(RawMessage::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
                 let (rows, rejects) = split(raw, |r| normalize::message(r, index));
                 Batch {
-                    table,
                     last_rowid: last,
                     rows: Rows::Messages(rows),
                     rejects,
@@ -144,13 +182,13 @@ pub(crate) fn read_batches(
             }
             Table::Drafts => {
                 let raw: Vec<RawDraft> = src.rows(table, after, upto, limit)?;
+                t = times.lap(t, |t| &mut t.sqlite);
                 bytes += raw.iter().map(RawDraft::bytes).sum::<usize>();
                 let Some(last) = raw.last().map(|r| r.id) else {
                     return Ok(());
                 };
                 let (rows, rejects) = split(raw, |r| normalize::draft(r, index));
                 Batch {
-                    table,
                     last_rowid: last,
                     rows: Rows::Drafts(rows),
                     rejects,
@@ -163,29 +201,187 @@ pub(crate) fn read_batches(
         let rows = (batch.len() + batch.rejects.len()).max(1);
         limit = (BATCH_BYTES * rows / bytes.max(1)).clamp(1, size as usize) as i64;
         after = batch.last_rowid;
+        let t = times.lap(t, |t| &mut t.normalise);
         each(batch)?;
+        times.lap(t, |t| &mut t.handed_on);
     }
 }
 
-/// Loads one batch with `COPY … FROM STDIN (FORMAT binary)`.
-pub(crate) fn copy_rows(pg: &mut PgConnection, rows: &Rows) -> Result<()> {
-    match rows {
-        Rows::Sessions(r) if !r.is_empty() => {
+impl ReadTimes {
+    /// Adds the time since `since` to one counter; returns now.
+    fn lap(&mut self, since: Instant, counter: impl FnOnce(&mut Self) -> &mut Duration) -> Instant {
+        let now = Instant::now();
+        *counter(self) += now - since;
+        now
+    }
+}
+
+/// The signature, flags and header extension length of PostgreSQL's binary `COPY` format.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// One `COPY` payload in PostgreSQL's binary format, encoded on the reading thread so that
+/// the writing thread, the copy's critical path, only ships bytes (one `CopyData` message per
+/// batch instead of one per row).
+pub(crate) struct Encoded {
+    pub table: Table,
+    pub data: Vec<u8>,
+}
+
+impl Encoded {
+    /// Encodes the rows of a batch (columns in the order of [`copy_encoded`]).
+    pub(crate) fn of(rows: &Rows) -> Result<Encoded> {
+        let (table, body) = match rows {
+            Rows::Sessions(r) => (
+                Table::Sessions,
+                r.iter().map(|s| 50 + s.summary.len()).sum::<usize>(),
+            ),
+            Rows::Messages(r) => (
+                Table::Messages,
+                r.iter().map(|m| 72 + m.text.len()).sum::<usize>(),
+            ),
+            Rows::Drafts(r) => (
+                Table::Drafts,
+                r.iter().map(|d| 60 + d.content.len()).sum::<usize>(),
+            ),
+        };
+        let mut out = Encoder(Vec::with_capacity(COPY_HEADER.len() + body + 2));
+        out.0.extend_from_slice(COPY_HEADER);
+        match rows {
+            Rows::Sessions(r) => {
+                for s in r {
+                    out.row(4);
+                    out.uuid(&s.id);
+                    out.time(&s.created_at)?;
+                    out.time(&s.updated_at)?;
+                    out.text(&s.summary)?;
+                }
+            }
+            Rows::Messages(r) => {
+                for m in r {
+                    out.row(5);
+                    out.bigint(m.id);
+                    out.uuid(&m.session_id);
+                    out.text(&m.role)?;
+                    out.text(&m.text)?;
+                    out.time(&m.created_at)?;
+                }
+            }
+            Rows::Drafts(r) => {
+                for d in r {
+                    out.row(4);
+                    out.bigint(d.id);
+                    out.uuid(&d.session_id);
+                    out.text(&d.content)?;
+                    out.time(&d.created_at)?;
+                }
+            }
+        }
+        out.0.extend_from_slice(&(-1i16).to_be_bytes());
+        Ok(Encoded { table, data: out.0 })
+    }
+}
+
+/// Appends binary `COPY` fields: a 4-byte length, then the value in network byte order.
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    fn row(&mut self, fields: i16) {
+        self.0.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> Result<()> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| Error::invalid("value", "longer than PostgreSQL can hold"))?;
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn bigint(&mut self, v: i64) {
+        self.0.extend_from_slice(&8i32.to_be_bytes());
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+
+    fn uuid(&mut self, v: &DbUuid) {
+        self.0.extend_from_slice(&16i32.to_be_bytes());
+        self.0.extend_from_slice(v.0.as_bytes());
+    }
+
+    fn text(&mut self, v: &str) -> Result<()> {
+        self.field(v.as_bytes())
+    }
+
+    fn time(&mut self, v: &DbTimestamp) -> Result<()> {
+        let micros =
+            v.0.timestamp_micros()
+                .checked_sub(PG_EPOCH_MICROS)
+                .ok_or_else(|| Error::invalid("timestamp", format!("{:?} is out of range", v.0)))?;
+        self.bigint(micros);
+        Ok(())
+    }
+}
+
+/// Bytes per `CopyData` message.
+const COPY_MESSAGE: usize = 64 << 10;
+
+/// Loads one encoded batch with `COPY … FROM STDIN (FORMAT binary)`.
+pub(crate) fn copy_encoded(pg: &mut PgConnection, batch: &Encoded) -> Result<()> {
+    // In 64 KiB messages: libpq copies each into its output buffer, which
+    // would otherwise grow to the whole batch and stay that large.
+    let write = |w: &mut dyn std::io::Write| {
+        batch
+            .data
+            .chunks(COPY_MESSAGE)
+            .try_for_each(|c| w.write_all(c))
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+    };
+    match batch.table {
+        Table::Sessions => {
             diesel::copy_from(sessions::table)
-                .from_insertable(r)
+                .from_raw_data(
+                    (
+                        sessions::id,
+                        sessions::created_at,
+                        sessions::updated_at,
+                        sessions::summary,
+                    ),
+                    write,
+                )
+                .with_format(CopyFormat::Binary)
                 .execute(pg)?;
         }
-        Rows::Messages(r) if !r.is_empty() => {
+        Table::Messages => {
             diesel::copy_from(messages::table)
-                .from_insertable(r)
+                .from_raw_data(
+                    (
+                        messages::id,
+                        messages::session_id,
+                        messages::role,
+                        messages::text,
+                        messages::created_at,
+                    ),
+                    write,
+                )
+                .with_format(CopyFormat::Binary)
                 .execute(pg)?;
         }
-        Rows::Drafts(r) if !r.is_empty() => {
+        Table::Drafts => {
             diesel::copy_from(drafts::table)
-                .from_insertable(r)
+                .from_raw_data(
+                    (
+                        drafts::id,
+                        drafts::session_id,
+                        drafts::content,
+                        drafts::created_at,
+                    ),
+                    write,
+                )
+                .with_format(CopyFormat::Binary)
                 .execute(pg)?;
         }
-        _ => {}
     }
     Ok(())
 }
