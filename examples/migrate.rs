@@ -236,7 +236,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Side::Postgres)]
         to: Side,
     },
-    /// After a switch, with PostgreSQL paused: apply to SQLite what was written to PostgreSQL since.
+    /// After a switch: apply to SQLite what PostgreSQL's committed transactions wrote since (no pause needed).
     RollbackSync {
         #[command(flatten)]
         postgres: Postgres,
@@ -676,7 +676,9 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Some(s) => println!(
                     "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
                      copy snapshot: session rowid {}, message id {}, draft id {}\n\
-                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {}",
+                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {} \
+                     (transaction horizon {})\n\
+                     last full verify equal up to {} ({})",
                     s.source,
                     s.phase,
                     s.started_at,
@@ -688,7 +690,10 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     s.mark_message_id,
                     s.mark_draft_id,
                     s.mark_change_seq.map_or("-".into(), |n| n.to_string()),
-                    s.rollback_change_seq
+                    s.rollback_change_seq,
+                    s.rollback_xid_horizon,
+                    s.verified_change_seq.map_or("-".into(), |n| n.to_string()),
+                    s.verified_at.map_or("never".into(), |t| t.to_string())
                 ),
             }
             for p in &status.tables {

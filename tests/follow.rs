@@ -378,3 +378,33 @@ fn a_follower_survives_postgres_going_away_and_resumes_from_its_mark() {
     assert!(last.connected, "{last:?}");
     assert_eq!(last.pending_entries, 0, "{last:?}");
 }
+
+#[test]
+fn a_follower_refuses_what_it_cannot_follow_instead_of_idling() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file without a change log: nothing would ever look pending.
+    let path = dir.path().join("plain.db");
+    Store::connect(path.to_str().unwrap(), StoreConfig::default())
+        .unwrap()
+        .migrate()
+        .unwrap();
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    let stop = AtomicBool::new(false);
+    let err = migrate::follow(&path, &url, &opts(), &stop, |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("no change log")),
+        "{err}"
+    );
+    // A copied file followed backwards before any switch.
+    let (path, _db, url, _) = copied(dir.path(), 2);
+    let reverse = FollowOptions {
+        reverse: true,
+        ..opts()
+    };
+    let err = migrate::follow(&path, &url, &reverse, &stop, |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("follow --reverse")),
+        "{err}"
+    );
+}

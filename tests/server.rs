@@ -709,6 +709,28 @@ backend_test!(
                 .unwrap();
             assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
             assert!(r.headers().contains_key("x-request-id"));
+            // A plain client id is kept; one a client could use to write into
+            // logs and error bodies is replaced by a fresh one.
+            for (sent, kept) in [
+                ("client-42.a:b_c", true),
+                ("has spaces and \"quotes\"", false),
+                (&*"x".repeat(129), false),
+            ] {
+                let r = srv
+                    .http
+                    .delete(format!("{}/health", srv.base))
+                    .header("x-request-id", sent)
+                    .send()
+                    .await
+                    .unwrap();
+                let echoed = r.headers()["x-request-id"].to_str().unwrap().to_string();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["request_id"], echoed.as_str(), "{body}");
+                assert_eq!(echoed == sent, kept, "{sent:?} -> {echoed:?}");
+                if !kept {
+                    assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+                }
+            }
             let body: Value = r.json().await.unwrap();
             assert_eq!(category(&body), "input", "{body}");
             srv.shutdown().await;

@@ -339,7 +339,15 @@ impl Leg for Forward<'_> {
 
     fn connect(&mut self) -> Result<()> {
         let pg = state::connect(self.postgres)?;
-        let src = Source::open(self.sqlite)?;
+        let mut src = Source::open(self.sqlite)?;
+        // Without a log nothing would ever look pending: say so instead of idling.
+        if !changelog::sqlite_installed(src.conn())? {
+            return Err(Error::Refused(format!(
+                "{} has no change log, so its changes cannot be followed; run `migrate setup \
+                 --sqlite …` and `migrate copy` (it installs the log)",
+                self.sqlite.display()
+            )));
+        }
         self.conns = Some((pg, src));
         Ok(())
     }
@@ -449,7 +457,7 @@ impl Leg for Backward<'_> {
                 )))
             }
         }
-        let p = reverse_pending(pg)?;
+        let p = super::rollback::reverse_pending(pg)?;
         Ok(Poll::Pending(Pending {
             entries: p.entries,
             newest: p.newest,
@@ -459,17 +467,6 @@ impl Leg for Backward<'_> {
 
     fn step(&mut self) -> Result<Option<u64>> {
         let (pg, lite) = self.conns()?;
-        Ok(reverse_step(pg, lite)?.map(|r| r.entries))
+        Ok(super::rollback::reverse_step(pg, lite)?.map(|r| r.entries))
     }
-}
-
-// TEMPORARY until the reverse engine lands.
-fn reverse_pending(_pg: &mut PgConnection) -> Result<Pending> {
-    Err(Error::Refused("follow --reverse: not built yet".into()))
-}
-fn reverse_step(
-    _pg: &mut PgConnection,
-    _lite: &mut crate::AnyConnection,
-) -> Result<Option<super::RollbackReport>> {
-    Err(Error::Refused("follow --reverse: not built yet".into()))
 }

@@ -36,7 +36,7 @@ pub use follow::{follow, FollowEnd, FollowOptions, FollowStatus};
 pub use keys::{KeyDifference, KeysApplied, KeysVerify};
 pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use normalize::Reject;
-pub use rollback::{rollback_sync, RollbackReport};
+pub use rollback::{rollback_sync, ReverseFollower, RollbackReport};
 pub use source::{Marks, Table};
 pub use state::{status, State, Status, TableProgress};
 pub use switch::{switch, SwitchReport};

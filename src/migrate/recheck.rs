@@ -127,7 +127,7 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
         .iter()
         .map(|r| (r.id, hash_of(Digest::of_message(r))))
         .collect();
-    let theirs = message_digests(pg, &ours, &changed.deleted_messages)?;
+    let theirs = digests_of(pg, &ours, &changed.deleted_messages, message_digests)?;
     children(
         &mut out,
         Table::Messages,
@@ -140,7 +140,7 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
         .iter()
         .map(|r| (r.id, hash_of(Digest::of_draft(r))))
         .collect();
-    let theirs = draft_digests(pg, &ours, &changed.deleted_drafts)?;
+    let theirs = digests_of(pg, &ours, &changed.deleted_drafts, draft_digests)?;
     children(
         &mut out,
         Table::Drafts,
@@ -158,36 +158,40 @@ fn ids_of(ours: &[(i64, u64)], deleted: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-fn message_digests(
+/// PostgreSQL's digests of the rows of `ours` and `deleted`, loaded by `load` a chunk of ids at a time.
+fn digests_of(
     pg: &mut PgConnection,
     ours: &[(i64, u64)],
     deleted: &[i64],
+    load: impl Fn(&mut PgConnection, &[i64]) -> QueryResult<Vec<(i64, u64)>>,
 ) -> Result<HashMap<i64, u64>> {
     let mut theirs = HashMap::new();
     for chunk in ids_of(ours, deleted).chunks(10_000) {
-        let rows: Vec<MessageRow> = messages::table
-            .filter(messages::id.eq_any(chunk))
-            .select(MessageRow::as_select())
-            .load(pg)?;
-        theirs.extend(rows.iter().map(|r| (r.id, hash_of(Digest::of_message(r)))));
+        theirs.extend(load(pg, chunk)?);
     }
     Ok(theirs)
 }
 
-fn draft_digests(
-    pg: &mut PgConnection,
-    ours: &[(i64, u64)],
-    deleted: &[i64],
-) -> Result<HashMap<i64, u64>> {
-    let mut theirs = HashMap::new();
-    for chunk in ids_of(ours, deleted).chunks(10_000) {
-        let rows: Vec<DraftRow> = drafts::table
-            .filter(drafts::id.eq_any(chunk))
-            .select(DraftRow::as_select())
-            .load(pg)?;
-        theirs.extend(rows.iter().map(|r| (r.id, hash_of(Digest::of_draft(r)))));
-    }
-    Ok(theirs)
+fn message_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u64)>> {
+    let rows: Vec<MessageRow> = messages::table
+        .filter(messages::id.eq_any(ids))
+        .select(MessageRow::as_select())
+        .load(pg)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.id, hash_of(Digest::of_message(r))))
+        .collect())
+}
+
+fn draft_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u64)>> {
+    let rows: Vec<DraftRow> = drafts::table
+        .filter(drafts::id.eq_any(ids))
+        .select(DraftRow::as_select())
+        .load(pg)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.id, hash_of(Digest::of_draft(r))))
+        .collect())
 }
 
 fn children(

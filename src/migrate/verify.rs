@@ -98,6 +98,10 @@ pub struct VerifyReport {
     /// rows in flight aside; recorded for a switch under traffic, which
     /// compares only the rows named after it. `None` when they differ.
     pub verified_upto: Option<i64>,
+    /// After the switch: the transaction horizon up to which both sides were
+    /// found equal, the rows in flight aside; a switch back under traffic
+    /// compares only the rows PostgreSQL's log names from it on.
+    pub verified_horizon: Option<i64>,
     /// Time taken, in milliseconds.
     pub elapsed_ms: u64,
     /// The rows that differ, up to [`TRACKED`], to tell the ones in flight.
@@ -269,10 +273,50 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
     // read, so its mark stays the position PostgreSQL's rows stand at.
     let _lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
     let report = verify_locked(sqlite, postgres)?;
-    if let Some(upto) = report.verified_upto {
-        state::mark_verified(&mut state::connect(postgres)?, upto)?;
+    if report.verified_upto.is_some() || report.verified_horizon.is_some() {
+        state::mark_verified(
+            &mut state::connect(postgres)?,
+            report.verified_upto,
+            report.verified_horizon,
+        )?;
     }
     Ok(report)
+}
+
+/// Where PostgreSQL's rows stand, to tell the rows written since (in flight).
+#[derive(Clone, Copy)]
+enum Position {
+    /// SQLite's change log applied up to this sequence number.
+    Sqlite(i64),
+    /// PostgreSQL's change log applied to SQLite below this transaction id.
+    Postgres(i64),
+}
+
+/// Counts the differences in rows written since `stands_at` (read after the
+/// scan, so every write that landed during it is named) and, when they are
+/// the only ones, records the position as verified.
+fn settle(
+    report: &mut VerifyReport,
+    stands_at: Option<Position>,
+    src: &mut Source,
+    pg: &mut PgConnection,
+) -> Result<()> {
+    match stands_at {
+        Some(Position::Sqlite(mark)) if super::changelog::sqlite_installed(src.conn())? => {
+            report.settle_in_flight(&super::changelog::sqlite_changes(src.conn(), mark)?);
+            if report.is_equal_but_in_flight() {
+                report.verified_upto = Some(mark);
+            }
+        }
+        Some(Position::Postgres(horizon)) if super::changelog::pg_ready(pg)? => {
+            report.settle_in_flight(&super::changelog::pg_changes(pg, horizon, None)?);
+            if report.is_equal_but_in_flight() {
+                report.verified_horizon = Some(horizon);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// [`verify`] for a caller that holds the migration lock.
@@ -285,9 +329,14 @@ pub(crate) fn verify_locked(sqlite: &Path, postgres: &DatabaseUrl) -> Result<Ver
         .map(|r| (r.table, r.id))
         .collect();
     // Only a finished copy has a mark that PostgreSQL's rows match.
-    let mark = state::load(&mut pg)?
-        .filter(|st| st.phase == "copied")
-        .and_then(|st| st.mark_change_seq);
+    // What PostgreSQL's rows stand at (fixed while the caller holds the lock):
+    // before the switch SQLite's log position applied, after it the
+    // transaction horizon applied to SQLite.
+    let stands_at = match state::load(&mut pg)? {
+        Some(st) if st.phase == "copied" => st.mark_change_seq.map(Position::Sqlite),
+        Some(st) if st.phase == "switched" => Some(Position::Postgres(st.rollback_xid_horizon)),
+        _ => None,
+    };
     let mut src = Source::open(sqlite)?;
     let mut report = std::thread::scope(|scope| {
         src.snapshot(|src| {
@@ -311,14 +360,7 @@ pub(crate) fn verify_locked(sqlite: &Path, postgres: &DatabaseUrl) -> Result<Ver
             }
             let mut report = cmp.finish()?;
             report.idempotency_keys = super::keys::verify(src.conn(), &mut pg)?;
-            if let Some(mark) = mark {
-                if super::changelog::sqlite_installed(src.conn())? {
-                    report.settle_in_flight(&super::changelog::sqlite_changes(src.conn(), mark)?);
-                    if report.is_equal_but_in_flight() {
-                        report.verified_upto = Some(mark);
-                    }
-                }
-            }
+            settle(&mut report, stands_at, src, &mut pg)?;
             Ok(report)
         })
     })?;
