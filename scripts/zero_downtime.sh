@@ -262,6 +262,7 @@ switch_window() {
   fig[$name.switch_said]=$(grep -E ' is live' "$out/switch-$name.log" | tail -1 || true)
   kill -0 "$wrk_pid" 2>/dev/null ||
     miss "$name: the load window ended before the switch did (switch took $((t1 - t0)) ms): raise ZDT_WINDOW"
+  [ $rc -ne 0 ] || fig[$name.switched]=1
   if [ $rc -ne 0 ]; then
     miss "$name: migrate switch $* exit $rc: $(tail -1 "$out/switch-$name.log")"
   elif [ -z "${fig[$name.held_ms]}" ]; then
@@ -274,10 +275,11 @@ echo "== w0: load on SQLite, migrate verify --live"
 verify_window w0 5
 echo "== w1: ${window} s of load, migrate switch in the middle"
 switch_window w1
-servers_follow w1 postgres
-follower_ended follow "$follow_pid"
+if [ -n "${fig[w1.switched]:-}" ]; then
+  servers_follow w1 postgres
+  follower_ended follow "$follow_pid"
+fi
 windows=(w0 w1)
-final=postgres
 if [ "$rollback" = 1 ] && [ ${#failures[@]} -eq 0 ]; then
   echo "== w2: load on PostgreSQL, migrate follow --reverse, migrate verify --live"
   follower follow-reverse --reverse
@@ -289,13 +291,14 @@ if [ "$rollback" = 1 ] && [ ${#failures[@]} -eq 0 ]; then
   if [ ${#failures[@]} -eq 0 ]; then
     echo "== w3: ${window} s of load, migrate switch --to sqlite in the middle"
     switch_window w3 --to sqlite
-    servers_follow w3 sqlite
-    follower_ended follow-reverse "$reverse_pid"
+    if [ -n "${fig[w3.switched]:-}" ]; then
+      servers_follow w3 sqlite
+      follower_ended follow-reverse "$reverse_pid"
+    fi
     windows+=(w3)
-    final=sqlite
   fi
 elif [ "$rollback" = 1 ]; then
-  echo "== the rollback half is skipped: the switch to PostgreSQL missed a target"
+  echo "== the rollback half is skipped: the switch to PostgreSQL did not complete (above)"
 fi
 [ ${#pids[@]} -eq 0 ] || stop "${pids[@]}" # the servers and any follower left
 
@@ -327,13 +330,23 @@ tally() {
       for (w in wsent) printf "%s %d %d %d %d %d %d %d\n", w, wsent[w], wacked[w], lost[w], dup[w], unsent[w], unacked[w], untok["?"]
     }' "$out/sent.txt" "$out/acked.txt" "$1" | sort
 }
+# Which database must hold every acknowledged write of which window: the live one all of them; the
+# other one those before the switch away from it (after the rollback PostgreSQL holds w0-w2, not
+# what was written on SQLite after it; SQLite, left behind by the switch, holds only w0).
+all="${windows[*]}"
+if [ -z "${fig[w1.switched]:-}" ]; then
+  final=sqlite complete_sqlite=$all complete_postgres=""
+elif [ -n "${fig[w3.switched]:-}" ]; then
+  final=sqlite complete_sqlite=$all complete_postgres="w0 w1 w2"
+else
+  final=postgres complete_sqlite="w0" complete_postgres=$all
+fi
 declare -A tal
-all=" ${windows[*]} "
-while read -r w s a l d u x n; do tal[sqlite.$w]="$s $a $l $d $u $x $n"; done < <(
-  tally "$out/stored-sqlite.txt" "$([ $final = sqlite ] && echo "$all" || echo w0)")
-# PostgreSQL holds every window before the rollback's (the rollback window's later writes stay on SQLite).
-while read -r w s a l d u x n; do tal[postgres.$w]="$s $a $l $d $u $x $n"; done < <(
-  tally "$out/stored-postgres.txt" "$(echo "$all" | sed 's/ w3 / /')")
+for side in sqlite postgres; do
+  complete=complete_$side
+  while read -r w s a l d u x n; do tal[$side.$w]="$s $a $l $d $u $x $n"; done < <(
+    tally "$out/stored-$side.txt" "${!complete}")
+done
 
 # --- report --------------------------------------------------------------------------------------
 label() { case $1 in w0) echo "SQLite, verify";; w1) echo "switch -> PostgreSQL";; w2) echo "PostgreSQL, verify";; w3) echo "switch -> SQLite";; esac; }
@@ -355,11 +368,18 @@ done
 echo "(max ms: wrk's longest request over the whole window, the switch inside it; held: writes held," \
   "from the switch's own output; lost/dup/unsent: that window's chats checked in the final live database, $final)"
 for w in "${windows[@]}"; do
-  [ -z "${fig[$w.switch_said]:-}" ] || echo "$w: switch at ${fig[$w.at_s]} s of the window, load ${fig[$w.load1]}: ${fig[$w.switch_said]}; both servers followed within ${fig[$w.follow_ms]} ms"
+  if [ -n "${fig[$w.switched]:-}" ]; then
+    echo "$w: switch at ${fig[$w.at_s]} s of the window, load ${fig[$w.load1]}: ${fig[$w.switch_said]}; both servers followed within ${fig[$w.follow_ms]:-?} ms"
+  elif [ -n "${fig[$w.switch_ms]:-}" ]; then
+    echo "$w: switch at ${fig[$w.at_s]} s of the window FAILED after ${fig[$w.switch_ms]} ms (see $out/switch-$w.log)"
+  fi
   [ -z "${fig[$w.verify]:-}" ] || echo "$w: migrate verify --live: ${fig[$w.verify]} in ${fig[$w.verify_ms]} ms under load"
 done
-lag=$(cat "$out"/follow*.jsonl | sed -nE 's/.*"lag_ms":([0-9]+).*/\1/p' | sort -n | tail -1)
-echo "followers' largest reported lag: ${lag:-?} ms"
+for f in follow follow-reverse; do
+  [ -f "$out/$f.jsonl" ] || continue
+  lag=$(sed -nE 's/.*"lag_ms":([0-9]+).*/\1/p' "$out/$f.jsonl" | sort -n | tail -1)
+  echo "migrate $f: largest lag reported (every second) ${lag:-?} ms; $(tail -1 "$out/$f.jsonl")"
+done
 
 for side in sqlite postgres; do
   read -r S A L D U X N < <(for w in "${windows[@]}"; do echo "${tal[$side.$w]:-0 0 0 0 0 0 0}"; done |
@@ -375,7 +395,15 @@ for side in sqlite postgres; do
 done
 
 for w in "${windows[@]}"; do
-  [ "${fig[$w.non2xx]}" -eq 0 ] || { miss "$w: ${fig[$w.non2xx]} non-2xx answers, first:"; sort "$tok"/errors-zdt-"$nonce"-"$w"-t*.txt | uniq -c | sort -rn | head -3; }
+  # A stored chat the client was not told about is one still in flight when wrk stopped (at most
+  # one per connection) or one answered with an error: more than that is a write that succeeded
+  # while its client saw it fail.
+  read -r _s _a _l _d _u unacked _n <<<"${tal[$final.$w]:-0 0 0 0 0 0 0}"
+  [ "$unacked" -le $((conns + fig[$w.non2xx] + fig[$w.socket_errors])) ] ||
+    miss "$w: $unacked chats stored without a 2xx answer, more than the $conns connections could have had in flight"
+  [ "${fig[$w.non2xx]}" -eq 0 ] || miss "$w: ${fig[$w.non2xx]} non-2xx answers: $(
+    sed -E 's/,?"request_id":"[^"]*"//' "$tok"/errors-zdt-"$nonce"-"$w"-t*.txt | sort | uniq -c | sort -rn | head -3 |
+      awk '{$1 = $1 " x"; print}' | paste -sd';')"
   [ "${fig[$w.socket_errors]}" -eq 0 ] || miss "$w: ${fig[$w.socket_errors]} socket errors (connect ${fig[$w.connect]}, read ${fig[$w.read]}, write ${fig[$w.write]}, timeout ${fig[$w.timeout]})"
   [ -n "${fig[$w.switch_ms]:-}" ] || continue
   max_ms=$(ms "${fig[$w.latency_max_us]}")
@@ -383,19 +411,22 @@ for w in "${windows[@]}"; do
   [ "$max_ms" -lt $max_latency_target_ms ] || timing_miss "$w: longest request $max_ms ms (target under $max_latency_target_ms ms)"
   [ -z "${fig[$w.held_ms]}" ] || [ "${fig[$w.held_ms]}" -lt $held_target_ms ] || timing_miss "$w: writes held ${fig[$w.held_ms]} ms (target under $held_target_ms ms)"
 done
+# Each process logs the switches it followed at WARN; anything else at WARN or ERROR is shown.
+followed=' switch: .* is retired; serving from '
 for i in 0 1; do
-  n=$(grep -c -E " (ERROR|WARN) " "$out/server-$i.log" || true)
-  [ "$n" -eq 0 ] || { echo "-- server $i log: $n ERROR/WARN lines, first 3:"; grep -E " (ERROR|WARN) " "$out/server-$i.log" | head -3; }
+  echo "server $i followed $(grep -c -E "$followed" "$out/server-$i.log" || true) switch(es) by itself"
+  n=$(grep -E " (ERROR|WARN) " "$out/server-$i.log" | grep -c -v -E "$followed" || true)
+  [ "$n" -eq 0 ] || { echo "-- server $i log: $n other ERROR/WARN lines, first 3:"; grep -E " (ERROR|WARN) " "$out/server-$i.log" | grep -v -E "$followed" | head -3; }
 done
 
 csv=$root/results.csv
-[ -s "$csv" ] || echo "run,sessions,file_mb,direction,window_s,switch_at_s,held_ms,switch_ms,max_latency_ms,p99_ms,non2xx,socket_errors,rps,acked,lost,duplicated,never_sent,load1" >"$csv"
+[ -s "$csv" ] || echo "run,sessions,file_mb,direction,window_s,switch_at_s,held_ms,switch_ms,max_latency_ms,p99_ms,non2xx,socket_errors,rps,acked,lost,duplicated,never_sent,load1,switched" >"$csv"
 for w in w1 w3; do
   [ -n "${fig[$w.switch_ms]:-}" ] || continue
   read -r _s acked lost dup unsent _x _n <<<"${tal[$final.$w]:-0 0 0 0 0 0 0}"
   echo "$run_id,$sessions,$file_mb,$([ $w = w1 ] && echo sqlite-to-postgres || echo postgres-to-sqlite),$window,${fig[$w.at_s]},${fig[$w.held_ms]}," \
     "${fig[$w.switch_ms]},$(ms "${fig[$w.latency_max_us]}"),$(ms "${fig[$w.latency_p99_us]}"),${fig[$w.non2xx]},${fig[$w.socket_errors]},${fig[$w.rps]}," \
-    "$acked,$lost,$dup,$unsent,${fig[$w.load1]}" | tr -d ' ' >>"$csv"
+    "$acked,$lost,$dup,$unsent,${fig[$w.load1]},${fig[$w.switched]:-0}" | tr -d ' ' >>"$csv"
 done
 echo "results: $csv"
 if [ ${#failures[@]} -gt 0 ]; then
