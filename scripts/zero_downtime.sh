@@ -14,11 +14,14 @@
 # Steps:
 #   1. copy the file; start the two servers on it (INTERVIEW_POSTGRES_URL set, so they follow a
 #      switch by themselves); `migrate setup` and `copy`; `migrate follow --json` in the background.
-#   2. w0: load on SQLite while `migrate verify --live` runs (it records the position it found equal).
-#   3. w1: ZDT_WINDOW seconds of load with `migrate switch` in the middle.
+#   2. w0: load on SQLite while `migrate verify --live` runs (it records the position it found
+#      equal), then until the follower, which waits while verify runs, lags under
+#      ZDT_CATCH_UP_MS (1000) again: the runbook's "verify, let the lag drop, switch".
+#   3. w1: load for ZDT_WINDOW/2 seconds, `migrate switch`, load for ZDT_WINDOW/2 seconds more after
+#      it returned (a slow switch stays inside its window).
 #   4. w2: load on PostgreSQL (at least ZDT_PG_SECS) with `migrate follow --reverse` started and
-#      `migrate verify --live` run under it.
-#   5. w3: ZDT_WINDOW seconds of load with `migrate switch --to sqlite` in the middle.
+#      `migrate verify --live` run under it, as w0.
+#   5. w3: as w1, with `migrate switch --to sqlite`.
 #   6. the writes: every chat carries a unique token (scripts/load/zero_downtime.lua); each token
 #      whose chat was answered 2xx must be stored exactly once in the final live database (SQLite
 #      after the rollback), and nothing stored that was never sent; PostgreSQL is checked too
@@ -34,7 +37,8 @@
 # a quiet machine).
 #
 # Environment (all optional):
-#   ZDT_WINDOW (20)         seconds of each switch window; the switch starts in its middle
+#   ZDT_WINDOW (20)         seconds of load around each switch, half before it, half after it
+#   ZDT_MAX_WINDOW (1800)   wrk's own bound on any window, in seconds
 #   ZDT_PG_SECS (10)        minimum seconds of load on PostgreSQL before the rollback
 #   ZDT_CONNECTIONS (16)    wrk connections, over 2 threads per server process
 #   ZDT_ROLLBACK (1)        0: stop after the switch to PostgreSQL (the final live side is PostgreSQL)
@@ -67,7 +71,9 @@ held_target_ms=250
 
 die() { echo "zero_downtime: $*" >&2; exit 2; }
 for tool in sqlite3 psql curl; do command -v $tool >/dev/null || die "$tool is not installed"; done
-[[ $window =~ ^[0-9]+$ ]] && [ "$window" -ge 4 ] || die "ZDT_WINDOW must be a whole number of seconds, at least 4"
+{ [[ $window =~ ^[0-9]+$ ]] && [ "$window" -ge 4 ]; } || die "ZDT_WINDOW must be a whole number of seconds, at least 4"
+{ [[ $pg_secs =~ ^[0-9]+$ ]] && [[ $conns =~ ^[0-9]+$ ]] && [ "$conns" -ge 4 ]; } ||
+  die "ZDT_PG_SECS must be a whole number of seconds, ZDT_CONNECTIONS at least 4 (one per wrk thread)"
 bash scripts/ensure-postgres.sh
 if ! command -v wrk >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 ||
@@ -227,17 +233,7 @@ servers_follow() {
   done
   fig[$1.follow_ms]=$(($(now_ms) - t0))
 }
-# verify_window WINDOW MIN_SECS: load while `migrate verify --live` runs, at least MIN_SECS.
-verify_window() {
-  local t0 rc=0
-  t0=$(now_ms)
-  wrk_start "$1" 3600
-  sleep 2
-  "$bin/migrate" verify --live --sqlite "$work" --postgres "$pg_url" >"$out/verify-$1.log" 2>&1 || rc=$?
-  fig[$1.verify_ms]=$(($(now_ms) - t0 - 2000))
-  fig[$1.verify]=$(grep -E '^(EQUAL|DIFFERENT)' "$out/verify-$1.log" | tail -1 | cut -d' ' -f1-4)
-  [ $rc -eq 0 ] || miss "$1: migrate verify --live exit $rc (see $out/verify-$1.log)"
-  while [ $(($(now_ms) - t0)) -lt $(($2 * 1000)) ]; do sleep 0.2; done
+wrk_stop() { # wrk_stop WINDOW: ends the window's wrk now
   # wrk stops on SIGINT and still prints its report and runs done(); a signal that reaches a
   # worker thread while its main thread sleeps may need a second one.
   for _ in $(seq 20); do
@@ -246,12 +242,46 @@ verify_window() {
   done
   wrk_end "$1"
 }
-# switch_window WINDOW ARGS...: ZDT_WINDOW seconds of load, `migrate switch ARGS` in the middle.
+nap() { sleep "$1" & wait $!; } # a sleep that a signal to the script cuts short
+# verify_window WINDOW MIN_SECS FOLLOWER: load while `migrate verify --live` runs, then until the
+# follower (whose JSON lines are in $out/FOLLOWER.jsonl) reports a lag under catch_up_ms again (it
+# waits while verify holds the migration lock), at least MIN_SECS in all: the operator's "re-run
+# verify, wait for the lag to drop, switch".
+catch_up_ms=${ZDT_CATCH_UP_MS:-1000}
+# wrk ends by itself after this long even if nothing stops it (a window normally ends by SIGINT).
+max_window=${ZDT_MAX_WINDOW:-1800}
+verify_window() {
+  local t0 t1 rc=0 lag=""
+  t0=$(now_ms)
+  wrk_start "$1" "$max_window"
+  nap 2
+  "$bin/migrate" verify --live --sqlite "$work" --postgres "$pg_url" >"$out/verify-$1.log" 2>&1 || rc=$?
+  t1=$(now_ms)
+  fig[$1.verify_ms]=$((t1 - t0 - 2000))
+  fig[$1.verify]=$(grep -E '^(EQUAL|DIFFERENT)' "$out/verify-$1.log" | tail -1 | cut -d' ' -f1-4)
+  [ $rc -eq 0 ] || miss "$1: migrate verify --live exit $rc (see $out/verify-$1.log)"
+  while :; do
+    # A report written after the verify ended: the follower reports every second.
+    [ $(($(now_ms) - t1)) -lt 1500 ] || lag=$(tail -n 1 "$out/$3.jsonl" | sed -nE 's/.*"lag_ms":([0-9]+).*/\1/p')
+    if [ -n "$lag" ] && [ "$lag" -lt "$catch_up_ms" ] && [ $(($(now_ms) - t0)) -ge $(($2 * 1000)) ]; then break; fi
+    if [ $(($(now_ms) - t1)) -gt 600000 ]; then
+      miss "$1: migrate $3 still lagging ${lag:-?} ms 10 minutes after the verify (see $out/$3.jsonl)"
+      break
+    fi
+    sleep 0.2
+  done
+  fig[$1.catch_up_ms]=$(($(now_ms) - t1))
+  wrk_stop "$1"
+}
+# switch_window WINDOW ARGS...: load for ZDT_WINDOW/2 seconds, `migrate switch ARGS`, load for
+# ZDT_WINDOW/2 seconds more after the switch returned: however long the switch takes, it is inside
+# the window whose longest request is reported.
 switch_window() {
-  local name=$1 rc=0 t0 t1 start; shift
+  local name=$1 rc=0 t0 t1 start half; shift
+  half=$(awk -v w="$window" 'BEGIN {print w / 2}')
   start=$(now_ms)
-  wrk_start "$name" "$window"
-  sleep "$(awk -v w="$window" 'BEGIN {print w / 2}')"
+  wrk_start "$name" "$max_window"
+  nap "$half"
   fig[$name.load1]=$(load1)
   t0=$(now_ms)
   "$bin/migrate" switch --sqlite "$work" --postgres "$pg_url" "$@" >"$out/switch-$name.log" 2>&1 || rc=$?
@@ -260,19 +290,18 @@ switch_window() {
   fig[$name.at_s]=$(awk -v a="$t0" -v s="$start" 'BEGIN {printf "%.1f", (a - s) / 1000}')
   fig[$name.held_ms]=$(sed -nE 's/.*writes held ([0-9]+) ms.*/\1/p' "$out/switch-$name.log" | tail -1)
   fig[$name.switch_said]=$(grep -E ' is live' "$out/switch-$name.log" | tail -1 || true)
-  kill -0 "$wrk_pid" 2>/dev/null ||
-    miss "$name: the load window ended before the switch did (switch took $((t1 - t0)) ms): raise ZDT_WINDOW"
   [ $rc -ne 0 ] || fig[$name.switched]=1
   if [ $rc -ne 0 ]; then
     miss "$name: migrate switch $* exit $rc: $(tail -1 "$out/switch-$name.log")"
   elif [ -z "${fig[$name.held_ms]}" ]; then
     miss "$name: the switch did not report writes held (not the switch under traffic?): ${fig[$name.switch_said]}"
   fi
-  wrk_end "$name"
+  nap "$half"
+  wrk_stop "$name"
 }
 
 echo "== w0: load on SQLite, migrate verify --live"
-verify_window w0 5
+verify_window w0 5 follow
 echo "== w1: ${window} s of load, migrate switch in the middle"
 switch_window w1
 if [ -n "${fig[w1.switched]:-}" ]; then
@@ -286,7 +315,7 @@ if [ "$rollback" = 1 ] && [ ${#failures[@]} -eq 0 ]; then
   reverse_pid=$follow_pid
   sleep 1
   kill -0 "$reverse_pid" 2>/dev/null || miss "migrate follow --reverse exited at once: $(tail -1 "$out/follow-reverse.log")"
-  verify_window w2 "$pg_secs"
+  verify_window w2 "$pg_secs" follow-reverse
   windows+=(w2)
   if [ ${#failures[@]} -eq 0 ]; then
     echo "== w3: ${window} s of load, migrate switch --to sqlite in the middle"
@@ -334,6 +363,7 @@ tally() {
 # other one those before the switch away from it (after the rollback PostgreSQL holds w0-w2, not
 # what was written on SQLite after it; SQLite, left behind by the switch, holds only w0).
 all="${windows[*]}"
+# shellcheck disable=SC2034 # complete_sqlite and complete_postgres are read as ${!complete} below
 if [ -z "${fig[w1.switched]:-}" ]; then
   final=sqlite complete_sqlite=$all complete_postgres=""
 elif [ -n "${fig[w3.switched]:-}" ]; then
@@ -353,7 +383,7 @@ label() { case $1 in w0) echo "SQLite, verify";; w1) echo "switch -> PostgreSQL"
 ms() { awk -v u="${1:-0}" 'BEGIN {printf "%.0f", u / 1000}'; }
 echo
 echo "== zero-downtime load run: $sessions sessions ($file_mb MB), 2 server processes, wrk $((2 * ${#targets[@]})) threads" \
-  "$conns connections, switch windows ${window} s; $(nproc) cores, load $(load1) now"
+  "$conns connections, $((window / 2)) s of load before and after each switch; $(nproc) cores, load $(load1) now"
 printf '%-22s %5s %8s %8s %7s %7s %8s %7s %7s %9s %6s %6s %5s %5s\n' window secs requests req/s non-2xx sockerr \
   "max ms" "p99 ms" "held" "switch ms" acked lost dup unsent
 for w in "${windows[@]}"; do
@@ -361,7 +391,7 @@ for w in "${windows[@]}"; do
   rps=$(awk -v r="${fig[$w.requests]}" -v d="${fig[$w.duration_us]}" 'BEGIN {printf "%.0f", r / (d / 1e6)}')
   fig[$w.rps]=$rps
   read -r _s acked lost dup unsent _x _n <<<"${tal[$final.$w]:-0 0 0 0 0 0 0}"
-  printf '%-22s %5s %8s %8s %7s %7s %8s %7s %7s %9s %6s %6s %5s %5s\n' "$w $(label $w)" "$secs" "${fig[$w.requests]}" "$rps" \
+  printf '%-22s %5s %8s %8s %7s %7s %8s %7s %7s %9s %6s %6s %5s %5s\n' "$w $(label "$w")" "$secs" "${fig[$w.requests]}" "$rps" \
     "${fig[$w.non2xx]}" "${fig[$w.socket_errors]}" "$(ms "${fig[$w.latency_max_us]}")" "$(ms "${fig[$w.latency_p99_us]}")" \
     "${fig[$w.held_ms]:--}" "${fig[$w.switch_ms]:--}" "$acked" "$lost" "$dup" "$unsent"
 done
@@ -373,7 +403,8 @@ for w in "${windows[@]}"; do
   elif [ -n "${fig[$w.switch_ms]:-}" ]; then
     echo "$w: switch at ${fig[$w.at_s]} s of the window FAILED after ${fig[$w.switch_ms]} ms (see $out/switch-$w.log)"
   fi
-  [ -z "${fig[$w.verify]:-}" ] || echo "$w: migrate verify --live: ${fig[$w.verify]} in ${fig[$w.verify_ms]} ms under load"
+  [ -z "${fig[$w.verify]:-}" ] || echo "$w: migrate verify --live: ${fig[$w.verify]} in ${fig[$w.verify_ms]} ms under load;" \
+    "the follower (waiting while verify ran) was within $catch_up_ms ms again ${fig[$w.catch_up_ms]} ms after it"
 done
 for f in follow follow-reverse; do
   [ -f "$out/$f.jsonl" ] || continue
