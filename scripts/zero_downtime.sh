@@ -131,10 +131,11 @@ trap 'exit 130' INT TERM
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 failures=()
+timing_reported=0
 miss() { failures+=("$*"); echo "!! $*"; }
 
 # --- 1. the service on SQLite, the copy, the follower ----------------------------------------
-echo "== $file -> scratch copy $work"
+echo "== $file -> scratch copy $work (every log goes to $out)"
 cp "$file" "$work"
 sessions=$(sqlite3 "$work" "SELECT count(*) FROM sessions")
 file_mb=$(du -m "$file" | cut -f1)
@@ -400,6 +401,8 @@ echo "(max ms: wrk's longest request over the whole window, the switch inside it
 for w in "${windows[@]}"; do
   if [ -n "${fig[$w.switched]:-}" ]; then
     echo "$w: switch at ${fig[$w.at_s]} s of the window, load ${fig[$w.load1]}: ${fig[$w.switch_said]}; both servers followed within ${fig[$w.follow_ms]:-?} ms"
+    # Where the hold went, as the switch logged it.
+    grep -E ' INFO ' "$out/switch-$w.log" | grep -v -E 'switched (under traffic|back):' | sed -E 's/^\[[^]]*\] */    /' | cut -c1-240 || true
   elif [ -n "${fig[$w.switch_ms]:-}" ]; then
     echo "$w: switch at ${fig[$w.at_s]} s of the window FAILED after ${fig[$w.switch_ms]} ms (see $out/switch-$w.log)"
   fi
@@ -438,7 +441,14 @@ for w in "${windows[@]}"; do
   [ "${fig[$w.socket_errors]}" -eq 0 ] || miss "$w: ${fig[$w.socket_errors]} socket errors (connect ${fig[$w.connect]}, read ${fig[$w.read]}, write ${fig[$w.write]}, timeout ${fig[$w.timeout]})"
   [ -n "${fig[$w.switch_ms]:-}" ] || continue
   max_ms=$(ms "${fig[$w.latency_max_us]}")
-  timing_miss() { if [ "$timing" = report ]; then echo "-- timing target missed (not enforced, ZDT_TIMING=report): $*"; else miss "$*"; fi; }
+  timing_miss() {
+    if [ "$timing" = report ]; then
+      echo "-- timing target missed (not enforced, ZDT_TIMING=report): $*"
+      timing_reported=$((timing_reported + 1))
+    else
+      miss "$*"
+    fi
+  }
   [ "$max_ms" -lt $max_latency_target_ms ] || timing_miss "$w: longest request $max_ms ms (target under $max_latency_target_ms ms)"
   [ -z "${fig[$w.held_ms]}" ] || [ "${fig[$w.held_ms]}" -lt $held_target_ms ] || timing_miss "$w: writes held ${fig[$w.held_ms]} ms (target under $held_target_ms ms)"
 done
@@ -466,4 +476,8 @@ if [ ${#failures[@]} -gt 0 ]; then
   printf '  %s\n' "${failures[@]}"
   exit 1
 fi
-echo "== every target met"
+if [ "$timing_reported" -gt 0 ]; then
+  echo "== every enforced target met; $timing_reported timing target(s) missed, reported only (ZDT_TIMING=report)"
+else
+  echo "== every target met"
+fi
