@@ -89,6 +89,7 @@ if [[ $arg =~ ^[0-9]+$ ]]; then
   if [ ! -f "$file" ]; then
     mkdir -p "$data"
     echo "== generating $file ($arg sessions)"
+    rm -f "$file.partial" "$file.partial-wal" "$file.partial-shm" # an interrupted earlier try
     nice -n 19 "$bin/generate" --sessions "$arg" --out "$file.partial"
     mv "$file.partial" "$file"
   fi
