@@ -132,6 +132,12 @@ pub fn follow(
             run.last_report = Instant::now();
         }
     };
+    // The last report tells where it stopped, not where it last looked.
+    if run.connected {
+        if let Ok(Poll::Pending(p)) = leg.poll() {
+            run.measure(&p);
+        }
+    }
     report(&run.status);
     Ok(end)
 }
