@@ -134,7 +134,7 @@ impl VerifyReport {
     }
 
     /// Counts the differences in rows named by `named` (log entries past the applied mark).
-    fn settle_in_flight(&mut self, named: &Changes) {
+    pub(crate) fn settle_in_flight(&mut self, named: &Changes) {
         let all = self.sessions.differences + self.messages.differences + self.drafts.differences;
         if all as usize > self.differing.len() {
             self.in_flight = None;
@@ -162,7 +162,13 @@ impl VerifyReport {
         self.in_flight = Some(in_flight);
     }
 
-    fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
+    pub(crate) fn differ(
+        &mut self,
+        table: Table,
+        id: String,
+        column: &str,
+        detail: impl Into<String>,
+    ) {
         self.table(table).differences += 1;
         if self.differing.len() < TRACKED {
             self.differing.push((table, id.clone()));

@@ -20,7 +20,7 @@ use crate::migrate::changelog;
 use crate::migrate::keys::{self, KeyRow, KeysVerify};
 use crate::migrate::normalize::{self, Reject, SessionIndex};
 use crate::migrate::source::{RawDraft, RawMessage, Source, Table};
-use crate::migrate::verify::{RowDifference, TableVerify, VerifyReport, LISTED};
+use crate::migrate::verify::{TableVerify, VerifyReport, LISTED};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
@@ -74,15 +74,7 @@ impl Named {
     }
 
     fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
-        self.table(table).differences += 1;
-        if self.report.differences.len() < LISTED {
-            self.report.differences.push(RowDifference {
-                table,
-                id,
-                column: column.into(),
-                detail: detail.into(),
-            });
-        }
+        self.report.differ(table, id, column, detail);
     }
 
     /// Counts one named row, present on either side or none, and says
