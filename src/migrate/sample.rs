@@ -23,9 +23,13 @@ use crate::store::{Draft, Message, Session, SessionWithMessages};
 use crate::types::DbUuid;
 use crate::AnyConnection;
 
-/// Sessions read per pass; their messages and drafts are in memory together
-/// (about 30 MB for 1,000 sessions of 40 messages).
+/// Sessions read per pass on a file that must be scanned; their messages and
+/// drafts are in memory together (about 30 MB for 1,000 sessions of 40 messages).
 pub(crate) const CHUNK: usize = 1000;
+
+/// Sessions read per pass through the indexes: a pass costs lookups, not a scan,
+/// so smaller passes keep memory down for nothing.
+pub(crate) const INDEXED_CHUNK: usize = 250;
 
 /// What the store would return for one session: the session with its
 /// messages in id order, and its latest draft.
@@ -87,6 +91,8 @@ fn has_child_index(conn: &mut SqliteConnection, table: &str) -> Result<bool> {
 /// A SQLite file opened for sampled reads: never created, never written.
 pub(crate) struct SampleSource {
     conn: AnyConnection,
+    /// Whether messages and drafts are indexed by session (else each read scans them).
+    pub indexed: bool,
 }
 
 impl SampleSource {
@@ -110,6 +116,7 @@ impl SampleSource {
         }
         Ok(SampleSource {
             conn: AnyConnection::Sqlite(conn),
+            indexed,
         })
     }
 
