@@ -307,7 +307,7 @@ impl<'a> Comparison<'a> {
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
         let pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
-            Ok(messages::table
+            messages::table
                 .filter(messages::id.gt(after))
                 .order(messages::id)
                 .limit(SCAN_BATCH)
@@ -320,10 +320,10 @@ impl<'a> Comparison<'a> {
                 ))
                 .load_iter::<PgDigestRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
                 .map(|r| r.map(Digest::of_pg))
-                .collect::<QueryResult<_>>()?)
+                .collect::<QueryResult<_>>()
         });
         let pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
-            Ok(drafts::table
+            drafts::table
                 .filter(drafts::id.gt(after))
                 .order(drafts::id)
                 .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
@@ -336,7 +336,7 @@ impl<'a> Comparison<'a> {
                 ))
                 .load_iter::<PgDigestRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
                 .map(|r| r.map(Digest::of_pg))
-                .collect::<QueryResult<_>>()?)
+                .collect::<QueryResult<_>>()
         });
         Comparison {
             report: VerifyReport::default(),
