@@ -306,7 +306,7 @@ impl<'a> Comparison<'a> {
         postgres: &'scope DatabaseUrl,
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
-        let pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
+        let pg_messages = Prefetch::spawn(scope, postgres, 4, |pg, after| {
             messages::table
                 .filter(messages::id.gt(after))
                 .order(messages::id)
@@ -322,7 +322,10 @@ impl<'a> Comparison<'a> {
                 .map(|r| r.map(Digest::of_pg))
                 .collect::<QueryResult<_>>()
         });
-        let pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
+        // Drafts are read while SQLite's messages are compared: their digests are small
+        // (64 bytes a row), so up to 64,000 of them wait, and the slow part on PostgreSQL's
+        // side (TOAST, decompression) is done by the time SQLite reaches the drafts.
+        let pg_drafts = Prefetch::spawn(scope, postgres, 64, |pg, after| {
             drafts::table
                 .filter(drafts::id.gt(after))
                 .order(drafts::id)
@@ -586,12 +589,14 @@ struct Prefetch {
 }
 
 impl Prefetch {
+    /// Reads ahead on a thread of its own, at most `batches` loads.
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
+        batches: usize,
         load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
     ) -> Prefetch {
-        let (tx, rx) = mpsc::sync_channel(2);
+        let (tx, rx) = mpsc::sync_channel(batches);
         scope.spawn(move || {
             let run = || -> Result<()> {
                 let mut pg = state::connect(url)?;
