@@ -177,7 +177,32 @@ enum Command {
         #[arg(long)]
         reject_file: Option<PathBuf>,
     },
+    /// Apply the change log continuously (SQLite to PostgreSQL; with --reverse, after the switch, back).
+    ///
+    /// Runs until SIGINT/SIGTERM or until the switch ends its direction, printing
+    /// the lag every few seconds; survives either database restarting.
+    Follow {
+        #[command(flatten)]
+        sqlite: Sqlite,
+        #[command(flatten)]
+        postgres: Postgres,
+        /// Follow PostgreSQL's change log into SQLite (after `switch`), for a rollback as quick as the cutover.
+        #[arg(long)]
+        reverse: bool,
+        /// Print each lag report as one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between lag reports.
+        #[arg(long, default_value_t = 2)]
+        report_secs: u64,
+        /// Forward: load valid rows and append invalid ones here (otherwise an invalid row stops it).
+        #[arg(long, conflicts_with = "reverse")]
+        reject_file: Option<PathBuf>,
+    },
     /// Check that both sides hold the same data (exit 1 if not).
+    ///
+    /// Records the change-log position it found equal, so that a switch under
+    /// traffic only compares the rows written since.
     Verify {
         #[command(flatten)]
         sqlite: Sqlite,
@@ -186,6 +211,10 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// The service is writing (a follower runs): exit 0 when the only
+        /// differences are rows written since the last applied change-log entry.
+        #[arg(long)]
+        live: bool,
     },
     /// Dual read: the same sessions through the repository on both backends (exit 1 if they differ).
     Compare {
@@ -218,7 +247,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Side::Postgres)]
         to: Side,
     },
-    /// After a switch, with PostgreSQL paused: apply to SQLite what was written to PostgreSQL since.
+    /// After a switch: apply to SQLite what PostgreSQL's committed transactions wrote since (no pause needed).
     RollbackSync {
         #[command(flatten)]
         postgres: Postgres,
@@ -430,10 +459,29 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Follow {
+            sqlite,
+            postgres,
+            reverse,
+            json: as_json,
+            report_secs,
+            reject_file,
+        } => follow(
+            &sqlite.path,
+            &postgres.url(),
+            &migrate::FollowOptions {
+                reverse,
+                report_every: Duration::from_secs(report_secs.max(1)),
+                reject_file,
+                ..Default::default()
+            },
+            as_json,
+        ),
         Command::Verify {
             sqlite,
             postgres,
             json: as_json,
+            live,
         } => {
             let report = migrate::verify(&sqlite.path, &postgres.url())?;
             if as_json {
@@ -464,21 +512,37 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 for d in &k.listed {
                     println!("  {d}");
                 }
+                if let Some(n) = report.in_flight.filter(|n| *n > 0) {
+                    println!(
+                        "{n} of the differences are in rows written since the last applied \
+                         change-log entry (in flight: a follower or sync applies them)"
+                    );
+                }
+                if let Some(upto) = report.verified_upto {
+                    println!(
+                        "equal up to change-log position {upto} (recorded: a switch under traffic \
+                         compares only the rows written since)"
+                    );
+                }
                 println!(
                     "{} in {} ms",
                     if report.is_equal() {
                         "EQUAL"
+                    } else if report.is_equal_but_in_flight() {
+                        "EQUAL BUT IN FLIGHT"
                     } else {
                         "DIFFERENT"
                     },
                     report.elapsed_ms
                 );
             }
-            Ok(if report.is_equal() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(
+                if report.is_equal() || (live && report.is_equal_but_in_flight()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                },
+            )
         }
         Command::Compare {
             sqlite,
@@ -536,8 +600,14 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Side::Sqlite => Backend::Sqlite,
             };
             let report = migrate::switch(&sqlite.path, &postgres.url(), to)?;
+            let checked = match (report.held_ms, report.verified_rows) {
+                (Some(held), Some(rows)) => format!(
+                    "{rows} rows changed since the last full verify EQUAL; writes held {held} ms"
+                ),
+                _ => "verify EQUAL".to_string(),
+            };
             println!(
-                "{} is live{}; verify EQUAL",
+                "{} is live{}; {checked}",
                 match report.live {
                     Backend::Postgres => postgres.url().masked(),
                     Backend::Sqlite => sqlite.path.display().to_string(),
@@ -631,7 +701,9 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Some(s) => println!(
                     "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
                      copy snapshot: session rowid {}, message id {}, draft id {}\n\
-                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {}",
+                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {} \
+                     (transaction horizon {})\n\
+                     last full verify equal up to {} ({})",
                     s.source,
                     s.phase,
                     s.started_at,
@@ -643,7 +715,10 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     s.mark_message_id,
                     s.mark_draft_id,
                     s.mark_change_seq.map_or("-".into(), |n| n.to_string()),
-                    s.rollback_change_seq
+                    s.rollback_change_seq,
+                    s.rollback_xid_horizon,
+                    s.verified_change_seq.map_or("-".into(), |n| n.to_string()),
+                    s.verified_at.map_or("never".into(), |t| t.to_string())
                 ),
             }
             for p in &status.tables {
@@ -670,12 +745,71 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
     }
 }
 
+/// `follow`: runs the follower until a signal or the switch, printing its lag.
+fn follow(
+    sqlite: &std::path::Path,
+    postgres: &DatabaseUrl,
+    opts: &migrate::FollowOptions,
+    as_json: bool,
+) -> interview_store::Result<ExitCode> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(|e| Error::Io {
+            path: "signal handler".into(),
+            source: e,
+        })?;
+    }
+    let end = migrate::follow(sqlite, postgres, opts, &stop, |s| {
+        if as_json {
+            println!("{}", serde_json::to_string(s).expect("reports serialise"));
+        } else {
+            println!(
+                "follow {}: {} entries behind, lag {} ms; {} applied in {} batches{}{}",
+                s.direction,
+                s.pending_entries,
+                s.lag_ms,
+                s.applied_entries,
+                s.passes,
+                if s.connected {
+                    ""
+                } else {
+                    "; DISCONNECTED, retrying"
+                },
+                s.last_error
+                    .as_ref()
+                    .filter(|_| !s.connected)
+                    .map_or(String::new(), |e| format!(": {e}"))
+            );
+        }
+    })?;
+    let said = match (end, opts.reverse) {
+        (migrate::FollowEnd::Stopped, _) => "stopped".to_string(),
+        (migrate::FollowEnd::Switched, false) => format!(
+            "{} is live now (switched): run `migrate follow --reverse` to keep SQLite current",
+            postgres.masked()
+        ),
+        (migrate::FollowEnd::Switched, true) => {
+            format!("{} is live again (switched back)", sqlite.display())
+        }
+    };
+    if as_json {
+        println!("{}", serde_json::json!({ "ended": end, "detail": said }));
+    } else {
+        println!("follow ended: {said}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `pause` and `resume`: sets the flag in the database and prints the state it holds now.
 fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
     // One migration command at a time on PostgreSQL (a pause must not land in
     // the middle of a switch); on SQLite the flag is written under its write lock.
     let _lock = match url.backend() {
-        Backend::Postgres => Some(migrate::MigrationLock::acquire(&url)?),
+        // A follower holds the lock for one batch at a time: take turns with it.
+        Backend::Postgres => Some(migrate::MigrationLock::acquire_waiting(
+            &url,
+            Duration::from_secs(10),
+        )?),
         Backend::Sqlite => None,
     };
     let mut conn = maintenance::connect(&url)?;

@@ -173,7 +173,7 @@ impl Error {
             | Error::Connect { .. }
             | Error::NoSuchFile { .. }
             | Error::Busy(_) => Category::Unavailable,
-            Error::Database(e) if is_connection_lost(e) => Category::Unavailable,
+            Error::Database(e) if is_connection_lost(e) || is_timeout(e) => Category::Unavailable,
             Error::Database(_)
             | Error::Tls { .. }
             | Error::Corrupt { .. }
@@ -221,6 +221,20 @@ pub(crate) fn is_connection_lost(e: &diesel::result::Error) -> bool {
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
             _
         ) | D::BrokenTransactionManager
+    )
+}
+
+/// Whether PostgreSQL cancelled the statement for running past
+/// `statement_timeout` or waiting past `lock_timeout`: the database is
+/// saturated, not broken, so callers should retry later (503, not 500).
+/// Diesel does not expose the SQLSTATE (57014, 55P03), so the server's text
+/// is matched; it is English unless `lc_messages` says otherwise.
+pub(crate) fn is_timeout(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(_, info)
+            if info.message().starts_with("canceling statement due to statement timeout")
+                || info.message().starts_with("canceling statement due to lock timeout")
     )
 }
 

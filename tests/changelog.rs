@@ -236,8 +236,7 @@ fn copy_truncate_checks_first_and_deletes_nothing_without_yes() {
 
 /// The whole way there and back on one file: switch refuses until paused,
 /// caught up and equal; afterwards sync and copy refuse and change nothing;
-/// rollback-sync refuses until PostgreSQL is paused and then carries its
-/// inserts, updates and deletes back.
+/// rollback-sync carries PostgreSQL's inserts, updates and deletes back.
 #[test]
 fn phases_no_command_can_skip() {
     let src = Legacy::new(&clean_sql(4, 2));
@@ -304,11 +303,8 @@ fn phases_no_command_can_skip() {
     }
     assert_eq!(pg_sessions(&url), before, "PostgreSQL untouched");
 
-    // The way back: refused until PostgreSQL is paused.
-    let err = rollback_sync(&src.path, &url).unwrap_err();
-    assert!(err.to_string().contains("not paused"), "{err}");
-    let err = switch(&src.path, &url, Backend::Sqlite).unwrap_err();
-    assert!(err.to_string().contains("not paused"), "{err}");
+    // The way back, paused here so that one rollback-sync applies everything
+    // (unpaused it may leave a transaction still in flight for the next run).
     pause_pg(&url);
     let back = rollback_sync(&src.path, &url).unwrap();
     assert_eq!(
@@ -319,8 +315,11 @@ fn phases_no_command_can_skip() {
     assert_eq!(back.messages, 1, "{back:?}");
     assert_eq!(back.messages_deleted, 1, "{back:?}");
     assert_eq!(back.drafts, 1, "{back:?}");
+    // Again: entries of transactions at the horizon may be read again, and
+    // their rows written again unchanged; nothing is stored twice.
     let again = rollback_sync(&src.path, &url).unwrap();
-    assert_eq!(again.entries, 0, "nothing twice");
+    assert!(again.entries <= back.entries, "{again:?}");
+    assert_eq!(again.sessions_inserted, 0, "{again:?}");
     let report = switch(&src.path, &url, Backend::Sqlite).unwrap();
     assert_eq!(report.live, Backend::Sqlite);
     assert_equal(&src, &url);

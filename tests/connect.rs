@@ -161,6 +161,12 @@ fn statement_timeout_cancels_a_long_statement() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("statement timeout"), "{err}");
+    // Saturation, not a broken database: the server answers 503 and clients retry.
+    assert_eq!(
+        err.category(),
+        interview_store::Category::Unavailable,
+        "{err}"
+    );
     // The connection stays usable.
     store
         .with_connection(|c| Ok(diesel::sql_query("SELECT 1").execute(c)?))

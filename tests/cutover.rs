@@ -294,8 +294,24 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         synced.sessions_inserted + synced.sessions_updated + synced.messages + synced.drafts,
         migrate::change_log_entries(&file).unwrap().unwrap()
     );
-    assert_eq!(synced.trimmed, synced.entries);
-    assert_eq!(migrate::change_log_entries(&file).unwrap(), Some(0));
+    // The verify above recorded the position it found equal: the log keeps the
+    // entries past it (a switch under traffic compares their rows) and trims the rest.
+    let verified = migrate::status(&pg_url)
+        .unwrap()
+        .state
+        .unwrap()
+        .verified_change_seq
+        .expect("verify records the position it found equal");
+    assert!(verified < synced.change_seq);
+    assert_eq!(
+        migrate::change_log_entries(&file).unwrap(),
+        Some(pending - synced.trimmed as i64)
+    );
+    assert_eq!(
+        migrate::change_log_entries(&file).unwrap(),
+        Some(synced.change_seq - verified),
+        "entries past the verified position are kept, the others trimmed"
+    );
     let (f, u) = (file.clone(), pg_url.clone());
     let equal = blocking(move || migrate::switch(&f, &u, Backend::Postgres))
         .await

@@ -5,15 +5,16 @@ mod common;
 
 use common::bin::Killed;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy::Proxy;
 use common::TestDb;
 use interview_store::server::{self, AppState, Interviewer, ScriptedInterviewer};
 use interview_store::{Message, PoolConfig, Store, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 struct TestServer {
@@ -380,46 +381,6 @@ backend_test!(fifty_concurrent_chats_are_all_stored, |db: &TestDb| {
     });
 });
 
-/// A TCP proxy in front of PostgreSQL that the test can stop and restart on the same port.
-struct Proxy {
-    port: u16,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(port: u16, upstream: String) -> Proxy {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket
-            .bind(format!("127.0.0.1:{port}").parse().unwrap())
-            .unwrap();
-        let listener = socket.listen(64).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let registry = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                registry.lock().unwrap().push(conn);
-            }
-        });
-        tasks.lock().unwrap().push(accept);
-        Proxy { port, tasks }
-    }
-
-    /// Closes the listener and every proxied connection: the database is gone.
-    fn stop(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-}
-
 /// PostgreSQL behind a proxy the test owns: health goes down, the API answers 503, and both recover.
 /// (An embedded SQLite file has no server to lose.)
 #[test]
@@ -748,6 +709,28 @@ backend_test!(
                 .unwrap();
             assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
             assert!(r.headers().contains_key("x-request-id"));
+            // A plain client id is kept; one a client could use to write into
+            // logs and error bodies is replaced by a fresh one.
+            for (sent, kept) in [
+                ("client-42.a:b_c", true),
+                ("has spaces and \"quotes\"", false),
+                (&*"x".repeat(129), false),
+            ] {
+                let r = srv
+                    .http
+                    .delete(format!("{}/health", srv.base))
+                    .header("x-request-id", sent)
+                    .send()
+                    .await
+                    .unwrap();
+                let echoed = r.headers()["x-request-id"].to_str().unwrap().to_string();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["request_id"], echoed.as_str(), "{body}");
+                assert_eq!(echoed == sent, kept, "{sent:?} -> {echoed:?}");
+                if !kept {
+                    assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+                }
+            }
             let body: Value = r.json().await.unwrap();
             assert_eq!(category(&body), "input", "{body}");
             srv.shutdown().await;

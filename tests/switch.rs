@@ -29,6 +29,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs the example server on SQLite at `sqlite`, with PostgreSQL at `postgres` as the other backend.
 fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
+    spawn_server_waiting(sqlite, postgres, 20_000)
+}
+
+/// [`spawn_server`] holding writes through a pause for up to `pause_wait_ms`.
+fn spawn_server_waiting(sqlite: &str, postgres: &str, pause_wait_ms: u64) -> (Killed, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -41,7 +46,7 @@ fn spawn_server(sqlite: &str, postgres: &str) -> (Killed, String) {
         .env("INTERVIEW_SQLITE_PATH", sqlite)
         .env("INTERVIEW_POSTGRES_URL", postgres)
         // Generous: the test's copy runs inside the pause on a busy machine.
-        .env("INTERVIEW_PAUSE_WAIT_MS", "20000")
+        .env("INTERVIEW_PAUSE_WAIT_MS", pause_wait_ms.to_string())
         .spawn()
         .unwrap();
     (Killed(child), format!("http://127.0.0.1:{port}"))
@@ -68,6 +73,8 @@ struct Seen {
     failed: Vec<String>,
     /// Writes sent before PostgreSQL was made live and acknowledged after: held, not refused.
     held: usize,
+    /// The longest request that overlapped a switch.
+    longest_during_switch: Duration,
 }
 
 struct Traffic {
@@ -96,7 +103,12 @@ async fn client(t: Arc<Traffic>, bases: Vec<String>, n: usize) {
                 json!({"session_id": s, "text": format!("answer {n}/{i}")}),
             ),
         };
+        let sent = Instant::now();
         let r = http.post(format!("{base}{path}")).json(&body).send().await;
+        if during || t.switching.load(Ordering::SeqCst) {
+            let mut seen = t.seen.lock().unwrap();
+            seen.longest_during_switch = seen.longest_during_switch.max(sent.elapsed());
+        }
         let (status, v) = match r {
             Ok(r) => (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)),
             Err(e) => {
@@ -569,4 +581,215 @@ fn a_keyed_write_held_through_the_switch_lands_once_on_the_new_side() {
     );
     let on_sqlite = sqlite.store().get_session(id).unwrap().messages;
     assert!(!on_sqlite.iter().any(|m| m.text == "across the switch"));
+}
+
+/// Runs `migrate` with `args`; its exit status and standard output.
+fn migrate_cli(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(common::bin::example_bin("migrate"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "migrate {}: {}\n{stdout}{}",
+        args[0],
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, stdout)
+}
+
+/// Starts `migrate follow` with `extra` arguments; its JSON lines go to `log`.
+fn spawn_follow(sqlite: &str, postgres: &str, extra: &[&str], log: &std::path::Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        std::process::Command::new(common::bin::example_bin("migrate"))
+            .args(["follow", "--sqlite", sqlite, "--postgres", postgres])
+            .args(["--json", "--report-secs", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a follower process to end by itself (the switch ends its direction).
+fn wait_follower_ended(f: &mut Killed, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = f.0.try_wait().unwrap() {
+            let out = std::fs::read_to_string(log).unwrap();
+            assert!(status.success(), "follower: {status}\n{out}");
+            assert!(out.contains(r#""ended":"switched""#), "{out}");
+            assert!(out.contains(r#""lag_ms""#), "it reported its lag: {out}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not end with the switch"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "writes held N ms" in a switch's output.
+fn held_ms(out: &str) -> u64 {
+    out.split("writes held ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hold reported: {out}"))
+}
+
+/// Under the clients' traffic: `verify --live`, then `switch --to TO` with
+/// `switching` set while it runs; the writes-held figure it printed.
+async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to: &str) -> u64 {
+    let cli = |command: &'static [&'static str]| {
+        let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+        args.extend(["--sqlite", sqlite, "--postgres", postgres].map(String::from));
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            migrate_cli(&args)
+        })
+    };
+    let (status, _) = cli(&["verify", "--live"]).await.unwrap();
+    assert!(status.success(), "verify under traffic: {status}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.switching.store(true, Ordering::SeqCst);
+    let command: &'static [&'static str] = match to {
+        "sqlite" => &["switch", "--to", "sqlite"],
+        _ => &["switch", "--to", "postgres"],
+    };
+    let (status, out) = cli(command).await.unwrap();
+    t.switching.store(false, Ordering::SeqCst);
+    assert!(status.success(), "switch --to {to} under traffic: {status}");
+    held_ms(&out)
+}
+
+/// Every server process names `backend` in `/health`.
+async fn all_on(http: &reqwest::Client, bases: &[String], backend: &str) {
+    for base in bases {
+        let health: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["backend"], backend, "{base}: {health}");
+    }
+}
+
+#[test]
+fn the_zero_downtime_cutover_and_rollback_under_traffic_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_path = dir.path().join("interview.db");
+    let sqlite = sqlite_path.to_str().unwrap().to_string();
+    let seed = Store::connect(&sqlite, StoreConfig::default()).unwrap();
+    seed.migrate().unwrap();
+    for _ in 0..20 {
+        seed.start_session().unwrap();
+    }
+    drop(seed);
+    let pg = PgDatabase::create();
+    let pg_url = DatabaseUrl::postgres(&pg.url).unwrap();
+    interview_store::migrate::copy(&sqlite_path, &pg_url, &Default::default()).unwrap();
+
+    let forward_log = dir.path().join("follow.jsonl");
+    let backward_log = dir.path().join("follow-back.jsonl");
+    let mut forward = spawn_follow(&sqlite, &pg.url, &[], &forward_log);
+    let (mut one, base_one) = spawn_server_waiting(&sqlite, &pg.url, 2000);
+    let (mut two, base_two) = spawn_server_waiting(&sqlite, &pg.url, 2000);
+    let t = Arc::new(Traffic {
+        stop: AtomicBool::new(false),
+        switching: AtomicBool::new(false),
+        seen: Mutex::default(),
+    });
+    let bases = vec![base_one.clone(), base_two.clone()];
+    let (held_there, longest_there, held_back) = runtime().block_on(async {
+        let http = reqwest::Client::new();
+        wait_healthy(&http, &base_one).await;
+        wait_healthy(&http, &base_two).await;
+        let clients: Vec<_> = (0..4)
+            .map(|n| tokio::spawn(client(t.clone(), bases.clone(), n)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let held_there = switch_under_traffic(&t, &sqlite, &pg.url, "postgres").await;
+        let longest_there = std::mem::take(&mut t.seen.lock().unwrap().longest_during_switch);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        all_on(&http, &bases, "postgres").await;
+
+        // The way back, the same way: a reverse follower, then the switch under traffic.
+        let (s, u, log) = (sqlite.clone(), pg.url.clone(), backward_log.clone());
+        let mut backward =
+            tokio::task::spawn_blocking(move || spawn_follow(&s, &u, &["--reverse"], &log))
+                .await
+                .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let held_back = switch_under_traffic(&t, &sqlite, &pg.url, "sqlite").await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        t.stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.await.unwrap();
+        }
+        all_on(&http, &bases, "sqlite").await;
+        let log = backward_log.clone();
+        tokio::task::spawn_blocking(move || wait_follower_ended(&mut backward, &log))
+            .await
+            .unwrap();
+        (held_there, longest_there, held_back)
+    });
+    wait_follower_ended(&mut forward, &forward_log);
+    assert!(one.0.try_wait().unwrap().is_none(), "server one restarted");
+    assert!(two.0.try_wait().unwrap().is_none(), "server two restarted");
+
+    let seen = t.seen.lock().unwrap();
+    assert!(
+        seen.failed.is_empty(),
+        "requests failed: {:#?}",
+        seen.failed
+    );
+    // Every acknowledged turn is on SQLite, live again, exactly once, and on
+    // PostgreSQL too (the reverse follower and the switch back carried it over).
+    let lite = Store::connect(&sqlite, StoreConfig::default()).unwrap();
+    let pg_store = Store::connect(&pg.url, StoreConfig::default()).unwrap();
+    let mut on_pg = 0;
+    for (session, text) in &seen.acked {
+        let id = session.parse().unwrap();
+        let n = lite
+            .get_session(id)
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| &m.text == text)
+            .count();
+        assert_eq!(
+            n, 1,
+            "acknowledged {text:?} of {session} stored {n} times in SQLite"
+        );
+        on_pg += pg_store
+            .get_session(id)
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| &m.text == text)
+            .count();
+    }
+    assert!(
+        on_pg > 0,
+        "some turns were written while PostgreSQL was live"
+    );
+    // Held, not refused: no write waited out the servers' 2 s bound.
+    let longest_back = seen.longest_during_switch;
+    for longest in [longest_there, longest_back] {
+        assert!(longest < Duration::from_millis(2000), "{longest:?}");
+    }
+    eprintln!(
+        "zero-downtime: switch held writes {held_there} ms (longest request {longest_there:?}), \
+         switch back {held_back} ms (longest request {longest_back:?}); {} turns acknowledged",
+        seen.acked.len()
+    );
 }

@@ -15,9 +15,16 @@
 //!   Installed by `migrate setup --sqlite` and by `copy` (never by the store's
 //!   embedded migrations: a service that is not migrating must not grow a log).
 //! - PostgreSQL: the same table with `BIGSERIAL`, installed by `migrate switch`
-//!   for the way back. Sequence values are NOT in commit order there, so
-//!   rollback-sync reads it only with PostgreSQL paused and the data tables
-//!   locked in SHARE mode (no writer, hence no entry, in flight).
+//!   for the way back. Sequence values are NOT in commit order there (a
+//!   transaction that takes a low number may commit after one with a higher
+//!   number), so the way back reads by the writer's transaction id instead:
+//!   each entry records it (`xid`), and a reader in one REPEATABLE READ
+//!   transaction takes `h`, the oldest transaction id its snapshot sees still
+//!   running. Every transaction below `h` has ended, so its entries are all
+//!   visible, or it aborted and left none; entries from `h` on wait for a
+//!   later pass. The reader applies `horizon <= xid < h` and records `h` as
+//!   the new horizon (see [`super::rollback`]). With the data tables locked in
+//!   SHARE mode no writer is in flight, and every entry from the horizon on is complete.
 
 use std::collections::BTreeSet;
 
@@ -140,8 +147,11 @@ CREATE TABLE IF NOT EXISTS interview_change_log (
     seq BIGSERIAL PRIMARY KEY,
     table_name TEXT NOT NULL,
     row_key TEXT NOT NULL,
-    op TEXT NOT NULL
+    op TEXT NOT NULL,
+    xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)
 );
+ALTER TABLE interview_change_log ADD COLUMN IF NOT EXISTS xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX IF NOT EXISTS interview_change_log_xid ON interview_change_log (xid, seq);
 CREATE OR REPLACE FUNCTION interview_change_log_record() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -215,6 +225,15 @@ DROP FUNCTION IF EXISTS interview_change_log_record();
 DROP TABLE IF EXISTS interview_change_log;
 ";
 
+/// The transaction id column, for a log installed before it existed. The
+/// entries already there take the upgrading transaction's id: they are read
+/// by the next pass, like any entry past the horizon. The triggers need no
+/// change: the column fills itself.
+const PG_ADD_XID: &str = "
+ALTER TABLE interview_change_log ADD COLUMN IF NOT EXISTS xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX IF NOT EXISTS interview_change_log_xid ON interview_change_log (xid, seq);
+";
+
 /// Installs the change log and its triggers on a SQLite file (idempotent),
 /// so that every later write of any writer, the legacy service included, is logged.
 ///
@@ -280,6 +299,35 @@ pub(crate) fn install_pg(pg: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// Empties the PostgreSQL log: what it holds before the switch are the
+/// migration tool's own writes, which SQLite has already.
+pub(crate) fn clear_pg(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute("DELETE FROM interview_change_log")?;
+    Ok(())
+}
+
+/// Whether PostgreSQL has its log, bringing a log installed before the
+/// transaction id column up to date (in a transaction of its own, before any
+/// reader's snapshot). The check is one catalog lookup; the `ALTER` runs once.
+pub(crate) fn pg_ready(pg: &mut PgConnection) -> Result<bool> {
+    let n = diesel::sql_query(
+        "SELECT CASE WHEN to_regclass('interview_change_log') IS NULL THEN -1 \
+         ELSE (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('interview_change_log') \
+               AND attname = 'xid' AND NOT attisdropped) END AS n",
+    )
+    .get_result::<Count>(pg)?
+    .n;
+    match n {
+        -1 => Ok(false),
+        0 => {
+            log::info!("PostgreSQL's change log gets its transaction id column");
+            pg.transaction(|pg| pg.batch_execute(PG_ADD_XID))?;
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
+}
+
 /// Removes the PostgreSQL log and its triggers.
 pub(crate) fn uninstall_pg(pg: &mut PgConnection) -> Result<()> {
     pg.batch_execute(PG_UNINSTALL)?;
@@ -302,16 +350,6 @@ pub(crate) fn sqlite_installed(conn: &mut SqliteConnection) -> Result<bool> {
     .get_result::<Count>(conn)?
     .n;
     Ok(n == 10)
-}
-
-/// Whether PostgreSQL has its log table.
-pub(crate) fn pg_installed(pg: &mut PgConnection) -> Result<bool> {
-    let n = diesel::sql_query(
-        "SELECT count(*) AS n FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'interview_change_log'",
-    )
-    .get_result::<Count>(pg)?
-    .n;
-    Ok(n == 1)
 }
 
 /// The largest sequence number the SQLite log ever issued (0 when none), as
@@ -420,24 +458,81 @@ pub(crate) fn sqlite_changes(conn: &mut SqliteConnection, mark: i64) -> Result<C
     }
 }
 
-/// Every PostgreSQL log entry past `mark`, collapsed per row (with writers locked out).
-pub(crate) fn pg_changes(pg: &mut PgConnection, mark: i64) -> Result<Changes> {
-    let mut out = Changes {
-        last_seq: mark,
-        ..Default::default()
-    };
+/// The transaction id below which every transaction has ended, in the
+/// caller's REPEATABLE READ snapshot: the horizon a pass reads up to.
+pub(crate) fn pg_snapshot_horizon(pg: &mut PgConnection) -> Result<i64> {
+    Ok(
+        diesel::sql_query("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS n")
+            .get_result::<Count>(pg)?
+            .n,
+    )
+}
+
+#[derive(QueryableByName)]
+struct XidEntry {
+    #[diesel(sql_type = BigInt)]
+    xid: i64,
+    #[diesel(embed)]
+    entry: Entry,
+}
+
+/// The PostgreSQL log entries written by transactions from `from` up to
+/// (not including) `below`, or with no upper bound, collapsed per row (inside
+/// the caller's snapshot). Paged in `(xid, seq)` order, the index's.
+pub(crate) fn pg_changes(pg: &mut PgConnection, from: i64, below: Option<i64>) -> Result<Changes> {
+    let mut out = Changes::default();
+    let below = below.unwrap_or(i64::MAX);
+    let mut after = (from, i64::MIN);
     loop {
-        let page: Vec<Entry> = diesel::sql_query(
-            "SELECT seq, table_name, row_key FROM interview_change_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        let page: Vec<XidEntry> = diesel::sql_query(
+            "SELECT xid, seq, table_name, row_key FROM interview_change_log \
+             WHERE (xid, seq) > ($1, $2) AND xid >= $1 AND xid < $3 ORDER BY xid, seq LIMIT $4",
         )
-        .bind::<BigInt, _>(out.last_seq)
+        .bind::<BigInt, _>(after.0)
+        .bind::<BigInt, _>(after.1)
+        .bind::<BigInt, _>(below)
         .bind::<BigInt, _>(PAGE)
         .load(pg)?;
-        if page.is_empty() {
+        let Some(last) = page.last() else {
             return Ok(out);
-        }
-        page.into_iter().for_each(|e| out.add(e));
+        };
+        after = (last.xid, last.entry.seq);
+        page.into_iter().for_each(|e| out.add(e.entry));
     }
+}
+
+/// The PostgreSQL log entries at or past a horizon: not yet applied, or
+/// applied but kept until their transactions are all below it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PgPending {
+    pub entries: u64,
+    /// The smallest and largest sequence numbers among them (for the lag report only).
+    pub oldest: Option<i64>,
+    pub newest: i64,
+}
+
+/// The entries at or past `horizon`.
+pub(crate) fn pg_pending(pg: &mut PgConnection, horizon: i64) -> Result<PgPending> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+        #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+        oldest: Option<i64>,
+        #[diesel(sql_type = BigInt)]
+        newest: i64,
+    }
+    let r: Row = diesel::sql_query(
+        "SELECT count(*) AS n, min(seq) AS oldest, coalesce(max(seq), 0) AS newest \
+         FROM interview_change_log WHERE xid >= $1",
+    )
+    .bind::<BigInt, _>(horizon)
+    .get_result(pg)?;
+    Ok(PgPending {
+        entries: r.n as u64,
+        oldest: r.oldest,
+        newest: r.newest,
+    })
 }
 
 /// How many entries a SQLite file's change log holds (entries not yet
@@ -474,11 +569,11 @@ pub(crate) fn trim_sqlite(conn: &mut SqliteConnection, upto: i64) -> Result<usiz
     )
 }
 
-/// Deletes the PostgreSQL entries up to a mark SQLite has committed.
-pub(crate) fn trim_pg(pg: &mut PgConnection, upto: i64) -> Result<usize> {
+/// Deletes the PostgreSQL entries of transactions below `xid` (applied to SQLite and no longer needed).
+pub(crate) fn trim_pg(pg: &mut PgConnection, xid: i64) -> Result<usize> {
     Ok(
-        diesel::sql_query("DELETE FROM interview_change_log WHERE seq <= $1")
-            .bind::<BigInt, _>(upto)
+        diesel::sql_query("DELETE FROM interview_change_log WHERE xid < $1")
+            .bind::<BigInt, _>(xid)
             .execute(pg)?,
     )
 }

@@ -340,6 +340,40 @@ impl KeysVerify {
     }
 }
 
+/// Compares the keys a change log names on both sides (all of them when it
+/// names every key), inside the caller's SQLite snapshot.
+pub(crate) fn verify_named(
+    src: &mut SqliteConnection,
+    pg: &mut PgConnection,
+    wanted: &BTreeSet<(String, String)>,
+    all: bool,
+) -> Result<KeysVerify> {
+    if all {
+        return verify(src, pg);
+    }
+    let ours = read_sqlite(src, wanted, false)?;
+    let theirs = read_pg(pg, wanted)?;
+    let theirs: BTreeMap<(String, String), KeyRow> =
+        theirs.present.into_iter().map(|r| (r.id(), r)).collect();
+    let mut out = KeysVerify {
+        sqlite_keys: ours.present.len() as u64,
+        postgres_keys: theirs.len() as u64,
+        ..Default::default()
+    };
+    for a in &ours.present {
+        match theirs.get(&a.id()) {
+            Some(b) => out.compare(a, b),
+            None => out.differ(&a.scope, &a.key, "*", "missing on postgres"),
+        }
+    }
+    for (scope, key) in &ours.gone {
+        if theirs.contains_key(&(scope.clone(), key.clone())) {
+            out.differ(scope, key, "*", "gone from sqlite, on postgres");
+        }
+    }
+    Ok(out)
+}
+
 /// Compares the finished keys of both sides by one merge in `(scope, key)`
 /// byte order: SQLite's in pages (inside the caller's snapshot), PostgreSQL's
 /// streamed in the `C` collation, which orders text as bytes too.

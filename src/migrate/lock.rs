@@ -24,6 +24,10 @@ use crate::error::{Error, Result};
 /// The advisory lock key of the migration commands: "intrvmig" in ASCII.
 pub const MIGRATION_LOCK_KEY: i64 = 0x696e_7472_766d_6967;
 
+/// How long a command waits for a running follower's batch (or a short
+/// command) to let go of the lock before it gives up with [`Error::Busy`].
+pub(crate) const FOLLOWER_TURN: Duration = Duration::from_secs(10);
+
 /// How often a waiting command tries the lock again.
 const RETRY: Duration = Duration::from_millis(5);
 

@@ -157,13 +157,26 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     }
 }
 
+const STATE_COLUMNS: &str = "source, phase, started_at, copied_at, synced_at, mark_session_rowid, \
+     mark_message_id, mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at, \
+     verified_change_seq, verified_at, rollback_xid_horizon, rollback_verified_horizon";
+
 pub(crate) fn load(pg: &mut PgConnection) -> Result<Option<State>> {
-    Ok(diesel::sql_query(
-        "SELECT source, phase, started_at, copied_at, synced_at, mark_session_rowid, mark_message_id, \
-         mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at, \
-         verified_change_seq, verified_at, rollback_xid_horizon, rollback_verified_horizon \
-         FROM interview_migration_state",
-    )
+    Ok(diesel::sql_query(format!(
+        "SELECT {STATE_COLUMNS} FROM interview_migration_state"
+    ))
+    .get_result(pg)
+    .optional()?)
+}
+
+/// The state, row-locked for a pass of the way back (inside its REPEATABLE
+/// READ transaction). Fails with a serialization failure when another pass
+/// committed after this transaction's snapshot was taken: applying this older
+/// snapshot's rows after that pass would put older values back into SQLite.
+pub(crate) fn load_for_rollback_pass(pg: &mut PgConnection) -> Result<Option<State>> {
+    Ok(diesel::sql_query(format!(
+        "SELECT {STATE_COLUMNS} FROM interview_migration_state FOR UPDATE"
+    ))
     .get_result(pg)
     .optional()?)
 }
@@ -294,21 +307,47 @@ pub(crate) fn advance(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
     Ok(())
 }
 
-/// Moves the rollback mark forward after a rollback-sync.
-pub(crate) fn advance_rollback(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
+/// Records that a full verify found both sides equal (rows named by later
+/// entries aside): before the switch up to SQLite's log position `upto`,
+/// after it up to PostgreSQL's transaction `horizon`. Each only in its phase.
+pub(crate) fn mark_verified(
+    pg: &mut PgConnection,
+    upto: Option<i64>,
+    horizon: Option<i64>,
+) -> Result<()> {
     diesel::sql_query(
-        "UPDATE interview_migration_state SET rollback_change_seq = GREATEST(rollback_change_seq, $1)",
+        "UPDATE interview_migration_state SET verified_at = now(), \
+         verified_change_seq = CASE WHEN phase = 'copied' AND $1::bigint IS NOT NULL THEN $1 ELSE verified_change_seq END, \
+         rollback_verified_horizon = CASE WHEN phase = 'switched' AND $2::bigint IS NOT NULL \
+             THEN GREATEST(coalesce(rollback_verified_horizon, 0), $2) ELSE rollback_verified_horizon END",
     )
+    .bind::<Nullable<BigInt>, _>(upto)
+    .bind::<Nullable<BigInt>, _>(horizon)
+    .execute(pg)?;
+    Ok(())
+}
+
+/// Moves the way back's horizon forward after a pass applied PostgreSQL's
+/// log up to it (inside the pass's transaction); `change_seq` is the largest
+/// sequence number read, kept for display.
+pub(crate) fn advance_rollback(pg: &mut PgConnection, horizon: i64, change_seq: i64) -> Result<()> {
+    diesel::sql_query(
+        "UPDATE interview_migration_state SET rollback_xid_horizon = GREATEST(rollback_xid_horizon, $1), \
+         rollback_change_seq = GREATEST(rollback_change_seq, $2)",
+    )
+    .bind::<BigInt, _>(horizon)
     .bind::<BigInt, _>(change_seq)
     .execute(pg)?;
     Ok(())
 }
 
-/// Records that PostgreSQL is live (inside the switch's transaction).
+/// Records that PostgreSQL is live (inside the switch's transaction). Both
+/// sides are equal at this point, so the way back starts at horizon 0 and
+/// counts every later entry as unverified.
 pub(crate) fn mark_switched(pg: &mut PgConnection, rollback_from: i64) -> Result<()> {
     diesel::sql_query(
         "UPDATE interview_migration_state SET phase = 'switched', switched_at = coalesce(switched_at, now()), \
-         rollback_change_seq = $1",
+         rollback_change_seq = $1, rollback_xid_horizon = 0, rollback_verified_horizon = 0",
     )
     .bind::<BigInt, _>(rollback_from)
     .execute(pg)?;
@@ -319,6 +358,15 @@ pub(crate) fn mark_switched(pg: &mut PgConnection, rollback_from: i64) -> Result
 pub(crate) fn mark_rolled_back(pg: &mut PgConnection) -> Result<()> {
     pg.batch_execute(
         "UPDATE interview_migration_state SET phase = 'rolled_back', rolled_back_at = now()",
+    )?;
+    Ok(())
+}
+
+/// Undoes [`mark_rolled_back`] for a switch back that failed before SQLite went live.
+pub(crate) fn unmark_rolled_back(pg: &mut PgConnection) -> Result<()> {
+    pg.batch_execute(
+        "UPDATE interview_migration_state SET phase = 'switched', rolled_back_at = NULL \
+         WHERE phase = 'rolled_back'",
     )?;
     Ok(())
 }

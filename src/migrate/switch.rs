@@ -1,17 +1,22 @@
 //! The switch: which database is live, moved only when the other side is paused, caught up and equal.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
 use super::changelog;
 use super::lock::MigrationLock;
 use super::pause;
+use super::rollback::{self, Reading};
 use super::source::{source_name, Source};
 use super::state::{self, State};
-use super::verify::{verify, VerifyReport};
-use crate::connection::{Backend, DatabaseUrl};
+use super::verify::{verify_locked, VerifyReport};
+use crate::connection::{AnyConnection, Backend, DatabaseUrl};
 use crate::error::{Error, Result};
+
+/// How long a switch waits for a follower's pass to let go of the migration lock.
+const FOLLOWER_TURN: Duration = Duration::from_secs(10);
 
 /// What [`switch`] did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -32,15 +37,24 @@ pub struct SwitchReport {
     pub verified_rows: Option<u64>,
 }
 
-/// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite (after rollback-sync).
+/// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite.
 ///
 /// To PostgreSQL it requires SQLite paused, SQLite's change log applied up to
 /// its last entry, and verify equal; it then installs PostgreSQL's change log
 /// (for a way back), records the phase `switched`, retires the SQLite file
 /// (paused for good, naming the masked PostgreSQL URL) and makes PostgreSQL
-/// live. Back to SQLite it requires PostgreSQL paused, its change log applied
-/// by rollback-sync, and verify equal; it records `rolled_back`, retires
-/// PostgreSQL, makes SQLite live and removes SQLite's change log.
+/// live.
+///
+/// Back to SQLite it applies the last of PostgreSQL's change log with every
+/// writer locked out, requires SQLite equal, records `rolled_back`, retires
+/// PostgreSQL, makes SQLite live and removes SQLite's change log. With
+/// PostgreSQL paused by the operator it runs the full verify, and a failure
+/// leaves PostgreSQL paused. With PostgreSQL live (under traffic, a reverse
+/// follower keeping SQLite close behind) it pauses PostgreSQL itself, waiting
+/// up to 10 s for the follower's pass to end, and verifies only the rows
+/// PostgreSQL's log named since SQLite was last found equal;
+/// [`SwitchReport::held_ms`] says how long writes were held, and a failure
+/// leaves PostgreSQL live and accepting writes.
 ///
 /// Each step is idempotent and the phase is recorded first: a switch
 /// interrupted half-way finishes when run again.
@@ -55,7 +69,8 @@ pub struct SwitchReport {
 pub fn switch(sqlite: &Path, postgres: &DatabaseUrl, to: Backend) -> Result<SwitchReport> {
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
-    let _lock = MigrationLock::acquire(postgres)?;
+    // A running follower holds the lock for one batch at a time: take turns with it.
+    let _lock = MigrationLock::acquire_waiting(postgres, FOLLOWER_TURN)?;
     let mut pg = state::connect(postgres)?;
     let st = state::load(&mut pg)?;
     let st = st.ok_or_else(|| {
@@ -101,6 +116,9 @@ fn to_postgres(
         }
     };
     let mut lite = pause::open_sqlite(sqlite)?;
+    if !already_switched && !pause::sqlite_paused(sqlite)? {
+        return online_to_postgres(sqlite, postgres, pg, st, &mut lite);
+    }
     if !already_switched {
         require_sqlite_caught_up(sqlite, st)?;
     }
@@ -117,6 +135,8 @@ fn to_postgres(
         }
         pg.transaction(|pg| {
             changelog::install_pg(pg)?;
+            // Left by an earlier switch under traffic that did not go through.
+            changelog::clear_pg(pg)?;
             let from = changelog::pg_position(pg)?;
             state::mark_switched(pg, from)
         })?;
@@ -134,6 +154,135 @@ fn to_postgres(
         held_ms: None,
         verified_rows: None,
     })
+}
+
+/// The switch under traffic: SQLite is paused here, for as short as it takes
+/// to apply the last log entries, compare the rows they name, retire SQLite
+/// and make PostgreSQL live. Writes arriving in that window are refused by the
+/// database and held by the servers (see `INTERVIEW_PAUSE_WAIT_MS`), not
+/// failed. Any failure resumes SQLite: the service never stays paused because
+/// a switch did not go through.
+///
+/// Before the pause, with writes still flowing, the switch catches up itself
+/// and compares the rows written since the last full verify; the pause then
+/// covers only what was written during that catch-up. The hold therefore
+/// follows the write rate over a few milliseconds, not the database's size.
+fn online_to_postgres(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    st: &State,
+    lite: &mut crate::AnyConnection,
+) -> Result<SwitchReport> {
+    let Some(verified) = st.verified_change_seq else {
+        return Err(Error::Refused(format!(
+            "{} is not paused and no full verify was recorded: run `migrate verify` first (a \
+             switch under traffic checks only the rows changed since it), or pause SQLite for a \
+             switch with a full verify",
+            sqlite.display()
+        )));
+    };
+    let mut src = Source::open(sqlite)?;
+    let mut live_pg = pause::open_pg(postgres)?;
+    let mut from = verified;
+    let mut rows = 0;
+    for _ in 0..CATCH_UP_PASSES {
+        let (upto, checked, entries) = checked_pass(sqlite, postgres, pg, &mut src, from)?;
+        (from, rows) = (upto, rows + checked);
+        if entries <= CAUGHT_UP {
+            break;
+        }
+    }
+    // Ready before the pause, so the pause does not wait for DDL; PostgreSQL is
+    // not live yet, so what it logs until the switch is the tool's own writes.
+    pg.transaction(changelog::install_pg)?;
+    pause::pause(lite)?;
+    let held = std::time::Instant::now();
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, since: &mut std::time::Instant| {
+        steps.push((name, since.elapsed()));
+        *since = std::time::Instant::now();
+    };
+    let mut t = held;
+    let result = checked_pass(sqlite, postgres, pg, &mut src, from).and_then(|(_, checked, _)| {
+        step("last entries", &mut t);
+        pause::retire(lite, &postgres.masked())?;
+        step("retire", &mut t);
+        pg.transaction(|pg| {
+            changelog::install_pg(pg)?;
+            changelog::clear_pg(pg)?;
+            let from = changelog::pg_position(pg)?;
+            state::mark_switched(pg, from)
+        })?;
+        step("record", &mut t);
+        pause::make_live(&mut live_pg)?;
+        step("live", &mut t);
+        Ok(checked)
+    });
+    log::info!("switch: writes held for {steps:?}");
+    let held_ms = held.elapsed().as_millis() as u64;
+    let rows = match result {
+        Ok(checked) => rows + checked,
+        Err(e) => {
+            if let Err(resume) = pause::make_live(lite) {
+                log::error!(
+                    "the switch failed and SQLite could not be resumed ({resume}): run \
+                     `migrate resume --sqlite {}`",
+                    sqlite.display()
+                );
+            }
+            return Err(e);
+        }
+    };
+    log::info!(
+        "switched under traffic: {} is live; {} is retired; writes held {held_ms} ms, {rows} rows rechecked",
+        postgres.masked(),
+        sqlite.display()
+    );
+    Ok(SwitchReport {
+        live: Backend::Postgres,
+        verify: VerifyReport::default(),
+        already_switched: false,
+        held_ms: Some(held_ms),
+        verified_rows: Some(rows),
+    })
+}
+
+/// Catch-up passes before the pause, at most: each covers what was written
+/// during the one before.
+const CATCH_UP_PASSES: usize = 3;
+
+/// Entries a pass may leave for the paused one.
+const CAUGHT_UP: u64 = 200;
+
+/// One sync pass that also compares the rows named past `from`, in the same
+/// snapshot: the position applied, the rows compared, the entries applied.
+/// Refuses when any row differs.
+fn checked_pass(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    src: &mut Source,
+    from: i64,
+) -> Result<(i64, u64, u64)> {
+    let started = std::time::Instant::now();
+    let pass =
+        pg.transaction(|pg| super::sync::pass(pg, src, sqlite, postgres, true, Some(from)))?;
+    let recheck = pass.recheck.unwrap_or_default();
+    log::debug!(
+        "switch: {} entries applied, {} rows compared in {:?}",
+        pass.report.entries,
+        recheck.rows,
+        started.elapsed()
+    );
+    if !recheck.is_equal() {
+        return Err(Error::Refused(format!(
+            "the rows changed since the last full verify differ between the two sides, so the \
+             switch would lose or change data; SQLite is live as before. {}",
+            recheck.describe()
+        )));
+    }
+    Ok((pass.report.change_seq, recheck.rows, pass.report.entries))
 }
 
 /// SQLite paused, and every entry of its log applied by sync.
@@ -158,7 +307,12 @@ fn require_sqlite_caught_up(sqlite: &Path, st: &State) -> Result<()> {
 }
 
 fn require_equal(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
-    let report = verify(sqlite, postgres)?;
+    let report = verify_locked(sqlite, postgres)?;
+    require_is_equal(&report)?;
+    Ok(report)
+}
+
+fn require_is_equal(report: &VerifyReport) -> Result<()> {
     if !report.is_equal() {
         return Err(Error::Refused(format!(
             "verify found {} difference(s) between the two sides, so the switch would lose or \
@@ -169,7 +323,7 @@ fn require_equal(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> 
                 + report.idempotency_keys.differences
         )));
     }
-    Ok(report)
+    Ok(())
 }
 
 fn to_sqlite(
@@ -178,9 +332,20 @@ fn to_sqlite(
     pg: &mut PgConnection,
     st: &State,
 ) -> Result<SwitchReport> {
-    let already_switched = match st.phase.as_str() {
-        "switched" => false,
-        "rolled_back" => true,
+    match st.phase.as_str() {
+        "switched" => {}
+        "rolled_back" => {
+            // Interrupted after the phase was recorded: redo the idempotent steps.
+            let report = require_equal(sqlite, postgres)?;
+            let mut lite = pause::open_sqlite(sqlite)?;
+            pause::retire(
+                &mut pause::open_pg(postgres)?,
+                &sqlite.display().to_string(),
+            )?;
+            pause::make_live(&mut lite)?;
+            uninstall_sqlite_log(&mut lite)?;
+            return Ok(switched_back(sqlite, postgres, report, true, None, None));
+        }
         _ => {
             return Err(Error::Refused(format!(
                 "the service never moved to {} (phase {}): SQLite is live already",
@@ -188,58 +353,209 @@ fn to_sqlite(
                 st.phase
             )))
         }
-    };
-    if !already_switched {
-        if !pause::pg_paused(postgres)? {
-            return Err(Error::Refused(format!(
-                "{} is not paused: run `migrate pause --postgres …`, then `migrate rollback-sync`, then switch",
-                postgres.masked()
-            )));
-        }
-        let position = changelog::pg_position(pg)?;
-        if position > st.rollback_change_seq {
-            return Err(Error::Refused(format!(
-                "{} has changes SQLite does not (change log at {position}, applied up to {}): \
-                 run `migrate rollback-sync` first",
-                postgres.masked(),
-                st.rollback_change_seq
-            )));
+    }
+    let mut maint = pause::open_pg(postgres)?;
+    if crate::maintenance::read(&mut maint)?.paused {
+        // Paused by the operator: the final pass and the full verify; on a
+        // failure PostgreSQL stays paused, as the operator left it.
+        let back = switch_back(sqlite, postgres, pg, &mut maint, Verify::Full)
+            .inspect_err(|_| stay_on_postgres(postgres, pg, &mut maint, Writes::Paused))?;
+        return Ok(switched_back(
+            sqlite,
+            postgres,
+            back.verify,
+            false,
+            None,
+            None,
+        ));
+    }
+    // Under traffic (a reverse follower usually keeps SQLite a moment
+    // behind): writes are held from here until SQLite is live.
+    let held = Instant::now();
+    let back = pause::pause(&mut maint)
+        .and_then(|()| switch_back(sqlite, postgres, pg, &mut maint, Verify::SinceVerified));
+    match back {
+        Ok(back) => Ok(switched_back(
+            sqlite,
+            postgres,
+            back.verify,
+            false,
+            Some(held.elapsed().as_millis() as u64),
+            back.verified_rows,
+        )),
+        Err(e) => {
+            stay_on_postgres(postgres, pg, &mut maint, Writes::Accepted);
+            Err(e)
         }
     }
-    let report = require_equal(sqlite, postgres)?;
+}
+
+/// Which verify the switch back runs before retiring PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verify {
+    /// Every row (`migrate verify`).
+    Full,
+    /// The rows PostgreSQL's log named since SQLite was last found equal; the
+    /// full verify when that horizon is unknown.
+    SinceVerified,
+}
+
+/// What the switch back checked.
+struct Back {
+    verify: VerifyReport,
+    verified_rows: Option<u64>,
+}
+
+/// With PostgreSQL paused: the last pass of the way back, the verify, then
+/// PostgreSQL retired, the phase recorded and SQLite live.
+fn switch_back(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    maint: &mut AnyConnection,
+    check: Verify,
+) -> Result<Back> {
     let mut lite = pause::open_sqlite(sqlite)?;
-    // Retired first, then checked again, as on the way there.
-    let mut pg_maint = pause::open_pg(postgres)?;
-    pause::retire(&mut pg_maint, &sqlite.display().to_string())?;
-    if !already_switched {
+    let mut src = Source::open(sqlite)?;
+    // One snapshot for the pass and the bounded verify, taken with every
+    // writer locked out: every entry is complete, whatever the horizon.
+    let (passed, position, bounded) = pg.build_transaction().repeatable_read().run(|pg| {
+        rollback::lock_writers(pg)?;
+        let passed = rollback::pass(pg, &mut lite, Reading::Locked)?;
         let position = changelog::pg_position(pg)?;
-        if position > st.rollback_change_seq {
-            pause::make_live(&mut pg_maint)?;
-            pause::pause(&mut pg_maint)?;
-            return Err(Error::Refused(format!(
-                "{} was written to during the switch (change log at {position}): it is paused \
-                 again; run `migrate rollback-sync`, then switch",
-                postgres.masked()
-            )));
+        let bounded = match (check, passed.state.rollback_verified_horizon) {
+            (Verify::SinceVerified, Some(from)) => {
+                Some(rollback::verify_named(pg, &mut src, from)?)
+            }
+            _ => None,
+        };
+        Ok::<_, Error>((passed, position, bounded))
+    })?;
+    log::info!("switch back: last pass {:?}", passed.report);
+    let (report, verified_rows) = match bounded {
+        Some((report, rows)) => (report, Some(rows)),
+        None => {
+            if check == Verify::SinceVerified {
+                log::warn!(
+                    "switch back: no verified horizon recorded (a log installed by an older \
+                     version): the full verify runs while writes are held"
+                );
+            }
+            (verify_locked(sqlite, postgres)?, None)
         }
-        state::mark_rolled_back(pg)?;
+    };
+    require_is_equal(&report)?;
+    // Retired first, then checked again, as on the way there: a write let in
+    // by a resume meanwhile is caught before SQLite goes live.
+    pause::retire(maint, &sqlite.display().to_string())?;
+    let now = changelog::pg_position(pg)?;
+    if now > position {
+        return Err(Error::Refused(format!(
+            "{} was written to during the switch (change log at {now}, {position} applied): \
+             switch again",
+            postgres.masked()
+        )));
     }
-    pause::make_live(&mut lite)?;
-    // SQLite serves without a migration in view: its log would only grow.
-    // A new cutover starts with `copy --truncate --yes`, which installs it again.
-    if let crate::AnyConnection::Sqlite(c) = &mut lite {
+    state::mark_rolled_back(pg)?;
+    if let Err(e) = pause::make_live(&mut lite) {
+        state::unmark_rolled_back(pg)?;
+        return Err(e);
+    }
+    // SQLite is live: from here on PostgreSQL must never be made live again.
+    if let Err(e) = uninstall_sqlite_log(&mut lite) {
+        log::warn!(
+            "{} is live, but removing its change log failed ({e}); it only grows: run \
+             `migrate switch --to sqlite` again to remove it",
+            sqlite.display()
+        );
+    }
+    Ok(Back {
+        verify: report,
+        verified_rows,
+    })
+}
+
+/// How a failed switch back leaves PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// Live: the switch paused it, so a failure must not leave the service refusing writes.
+    Accepted,
+    /// Paused, as the operator had it before the switch.
+    Paused,
+}
+
+/// A switch back that failed: the service goes on on PostgreSQL, no longer
+/// retired (unless the phase says SQLite went live, see [`switch_back`]).
+fn stay_on_postgres(
+    postgres: &DatabaseUrl,
+    pg: &mut PgConnection,
+    maint: &mut AnyConnection,
+    writes: Writes,
+) {
+    let phase = state::load(pg)
+        .or_else(|_| state::connect(postgres).and_then(|mut c| state::load(&mut c)))
+        .map(|s| s.map(|s| s.phase));
+    if !matches!(&phase, Ok(Some(p)) if p == "switched") {
+        log::error!(
+            "the switch back failed and the phase is {phase:?}, not switched; {} stays paused: \
+             run `migrate switch --to sqlite` again",
+            postgres.masked()
+        );
+        return;
+    }
+    let restore = |c: &mut AnyConnection| {
+        pause::make_live(c)?;
+        match writes {
+            Writes::Accepted => Ok(()),
+            Writes::Paused => pause::pause(c),
+        }
+    };
+    let resumed =
+        restore(maint).or_else(|_| pause::open_pg(postgres).and_then(|mut c| restore(&mut c)));
+    match resumed {
+        Ok(()) => log::warn!(
+            "switch back failed: {} is {} again",
+            postgres.masked(),
+            match writes {
+                Writes::Accepted => "live",
+                Writes::Paused => "paused, not retired,",
+            }
+        ),
+        Err(e) => log::error!(
+            "switch back failed, and resuming {} failed too ({e}): run `migrate resume --postgres …`",
+            postgres.masked()
+        ),
+    }
+}
+
+/// SQLite serves without a migration in view, where its log would only
+/// grow. A new cutover starts with `copy --truncate --yes`, which installs it again.
+fn uninstall_sqlite_log(lite: &mut AnyConnection) -> Result<()> {
+    if let AnyConnection::Sqlite(c) = lite {
         changelog::uninstall_sqlite(c)?;
     }
+    Ok(())
+}
+
+fn switched_back(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    verify: VerifyReport,
+    already_switched: bool,
+    held_ms: Option<u64>,
+    verified_rows: Option<u64>,
+) -> SwitchReport {
     log::info!(
-        "switched back: {} is live; {} is retired",
+        "switched back: {} is live; {} is retired{}",
         sqlite.display(),
-        postgres.masked()
+        postgres.masked(),
+        held_ms.map_or(String::new(), |ms| format!("; writes held {ms} ms"))
     );
-    Ok(SwitchReport {
+    SwitchReport {
         live: Backend::Sqlite,
-        verify: report,
+        verify,
         already_switched,
-        held_ms: None,
-        verified_rows: None,
-    })
+        held_ms,
+        verified_rows,
+    }
 }

@@ -13,6 +13,7 @@ use super::keys::{self, KeysApplied};
 use super::lock::MigrationLock;
 use super::normalize::{self, Reject, SessionIndex};
 use super::pipeline::{bump_sequences, write_rejects};
+use super::recheck::Recheck;
 use super::source::{RawDraft, RawMessage, RawSession, Source, Table};
 use super::state::{self, State};
 use crate::connection::DatabaseUrl;
@@ -86,12 +87,56 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
-    let _lock = MigrationLock::acquire(postgres)?;
+    // A running follower holds the lock for one batch at a time: take turns with it.
+    let _lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
     let mut pg = state::connect(postgres)?;
-    let source_name = super::source::source_name(sqlite);
-    let st = state::load(&mut pg)?;
-    let mark = sync_allowed(st.as_ref(), &source_name, postgres)?;
     let mut src = Source::open(sqlite)?;
+    let strict = opts.reject_file.is_none();
+    let pass = pg.transaction(|pg| pass(pg, &mut src, sqlite, postgres, strict, None))?;
+    let mut report = pass.report;
+    report.trimmed = trim(&mut src, pass.trim_upto);
+    if let Some(path) = &opts.reject_file {
+        if !pass.rejects.is_empty() {
+            write_rejects(path, &pass.rejects, true)?;
+        }
+    }
+    report.elapsed = started.elapsed();
+    log::info!("sync: {report:?}");
+    Ok(report)
+}
+
+/// One applied batch of the log.
+pub(crate) struct Pass {
+    pub report: SyncReport,
+    /// Invalid rows met (none when strict: the pass fails instead).
+    pub rejects: Vec<Reject>,
+    /// How far the SQLite log may be trimmed: the applied mark, but never past
+    /// the last full verify, whose later entries a switch under traffic checks.
+    pub trim_upto: i64,
+    /// The rows named since the position asked for, compared after the
+    /// writes in the same snapshot (see [`pass`]).
+    pub recheck: Option<Recheck>,
+}
+
+/// Applies the log past PostgreSQL's mark, inside the caller's PostgreSQL
+/// transaction (which must hold the migration lock): the phase check, the
+/// read in one SQLite snapshot, and the writes with the new mark.
+///
+/// With `recheck_from`, the rows named by entries past that position are then
+/// compared with PostgreSQL in the same snapshot: both sides stand at the
+/// same position there, so any difference is a fault, not a write in flight.
+pub(crate) fn pass(
+    pg: &mut PgConnection,
+    src: &mut Source,
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    strict: bool,
+    recheck_from: Option<i64>,
+) -> Result<Pass> {
+    let started = Instant::now();
+    let source_name = super::source::source_name(sqlite);
+    let st = state::load(pg)?;
+    let mark = sync_allowed(st.as_ref(), &source_name, postgres)?;
     if !changelog::sqlite_installed(src.conn())? {
         return Err(Error::Refused(format!(
             "{source_name} has no change log, so its changes since the copy cannot be known; \
@@ -100,44 +145,57 @@ pub fn sync(sqlite: &Path, postgres: &DatabaseUrl, opts: &SyncOptions) -> Result
     }
     // A file the store adopted after the copy has grown the keys table since.
     changelog::install_sqlite_keys(src.conn())?;
-    let strict = opts.reject_file.is_none();
     let mut report = SyncReport::default();
-    let rejects = src.snapshot(|src| {
-        let position = changelog::sqlite_position(src.conn())?;
-        if position < mark {
-            return Err(Error::Refused(format!(
-                "the change log of {source_name} stands at {position}, behind the mark {mark} \
-                 recorded in PostgreSQL: the log was recreated; run `migrate copy --truncate --yes`"
-            )));
-        }
-        let changes = changelog::sqlite_changes(src.conn(), mark)?;
-        let read = read_changed(src, &mut pg, &changes)?;
-        let rejects = read.rejects();
-        if strict && !rejects.is_empty() {
-            return Err(Error::InvalidSource {
-                count: rejects.len(),
-                rejects,
-            });
-        }
-        let keys = keys::read_sqlite(src.conn(), &changes.keys, changes.all_keys)?;
-        report.entries = changes.entries;
-        report.change_seq = changes.last_seq;
-        pg.transaction(|pg| {
-            apply(pg, &read, changes.last_seq, &mut report)?;
-            report.keys = keys::apply_to_pg(pg, src.conn(), &keys)?;
-            Ok::<_, Error>(())
-        })?;
-        Ok(rejects)
+    let (rejects, recheck) = src.snapshot(|src| {
+        let rejects = read_and_apply(src, pg, mark, strict, &mut report)?;
+        let recheck = match recheck_from {
+            Some(from) => Some(super::recheck::sqlite_since(src, pg, from)?),
+            None => None,
+        };
+        Ok((rejects, recheck))
     })?;
-    report.trimmed = trim(&mut src, report.change_seq);
-    if let Some(path) = &opts.reject_file {
-        if !rejects.is_empty() {
-            write_rejects(path, &rejects, true)?;
-        }
-    }
+    let verified = st.and_then(|s| s.verified_change_seq).unwrap_or(i64::MAX);
     report.elapsed = started.elapsed();
-    log::info!("sync: {report:?}");
-    Ok(report)
+    Ok(Pass {
+        trim_upto: report.change_seq.min(verified),
+        report,
+        rejects,
+        recheck,
+    })
+}
+
+/// Reads the entries past `mark` and the rows they name (in the caller's
+/// SQLite snapshot) and writes them with the new mark (in the caller's
+/// PostgreSQL transaction). Returns the invalid rows met.
+fn read_and_apply(
+    src: &mut Source,
+    pg: &mut PgConnection,
+    mark: i64,
+    strict: bool,
+    report: &mut SyncReport,
+) -> Result<Vec<Reject>> {
+    let position = changelog::sqlite_position(src.conn())?;
+    if position < mark {
+        return Err(Error::Refused(format!(
+            "the change log stands at {position}, behind the mark {mark} recorded in \
+             PostgreSQL: the log was recreated; run `migrate copy --truncate --yes`"
+        )));
+    }
+    let changes = changelog::sqlite_changes(src.conn(), mark)?;
+    let read = read_changed(src, pg, &changes)?;
+    let rejects = read.rejects();
+    if strict && !rejects.is_empty() {
+        return Err(Error::InvalidSource {
+            count: rejects.len(),
+            rejects,
+        });
+    }
+    let keys = keys::read_sqlite(src.conn(), &changes.keys, changes.all_keys)?;
+    report.entries = changes.entries;
+    report.change_seq = changes.last_seq;
+    apply(pg, &read, changes.last_seq, report)?;
+    report.keys = keys::apply_to_pg(pg, src.conn(), &keys)?;
+    Ok(rejects)
 }
 
 /// The phase check: the change-log mark to sync from, or why not.
@@ -184,16 +242,16 @@ fn sync_allowed(st: Option<&State>, source_name: &str, postgres: &DatabaseUrl) -
 
 /// The rows named by the change log, as they are in the snapshot, normalised.
 #[derive(Default)]
-struct Changed {
-    sessions: Vec<SessionRow>,
-    messages: Vec<MessageRow>,
-    drafts: Vec<DraftRow>,
+pub(super) struct Changed {
+    pub sessions: Vec<SessionRow>,
+    pub messages: Vec<MessageRow>,
+    pub drafts: Vec<DraftRow>,
     /// Sessions gone from SQLite (their UUIDs), children first on deletion.
-    deleted_sessions: Vec<DbUuid>,
-    deleted_messages: Vec<i64>,
-    deleted_drafts: Vec<i64>,
+    pub deleted_sessions: Vec<DbUuid>,
+    pub deleted_messages: Vec<i64>,
+    pub deleted_drafts: Vec<i64>,
     /// Invalid rows, per table, with their source key.
-    rejected: [Vec<Reject>; 3],
+    pub rejected: [Vec<Reject>; 3],
     /// Source keys of the rows applied, whose earlier reject records are stale.
     applied_keys: [Vec<String>; 3],
     null_summaries: i64,
@@ -206,7 +264,11 @@ impl Changed {
 }
 
 /// Reads and normalises every row the log names (in the caller's snapshot).
-fn read_changed(src: &mut Source, pg: &mut PgConnection, changes: &Changes) -> Result<Changed> {
+pub(super) fn read_changed(
+    src: &mut Source,
+    pg: &mut PgConnection,
+    changes: &Changes,
+) -> Result<Changed> {
     let mut out = Changed::default();
     let keys: Vec<&String> = changes.sessions.iter().collect();
     let present: Vec<RawSession> = src.sessions_by_key(&keys)?;
@@ -442,7 +504,7 @@ fn delete_rows(pg: &mut PgConnection, changed: &Changed, report: &mut SyncReport
 
 /// Deletes the applied entries from the SQLite log; best effort (a busy file
 /// or a failure only delays it to the next sync, which reads past the mark anyway).
-fn trim(src: &mut Source, upto: i64) -> u64 {
+pub(crate) fn trim(src: &mut Source, upto: i64) -> u64 {
     match changelog::trim_sqlite(src.conn(), upto) {
         Ok(n) => n as u64,
         Err(e) => {

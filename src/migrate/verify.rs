@@ -13,9 +13,11 @@ use diesel::sql_types::Text;
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::changelog::Changes;
 use super::check::{self, SCAN_BATCH};
 use super::id_merge::{self, Pair};
 use super::keys::KeysVerify;
+use super::lock::MigrationLock;
 use super::normalize::Reject;
 use super::normalize::{self, SessionIndex};
 use super::pipeline::{read_batches, Batch, Rows};
@@ -31,6 +33,10 @@ use crate::types::{DbTimestamp, DbUuid};
 
 /// How many differences are listed (all are counted).
 pub const LISTED: usize = 50;
+
+/// How many differing rows are remembered to tell which are in flight: more
+/// than writes in flight ever amount to, few enough to stay small in memory.
+const TRACKED: usize = 200_000;
 
 /// One row that differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,8 +93,24 @@ pub struct VerifyReport {
     pub differences: Vec<RowDifference>,
     /// The finished idempotency keys, compared apart (see [`super::keys`]).
     pub idempotency_keys: KeysVerify,
+    /// Of the differences, those in rows SQLite's change log names past the
+    /// mark PostgreSQL has applied: written while the verify ran (or not yet
+    /// synced), so not a fault of the copy. `None` when too many rows differ
+    /// to tell.
+    pub in_flight: Option<u64>,
+    /// The change-log position up to which both sides were found equal, the
+    /// rows in flight aside; recorded for a switch under traffic, which
+    /// compares only the rows named after it. `None` when they differ.
+    pub verified_upto: Option<i64>,
+    /// After the switch: the transaction horizon up to which both sides were
+    /// found equal, the rows in flight aside; a switch back under traffic
+    /// compares only the rows PostgreSQL's log names from it on.
+    pub verified_horizon: Option<i64>,
     /// Time taken, in milliseconds.
     pub elapsed_ms: u64,
+    /// The rows that differ, up to [`TRACKED`], to tell the ones in flight.
+    #[serde(skip)]
+    differing: Vec<(Table, String)>,
 }
 
 impl VerifyReport {
@@ -108,8 +130,47 @@ impl VerifyReport {
         }
     }
 
+    /// Whether every difference is in a row written since the mark
+    /// PostgreSQL applied (a follower is behind by those rows, nothing else).
+    pub fn is_equal_but_in_flight(&self) -> bool {
+        let all = self.sessions.differences + self.messages.differences + self.drafts.differences;
+        self.idempotency_keys.differences == 0 && self.in_flight == Some(all)
+    }
+
+    /// Counts the differences in rows named by `named` (log entries past the applied mark).
+    fn settle_in_flight(&mut self, named: &Changes) {
+        let all = self.sessions.differences + self.messages.differences + self.drafts.differences;
+        if all as usize > self.differing.len() {
+            self.in_flight = None;
+            return;
+        }
+        let sessions: HashSet<Uuid> = named
+            .sessions
+            .iter()
+            .filter_map(|k| Uuid::parse_str(k).ok())
+            .collect();
+        let mut rows: HashSet<(Table, String)> = HashSet::new();
+        for (table, id) in &self.differing {
+            let named = match table {
+                Table::Sessions => Uuid::parse_str(id).is_ok_and(|u| sessions.contains(&u)),
+                Table::Messages | Table::Drafts => id
+                    .parse::<i64>()
+                    .is_ok_and(|i| named.children(*table).contains(&i)),
+            };
+            if named {
+                rows.insert((*table, id.clone()));
+            }
+        }
+        // A row differing in two columns is one difference per column.
+        let in_flight = self.differing.iter().filter(|d| rows.contains(*d)).count() as u64;
+        self.in_flight = Some(in_flight);
+    }
+
     fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
         self.table(table).differences += 1;
+        if self.differing.len() < TRACKED {
+            self.differing.push((table, id.clone()));
+        }
         if self.differences.len() < LISTED {
             self.differences.push(RowDifference {
                 table,
@@ -134,7 +195,7 @@ impl Checksum {
     }
 }
 
-fn hash_of(row: impl Hash) -> u64 {
+pub(super) fn hash_of(row: impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     row.hash(&mut h);
     h.finish()
@@ -143,7 +204,7 @@ fn hash_of(row: impl Hash) -> u64 {
 /// A session as compared: the summary by a 128-bit XXH3 hash, so that the
 /// sessions one side holds while the other catches up stay small.
 #[derive(Hash)]
-struct SessionDigest {
+pub(super) struct SessionDigest {
     id: Uuid,
     created_at: i64,
     updated_at: i64,
@@ -151,7 +212,7 @@ struct SessionDigest {
 }
 
 impl SessionDigest {
-    fn of(r: &SessionRow) -> SessionDigest {
+    pub(super) fn of(r: &SessionRow) -> SessionDigest {
         SessionDigest {
             id: r.id.0,
             created_at: r.created_at.0.timestamp_micros(),
@@ -166,7 +227,7 @@ impl SessionDigest {
 /// (Hashing in PostgreSQL, `md5(text)`, measured four times slower than
 /// shipping the text.)
 #[derive(Hash)]
-struct Digest {
+pub(super) struct Digest {
     id: i64,
     session_id: Uuid,
     /// The hash of the message's role; of `""` for drafts.
@@ -176,7 +237,7 @@ struct Digest {
 }
 
 impl Digest {
-    fn of_message(r: &MessageRow) -> Digest {
+    pub(super) fn of_message(r: &MessageRow) -> Digest {
         Digest {
             id: r.id,
             session_id: r.session_id.0,
@@ -186,7 +247,7 @@ impl Digest {
         }
     }
 
-    fn of_draft(r: &DraftRow) -> Digest {
+    pub(super) fn of_draft(r: &DraftRow) -> Digest {
         Digest {
             id: r.id,
             session_id: r.session_id.0,
@@ -241,12 +302,74 @@ impl Digest {
 pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
+    // The lock keeps a running follower from writing while PostgreSQL is
+    // read, so its mark stays the position PostgreSQL's rows stand at.
+    let _lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
+    let report = verify_locked(sqlite, postgres)?;
+    if report.verified_upto.is_some() || report.verified_horizon.is_some() {
+        state::mark_verified(
+            &mut state::connect(postgres)?,
+            report.verified_upto,
+            report.verified_horizon,
+        )?;
+    }
+    Ok(report)
+}
+
+/// Where PostgreSQL's rows stand, to tell the rows written since (in flight).
+#[derive(Clone, Copy)]
+enum Position {
+    /// SQLite's change log applied up to this sequence number.
+    Sqlite(i64),
+    /// PostgreSQL's change log applied to SQLite below this transaction id.
+    Postgres(i64),
+}
+
+/// Counts the differences in rows written since `stands_at` (read after the
+/// scan, so every write that landed during it is named) and, when they are
+/// the only ones, records the position as verified.
+fn settle(
+    report: &mut VerifyReport,
+    stands_at: Option<Position>,
+    src: &mut Source,
+    pg: &mut PgConnection,
+) -> Result<()> {
+    match stands_at {
+        Some(Position::Sqlite(mark)) if super::changelog::sqlite_installed(src.conn())? => {
+            report.settle_in_flight(&super::changelog::sqlite_changes(src.conn(), mark)?);
+            if report.is_equal_but_in_flight() {
+                report.verified_upto = Some(mark);
+            }
+        }
+        Some(Position::Postgres(horizon)) if super::changelog::pg_ready(pg)? => {
+            report.settle_in_flight(&super::changelog::pg_changes(pg, horizon, None)?);
+            if report.is_equal_but_in_flight() {
+                report.verified_horizon = Some(horizon);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// [`verify`] for a caller that holds the migration lock.
+pub(crate) fn verify_locked(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
+    crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
     let mut pg = state::connect(postgres)?;
     let recorded: HashSet<(String, String)> = state::rejects(&mut pg)?
         .into_iter()
         .map(|r| (r.table, r.id))
         .collect();
+    // Only a finished copy has a mark that PostgreSQL's rows match.
+    // What PostgreSQL's rows stand at (fixed while the caller holds the lock):
+    // before the switch SQLite's log position applied, after it the
+    // transaction horizon applied to SQLite.
+    let stands_at = match state::load(&mut pg)? {
+        Some(st) if st.phase == "copied" => st.mark_change_seq.map(Position::Sqlite),
+        Some(st) if st.phase == "switched" => Some(Position::Postgres(st.rollback_xid_horizon)),
+        _ => None,
+    };
     let mut src = Source::open(sqlite)?;
     let mut report = std::thread::scope(|scope| {
         src.snapshot(|src| {
@@ -270,6 +393,7 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
             }
             let mut report = cmp.finish()?;
             report.idempotency_keys = super::keys::verify(src.conn(), &mut pg)?;
+            settle(&mut report, stands_at, src, &mut pg)?;
             Ok(report)
         })
     })?;

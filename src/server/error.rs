@@ -113,6 +113,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The longest client-supplied `x-request-id` kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Middleware, outside the request-id layers: a client's `x-request-id` is
+/// kept only when it is short and plain (letters, digits, `.`, `_`, `:`,
+/// `-`); any other is dropped, so the request gets a fresh UUID. The id goes
+/// into logs and error bodies, where a client must not write what it likes.
+pub async fn drop_unfit_request_id(mut req: Request, next: Next) -> Response {
+    let fit = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+    };
+    if req.headers().get("x-request-id").is_some_and(|v| !fit(v)) {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
 /// Middleware: writes every error body with the request id, and logs what the client is not told.
 ///
 /// Runs inside the request-id layers; error answers that do not come from an

@@ -175,6 +175,16 @@ impl LiveStore {
 /// Reads the current database's maintenance row every [`WATCH_EVERY`] and
 /// follows a switch, so a process that only serves reads moves too.
 pub(super) async fn watch(live: LiveStore, timeout: Duration) {
+    // PostgreSQL opened ahead, so that a switch does not build a pool while
+    // writes wait. Not SQLite: opening a missing file would create it.
+    let other_is_pg =
+        live.inner.other_url.read().as_ref().map(|u| u.backend()) == Some(crate::Backend::Postgres);
+    if other_is_pg {
+        let ahead = live.clone();
+        if let Err(e) = blocking::run(timeout, move || ahead.other().map(|_| ())).await {
+            log::debug!("switch watch: the other backend is not reachable yet: {e}");
+        }
+    }
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let (generation, store) = live.current_with_generation();

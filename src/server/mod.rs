@@ -99,7 +99,8 @@ impl AppState {
 
 /// The API's router: `/health`, `/interview/*`, `/admin/maintenance`, `/metrics`.
 ///
-/// Every request gets an `x-request-id` (the client's, or a new UUID), a
+/// Every request gets an `x-request-id` (the client's when short and plain,
+/// or a new UUID), a
 /// deadline ([`Limits::http_timeout`]) and a place among at most
 /// [`Limits::max_concurrent_requests`]; beyond that it is answered 503 at once.
 pub fn router(state: AppState) -> Router {
@@ -130,5 +131,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(metrics::track_requests))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(error::drop_unfit_request_id))
         .with_state(state)
 }

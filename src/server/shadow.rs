@@ -11,7 +11,7 @@
 //!
 //! "Caught up": while a migration follows the live side's change log
 //! (`interview_change_log`, applied up to `interview_migration_state`'s mark
-//! in PostgreSQL: `mark_change_seq` from SQLite, `rollback_change_seq` back
+//! in PostgreSQL: `mark_change_seq` from SQLite, `rollback_xid_horizon` back
 //! from PostgreSQL), a read is compared only when no entry of that session
 //! (its row, its messages, its drafts) lies past the mark; otherwise it is
 //! skipped as `behind`. Where there is no change log or no migration state,
@@ -197,13 +197,14 @@ mod caught_up {
             seq -> BigInt,
             table_name -> Text,
             row_key -> Text,
+            xid -> BigInt,
         }
     }
     diesel::table! {
         interview_migration_state (source) {
             source -> Text,
             mark_change_seq -> Nullable<BigInt>,
-            rollback_change_seq -> BigInt,
+            rollback_xid_horizon -> BigInt,
         }
     }
 
@@ -216,11 +217,14 @@ mod caught_up {
             (Backend::Postgres, Backend::Sqlite) => (live, true),
             _ => return Ok(None),
         };
+        // SQLite's log is in commit order: applied means at or below the
+        // mark. PostgreSQL's is not: applied means written by a transaction
+        // below the horizon (see migrate's rollback).
         let mark = pg
             .with_connection(|c| {
                 let s = interview_migration_state::table;
                 Ok(if mark_column_is_rollback {
-                    s.select(interview_migration_state::rollback_change_seq.nullable())
+                    s.select(interview_migration_state::rollback_xid_horizon.nullable())
                         .first::<Option<i64>>(c)
                         .optional()?
                 } else {
@@ -244,8 +248,12 @@ mod caught_up {
                 .select(drafts::id)
                 .load(c)?);
             use interview_change_log as log;
-            Ok(log::table
-                .filter(log::seq.gt(mark))
+            let past_mark = if mark_column_is_rollback {
+                log::table.filter(log::xid.ge(mark)).into_boxed()
+            } else {
+                log::table.filter(log::seq.gt(mark)).into_boxed()
+            };
+            Ok(past_mark
                 .filter(
                     log::table_name
                         .eq("sessions")

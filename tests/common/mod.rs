@@ -7,6 +7,7 @@
 
 pub mod bin;
 pub mod legacy;
+pub mod proxy;
 pub mod scratch;
 
 pub use scratch::PgDatabase;

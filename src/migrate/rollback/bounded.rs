@@ -1,0 +1,314 @@
+//! The switch back's verify under traffic: only the rows PostgreSQL's change
+//! log named since SQLite was last found equal, compared on both sides.
+//!
+//! Sound because nothing else changes: SQLite is retired while PostgreSQL is
+//! live (only the way back writes into it, and only rows the log names), and
+//! every change on PostgreSQL leaves an entry, kept until the switch back
+//! (see [`super::pass`]'s trim). A row named but gone must be gone on both
+//! sides. SQLite's rows are read raw and go through the copy's normalisation
+//! ([`crate::migrate::normalize`]), and compared as `verify` compares them:
+//! timestamps to the microsecond, text exactly.
+
+use std::collections::{BTreeMap, HashSet};
+
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::{named_sessions, pg_drafts, pg_messages, pg_sessions, CHUNK};
+use crate::error::Result;
+use crate::migrate::changelog;
+use crate::migrate::keys::{self, KeyRow, KeysVerify};
+use crate::migrate::normalize::{self, Reject, SessionIndex};
+use crate::migrate::source::{RawDraft, RawMessage, Source, Table};
+use crate::migrate::verify::{RowDifference, TableVerify, VerifyReport, LISTED};
+use crate::store::drafts::DraftRow;
+use crate::store::messages::MessageRow;
+use crate::store::sessions::SessionRow;
+use crate::types::{DbTimestamp, DbUuid};
+
+/// Compares the rows named by PostgreSQL's log entries of transactions from
+/// `from` on (inside the caller's PostgreSQL snapshot, with writers locked
+/// out) with SQLite's (in one SQLite snapshot). Returns the report and how
+/// many rows were compared.
+pub(crate) fn verify_named(
+    pg: &mut PgConnection,
+    src: &mut Source,
+    from: i64,
+) -> Result<(VerifyReport, u64)> {
+    let started = std::time::Instant::now();
+    let changes = changelog::pg_changes(pg, from, None)?;
+    let mut out = Named::default();
+    src.snapshot(|src| {
+        out.sessions(pg, src, &named_sessions(&changes))?;
+        let ids: Vec<i64> = changes.messages.iter().copied().collect();
+        out.messages(pg, src, &ids)?;
+        let ids: Vec<i64> = changes.drafts.iter().copied().collect();
+        out.drafts(pg, src, &ids)?;
+        out.keys(pg, src, &changes.keys)
+    })?;
+    out.report.sessions_with_message_differences = out.uneven.len() as u64;
+    out.report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((out.report, out.rows))
+}
+
+#[derive(Default)]
+struct Named {
+    report: VerifyReport,
+    /// Sessions whose messages differ.
+    uneven: HashSet<Uuid>,
+    rows: u64,
+}
+
+/// A row's timestamp as compared: PostgreSQL keeps microseconds.
+fn micros(t: DbTimestamp) -> i64 {
+    t.0.timestamp_micros()
+}
+
+impl Named {
+    fn table(&mut self, t: Table) -> &mut TableVerify {
+        match t {
+            Table::Sessions => &mut self.report.sessions,
+            Table::Messages => &mut self.report.messages,
+            Table::Drafts => &mut self.report.drafts,
+        }
+    }
+
+    fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
+        self.table(table).differences += 1;
+        if self.report.differences.len() < LISTED {
+            self.report.differences.push(RowDifference {
+                table,
+                id,
+                column: column.into(),
+                detail: detail.into(),
+            });
+        }
+    }
+
+    /// Counts one named row, present on either side or none, and says
+    /// whether both have it; a row on one side only is a difference.
+    fn pair<T>(&mut self, table: Table, id: String, ours: Option<&T>, theirs: Option<&T>) -> bool {
+        self.rows += 1;
+        let t = self.table(table);
+        t.sqlite_rows += ours.is_some() as u64;
+        t.postgres_rows += theirs.is_some() as u64;
+        match (ours.is_some(), theirs.is_some()) {
+            (true, false) => self.differ(table, id, "*", "missing on postgres"),
+            (false, true) => self.differ(table, id, "*", "only on postgres"),
+            (true, true) => return true,
+            (false, false) => {}
+        }
+        false
+    }
+
+    fn invalid(&mut self, table: Table, r: &Reject) {
+        self.differ(
+            table,
+            r.id.clone(),
+            &r.column,
+            format!("invalid in sqlite ({})", r.reason),
+        );
+    }
+
+    fn sessions(&mut self, pg: &mut PgConnection, src: &mut Source, ids: &[DbUuid]) -> Result<()> {
+        for chunk in ids.chunks(CHUNK) {
+            let theirs: BTreeMap<Uuid, SessionRow> = pg_sessions(pg, chunk)?
+                .into_iter()
+                .map(|r| (r.id.0, r))
+                .collect();
+            // Rows the way back wrote are spelled canonically, as PostgreSQL's log names them.
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| id.0.hyphenated().to_string())
+                .collect();
+            let raw = src.sessions_by_key(&keys.iter().collect::<Vec<_>>())?;
+            let mut index = SessionIndex::default();
+            raw.iter().for_each(|r| {
+                index.add(r);
+            });
+            let mut ours = BTreeMap::new();
+            for r in &raw {
+                match normalize::session(r, &index) {
+                    Ok(s) => {
+                        ours.insert(s.row.id.0, s.row);
+                    }
+                    Err(reject) => self.invalid(Table::Sessions, &reject),
+                }
+            }
+            for id in chunk {
+                let (a, b) = (ours.get(&id.0), theirs.get(&id.0));
+                if let (true, Some(a), Some(b)) =
+                    (self.pair(Table::Sessions, id.0.to_string(), a, b), a, b)
+                {
+                    self.session(a, b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn session(&mut self, a: &SessionRow, b: &SessionRow) {
+        let id = a.id.0.to_string();
+        for (col, differs) in [
+            ("created_at", micros(a.created_at) != micros(b.created_at)),
+            ("updated_at", micros(a.updated_at) != micros(b.updated_at)),
+            ("summary", a.summary != b.summary),
+        ] {
+            if differs {
+                self.differ(Table::Sessions, id.clone(), col, "values differ");
+            }
+        }
+    }
+
+    fn messages(&mut self, pg: &mut PgConnection, src: &mut Source, ids: &[i64]) -> Result<()> {
+        for chunk in ids.chunks(CHUNK) {
+            let theirs: BTreeMap<i64, MessageRow> = pg_messages(pg, chunk)?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            let raw: Vec<RawMessage> = src.rows_by_id(Table::Messages, chunk)?;
+            let index = parents(raw.iter().map(|r| &r.session_id));
+            let mut ours = BTreeMap::new();
+            for r in raw {
+                match normalize::message(r, &index) {
+                    Ok(m) => {
+                        ours.insert(m.id, m);
+                    }
+                    Err(reject) => self.invalid(Table::Messages, &reject),
+                }
+            }
+            for id in chunk {
+                let (a, b) = (ours.get(id), theirs.get(id));
+                let both = self.pair(Table::Messages, id.to_string(), a, b);
+                if !both {
+                    self.uneven
+                        .extend(a.or(b).map(|r: &MessageRow| r.session_id.0));
+                }
+                if let (true, Some(a), Some(b)) = (both, a, b) {
+                    self.message(a, b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, a: &MessageRow, b: &MessageRow) {
+        for (col, differs) in [
+            ("session_id", a.session_id != b.session_id),
+            ("role", a.role != b.role),
+            ("text", a.text != b.text),
+            ("created_at", micros(a.created_at) != micros(b.created_at)),
+        ] {
+            if differs {
+                self.differ(Table::Messages, a.id.to_string(), col, "values differ");
+                self.uneven.insert(a.session_id.0);
+            }
+        }
+    }
+
+    fn drafts(&mut self, pg: &mut PgConnection, src: &mut Source, ids: &[i64]) -> Result<()> {
+        for chunk in ids.chunks(CHUNK) {
+            let theirs: BTreeMap<i64, DraftRow> = pg_drafts(pg, chunk)?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            let raw: Vec<RawDraft> = src.rows_by_id(Table::Drafts, chunk)?;
+            let index = parents(raw.iter().map(|r| &r.session_id));
+            let mut ours = BTreeMap::new();
+            for r in raw {
+                match normalize::draft(r, &index) {
+                    Ok(d) => {
+                        ours.insert(d.id, d);
+                    }
+                    Err(reject) => self.invalid(Table::Drafts, &reject),
+                }
+            }
+            for id in chunk {
+                let (a, b) = (ours.get(id), theirs.get(id));
+                if let (true, Some(a), Some(b)) =
+                    (self.pair(Table::Drafts, id.to_string(), a, b), a, b)
+                {
+                    self.draft(a, b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn draft(&mut self, a: &DraftRow, b: &DraftRow) {
+        for (col, differs) in [
+            ("session_id", a.session_id != b.session_id),
+            ("content", a.content != b.content),
+            ("created_at", micros(a.created_at) != micros(b.created_at)),
+        ] {
+            if differs {
+                self.differ(Table::Drafts, a.id.to_string(), col, "values differ");
+            }
+        }
+    }
+
+    fn keys(
+        &mut self,
+        pg: &mut PgConnection,
+        src: &mut Source,
+        wanted: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<()> {
+        let by_id = |rows: Vec<KeyRow>| -> BTreeMap<(String, String), KeyRow> {
+            rows.into_iter()
+                .map(|r| ((r.scope.clone(), r.key.clone()), r))
+                .collect()
+        };
+        let theirs = by_id(keys::read_pg(pg, wanted)?.present);
+        let ours = by_id(keys::read_sqlite(src.conn(), wanted, false)?.present);
+        let mut out = KeysVerify {
+            sqlite_keys: ours.len() as u64,
+            postgres_keys: theirs.len() as u64,
+            ..Default::default()
+        };
+        for id in wanted {
+            self.rows += 1;
+            let detail = match (ours.get(id), theirs.get(id)) {
+                (None, None) => continue,
+                (Some(_), None) => ("*", "missing on postgres"),
+                (None, Some(_)) => ("*", "only on postgres"),
+                (Some(a), Some(b)) => match [
+                    ("request_hash", a.request_hash != b.request_hash),
+                    ("status_code", a.status_code != b.status_code),
+                    ("response_body", a.response_body != b.response_body),
+                ]
+                .into_iter()
+                .find(|(_, differs)| *differs)
+                {
+                    Some((col, _)) => (col, "values differ"),
+                    None => continue,
+                },
+            };
+            out.differences += 1;
+            if out.listed.len() < LISTED {
+                out.listed.push(keys::KeyDifference {
+                    scope: id.0.clone(),
+                    key: id.1.clone(),
+                    column: detail.0.into(),
+                    detail: detail.1.into(),
+                });
+            }
+        }
+        self.report.idempotency_keys = out;
+        Ok(())
+    }
+}
+
+/// The sessions children name, taken as valid: whether each exists and is
+/// valid in SQLite is the sessions' own comparison (and SQLite's foreign key).
+fn parents<'a>(ids: impl Iterator<Item = &'a Option<Vec<u8>>>) -> SessionIndex {
+    let mut index = SessionIndex::default();
+    for id in ids.flatten() {
+        if let Some(u) = std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| Uuid::parse_str(s).ok())
+        {
+            index.insert_valid(u);
+        }
+    }
+    index
+}
