@@ -129,11 +129,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create or upgrade the PostgreSQL schema, and install the change log on the SQLite file (idempotent).
+    /// Create or upgrade the PostgreSQL schema; on the SQLite file install the change log and
+    /// index messages and drafts by session (idempotent; the first index build holds the file's
+    /// write lock while it reads both tables).
     Setup {
         #[command(flatten)]
         postgres: Postgres,
-        /// The SQLite file whose writes sync will follow (its change log is installed).
+        /// The SQLite file whose writes sync will follow (its change log is installed, and the
+        /// indexes compare reads a session's messages through).
         #[arg(long = "sqlite", env = "INTERVIEW_SQLITE_PATH")]
         sqlite: Option<PathBuf>,
     },
@@ -374,6 +377,14 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             if let Some(path) = sqlite {
                 migrate::install_change_log(&path)?;
                 println!("{}: change log installed", path.display());
+                let t = std::time::Instant::now();
+                if migrate::index_source(&path)? {
+                    println!(
+                        "{}: indexes on messages(session_id) and drafts(session_id) made in {:.1?}",
+                        path.display(),
+                        t.elapsed()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,12 +3,15 @@
 #   check, copy, verify, compare --sample 1000, PostgreSQL's own binary COPY of the same rows
 #   (the floor), a 1 % change then sync and verify, and pgloader (tuned) on the same file.
 #
-#   bash scripts/bench_copy.sh [SESSIONS...]      (default: 5000 20000; 200000 is ~6.8 GB)
+#   bash scripts/bench_copy.sh [SESSIONS...]      (default: 5000 20000 200000; 200000 is 7.1 GB)
 #
 # Each size's legacy file is made once by examples/generate.rs (40 messages and 2 drafts per
-# session) and kept in $BENCH_DATA (default target/bench-data). Every step runs under
-# /usr/bin/time -v; its wall time, peak RSS and row count go to $BENCH_DATA/results-<run>.csv
-# (and results.csv, the latest run), which scripts/plot_bench.py draws.
+# session) and kept in $BENCH_DATA (default target/bench-data; a file already there is reused,
+# so several checkouts can share one directory). Every step runs under /usr/bin/time -v; its wall
+# time, peak RSS and row count go to $BENCH_DATA/results-<run>.csv (and results.csv, the latest
+# run), which scripts/plot_bench.py draws; the output of the migrate steps (their logs time each
+# stage: SQLite reads, normalising, encoding, COPY, each index and key) goes to
+# $BENCH_DATA/logs-<run>/.
 #
 # Disk: each scratch database is dropped right after its steps, the floor's binary files are
 # deleted after loading, and the working copy of the file (the one the 1 % change writes to)
@@ -16,12 +19,13 @@
 # exist at once.
 #
 # Environment: BENCH_SKIP (words among check compare floor sync pgloader csv; csv is skipped
-# unless BENCH_CSV=1), BENCH_STEP_TIMEOUT (seconds per step, default 1800),
+# unless BENCH_CSV=1), BENCH_STEP_TIMEOUT (seconds per step, default 1800), BENCH_PGLOADER_MAX
+# (largest size pgloader runs at, default 200000: at 20,000 sessions it peaked at 900 MB),
 # INTERVIEW_BENCH_POSTGRES_URL (admin URL; default the tests' one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(5000 20000)
+[ ${#sizes[@]} -gt 0 ] || sizes=(5000 20000 200000)
 admin=${INTERVIEW_BENCH_POSTGRES_URL:-${INTERVIEW_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}}
 base=${admin%/*}
 skip=" ${BENCH_SKIP:-} $([ "${BENCH_CSV:-0}" = 1 ] || echo csv) "
@@ -29,12 +33,16 @@ step_timeout=${BENCH_STEP_TIMEOUT:-1800}
 skipped() { [[ $skip == *" $1 "* ]]; }
 
 bash scripts/ensure-postgres.sh
+# Stage times in the logs: verify's per table, the rebuild's per index and key.
+export RUST_LOG=${RUST_LOG:-info,interview_store::migrate::verify=debug,interview_store::migrate::rebuild=debug}
 cargo build --release --all-features --example migrate --example generate -q
 bin=${CARGO_TARGET_DIR:-target}/release/examples
 data=${BENCH_DATA:-target/bench-data}
 mkdir -p "$data"
 run=$(date -u +%Y%m%dT%H%M%SZ)
 out=$data/results-$run.csv
+logs=$data/logs-$run
+mkdir -p "$logs"
 echo "run,sessions,messages,drafts,file_mb,step,wall_s,rss_mb,rows,ok,load1" >"$out"
 if ! command -v pgloader >/dev/null && ! skipped pgloader; then
   (DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgloader >/dev/null 2>&1) || true
@@ -68,6 +76,7 @@ timed() {
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
   : "${wall:=$step_timeout}" "${rss:=0}"
   [ $rc -eq 0 ] || { echo "$step failed (exit $rc):"; tail -5 "$log"; tail -5 "$log.out"; }
+  cat "$log.out" "$log" >"$logs/$sessions-$step.log"
   echo "$run,$sessions,$messages,$drafts,$file_mb,$step,$wall,$rss,$rows,$([ $rc -eq 0 ] && echo 1 || echo 0),$load1" >>"$out"
   results+=("$(printf '%-7s %-28s %9.2f s %7s MB %10s rows %8.2f us/row  load %s%s' "$sessions" "$step" "$wall" "$rss" "$rows" \
     "$(awk -v w="$wall" -v r="$rows" 'BEGIN {print (r > 0 ? w * 1e6 / r : 0)}')" "$load1" "$([ $rc -eq 0 ] || echo "  FAILED($rc)")")")
@@ -87,7 +96,7 @@ for sessions in "${sizes[@]}"; do
   fi
   messages=$(count "$file" messages)
   drafts=$(count "$file" drafts)
-  file_mb=$(du -m "$file" | cut -f1)
+  file_mb=$(du -mL "$file" | cut -f1)
   total=$((sessions + messages + drafts))
   echo "== $sessions sessions, $messages messages, $drafts drafts, $file_mb MB"
 
@@ -95,12 +104,14 @@ for sessions in "${sizes[@]}"; do
   work=$data/work-$sessions.db
   scratch+=("$work")
   cp "$file" "$work"
+  # The original's pages are of no use until pgloader: out of the page cache with them, so that
+  # the working copy and PostgreSQL have the memory (at 200,000 sessions they need about 20 GB).
+  dd if="$file" iflag=nocache count=0 status=none 2>/dev/null || true
   skipped check || timed check "$total" "$bin/migrate" check --sqlite "$work"
   fresh ours; ours=$url
-  # Where sync follows a change log, the log goes into the file before the copy's snapshot.
-  if "$bin/migrate" setup --help 2>/dev/null | grep -q -- '--sqlite'; then
-    "$bin/migrate" setup --postgres "$ours" --sqlite "$work" >/dev/null
-  fi
+  # setup --sqlite: the change log goes into the file before the copy's snapshot, and the
+  # indexes on messages and drafts by session that compare reads through.
+  timed setup_sqlite "$((messages + drafts))" "$bin/migrate" setup --postgres "$ours" --sqlite "$work"
   timed copy "$total" "$bin/migrate" copy --sqlite "$work" --postgres "$ours"
   timed verify "$total" "$bin/migrate" verify --sqlite "$work" --postgres "$ours"
   skipped compare || timed compare_sample_1000 1000 "$bin/migrate" compare --sqlite "$work" --postgres "$ours" --sample 1000
@@ -152,7 +163,9 @@ EOF
   drop ours
   rm -f "$work" "$work"-wal "$work"-shm
 
-  if ! skipped pgloader && command -v pgloader >/dev/null; then
+  if ! skipped pgloader && [ "$sessions" -gt "${BENCH_PGLOADER_MAX:-200000}" ]; then
+    results+=("$sessions pgloader: skipped above BENCH_PGLOADER_MAX=${BENCH_PGLOADER_MAX:-200000} sessions")
+  elif ! skipped pgloader && command -v pgloader >/dev/null; then
     fresh pgloader; pgl=$url
     "$bin/migrate" setup --postgres "$pgl" >/dev/null 2>&1
     load=$(mktemp --suffix .load)

@@ -3,12 +3,13 @@
 
     python3 scripts/plot_bench.py [RESULTS.csv ...] [--out bench-copy.png]
 
-With no file, reads every target/bench-data/results-*.csv; a later run's figure for the same
+With no file, reads every $BENCH_DATA/results-*.csv (default target/bench-data); a later run's figure for the same
 size and step replaces an earlier one. matplotlib is installed with pip when missing.
 """
 import argparse
 import csv
 import glob
+import os
 import subprocess
 import sys
 
@@ -33,7 +34,8 @@ def main():
     ap.add_argument("files", nargs="*")
     ap.add_argument("--out", default="bench-copy.png")
     args = ap.parse_args()
-    files = args.files or sorted(glob.glob("target/bench-data/results-*.csv"))
+    data = os.environ.get("BENCH_DATA", "target/bench-data")
+    files = args.files or sorted(glob.glob(os.path.join(data, "results-*.csv")))
     if not files:
         sys.exit("no results: run scripts/bench_copy.sh first")
     figures = {}  # (step, sessions) -> (wall_s, rss_mb)

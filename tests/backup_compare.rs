@@ -6,7 +6,7 @@ use common::legacy::{clean_sql, Legacy};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
-use interview_store::migrate::{backup, compare, compare_file, copy, CopyOptions, Selection};
+use interview_store::migrate::{self, backup, compare, compare_file, copy, CopyOptions, Selection};
 use interview_store::schema::{drafts, messages, sessions};
 use interview_store::types::DbUuid;
 use interview_store::{Backend, Error, Role, Store, StoreConfig};
@@ -184,6 +184,40 @@ fn compare_on_a_legacy_file_without_its_index_reads_what_the_store_reads() {
     assert_eq!((report.sessions, report.messages), (28, 28 * 4));
     // Reading did not touch the file: still no index.
     assert_eq!(indexes_on(&src.path, "messages"), 0);
+
+    // setup --sqlite makes the indexes once (under the store's names); the same answer
+    // then comes through them instead of a scan.
+    assert!(migrate::index_source(&src.path).unwrap());
+    assert!(!migrate::index_source(&src.path).unwrap(), "made once");
+    assert_eq!(
+        (
+            indexes_on(&src.path, "messages"),
+            indexes_on(&src.path, "drafts")
+        ),
+        (1, 1)
+    );
+    let through_index = compare_file(&src.path, &pg, &Selection::Sessions(picked.clone())).unwrap();
+    assert_eq!(through_index, report);
+    #[derive(QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    let plan: Vec<String> = diesel::sql_query(
+        "EXPLAIN QUERY PLAN SELECT id, role, text FROM messages WHERE session_id IN (?, ?) ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Text, _>(id(1).to_string())
+    .bind::<diesel::sql_types::Text, _>(id(2).to_string())
+    .load::<Plan>(&mut SqliteConnection::establish(src.path.to_str().unwrap()).unwrap())
+    .unwrap()
+    .into_iter()
+    .map(|p| p.detail)
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|d| d.contains("messages_session_id_id_idx")),
+        "{plan:?}"
+    );
 
     // The store, one session at a time, finds exactly the same.
     let lite = Store::connect(src.path.to_str().unwrap(), StoreConfig::default()).unwrap();

@@ -498,7 +498,11 @@ fn verify_catches_one_changed_character_and_rows_on_one_side() {
     copy(&src.path, &url, &CopyOptions::default()).unwrap();
     let mut conn = PgConnection::establish(url.connection_string()).unwrap();
     conn.batch_execute(
-        "UPDATE messages SET text = overlay(text placing 'X' from 3 for 1) WHERE id = 5",
+        "UPDATE messages SET text = overlay(text placing 'X' from 3 for 1) WHERE id = 5; \
+         UPDATE messages SET role = 'assistant' WHERE id = 8; \
+         UPDATE messages SET created_at = created_at + interval '1 microsecond' WHERE id = 9; \
+         UPDATE drafts SET content = content || ' ' WHERE id = 2; \
+         UPDATE sessions SET summary = upper(summary) WHERE id = '00000000-0000-4000-8000-000000000003'",
     )
     .unwrap();
     conn.batch_execute("SELECT setval('drafts_id_seq', 100); INSERT INTO drafts (session_id, content, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'stray', now())").unwrap();
@@ -510,11 +514,22 @@ fn verify_catches_one_changed_character_and_rows_on_one_side() {
             v.messages.differences,
             v.drafts.differences
         ),
-        (0, 1, 1)
+        (1, 3, 2)
     );
     assert_ne!(v.messages.sqlite_checksum, v.messages.postgres_checksum);
-    assert_eq!(v.sessions.sqlite_checksum, v.sessions.postgres_checksum);
+    assert_ne!(v.sessions.sqlite_checksum, v.sessions.postgres_checksum);
     let listed: Vec<String> = v.differences.iter().map(ToString::to_string).collect();
+    for expected in [
+        "messages 8 role: values differ",
+        "messages 9 created_at: values differ",
+        "drafts 2 content: values differ",
+        "sessions 00000000-0000-4000-8000-000000000003 summary: text differs",
+    ] {
+        assert!(
+            listed.contains(&expected.to_string()),
+            "{expected}: {listed:?}"
+        );
+    }
     assert!(
         listed.contains(&"messages 5 text: values differ".to_string()),
         "{listed:?}"

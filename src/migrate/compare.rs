@@ -68,7 +68,8 @@ pub fn compare(left: &Store, right: &Store, selection: &Selection) -> Result<Com
 }
 
 /// Like [`compare`], with the left side a SQLite file, and both sides read
-/// in one pass per 1,000 sampled sessions rather than one read per session.
+/// in one pass per 1,000 sampled sessions (250 where the file has the indexes
+/// [`super::index_source`] makes) rather than one read per session.
 ///
 /// A legacy file has no index on `messages(session_id)` (the old service never
 /// made one), so a read per session would scan every message once per session.
@@ -90,7 +91,12 @@ pub fn compare_file(sqlite: &Path, right: &Store, selection: &Selection) -> Resu
     };
     let sides = ("sqlite", right.backend().as_str());
     let mut report = CompareReport::default();
-    for chunk in ids.chunks(sample::CHUNK) {
+    let per_pass = if left.indexed {
+        sample::INDEXED_CHUNK
+    } else {
+        sample::CHUNK
+    };
+    for chunk in ids.chunks(per_pass) {
         let mut ours = left.read(chunk);
         // The other side in bulk too: one round trip per table, not two per session.
         let mut theirs = right.with_connection(|conn| Ok(sample::read_sessions(conn, chunk)))?;

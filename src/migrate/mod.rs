@@ -38,6 +38,7 @@ pub use keys::{KeyDifference, KeysApplied, KeysVerify};
 pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use normalize::Reject;
 pub use rollback::{rollback_sync, ReverseFollower, RollbackReport};
+pub use sample::index_source;
 pub use source::{Marks, Table};
 pub use state::{status, State, Status, TableProgress};
 pub use switch::{switch, SwitchReport};

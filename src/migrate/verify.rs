@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::sql_types::Text;
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -26,6 +29,7 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::{DbTimestamp, DbUuid};
 
 /// How many differences are listed (all are counted).
 pub const LISTED: usize = 50;
@@ -224,7 +228,7 @@ impl SessionDigest {
     }
 }
 
-/// A message or draft as compared: the long text by a 128-bit XXH3 hash,
+/// A message or draft as compared: the text columns by 128-bit XXH3 hashes,
 /// computed on the reading threads, so that batches in flight stay small.
 /// (Hashing in PostgreSQL, `md5(text)`, measured four times slower than
 /// shipping the text.)
@@ -232,8 +236,8 @@ impl SessionDigest {
 pub(super) struct Digest {
     id: i64,
     session_id: Uuid,
-    /// The message's role; empty for drafts.
-    role: String,
+    /// The hash of the message's role; of `""` for drafts.
+    role_hash: u128,
     body_hash: u128,
     created_at: i64,
 }
@@ -243,7 +247,7 @@ impl Digest {
         Digest {
             id: r.id,
             session_id: r.session_id.0,
-            role: r.role.clone(),
+            role_hash: xxh3_128(r.role.as_bytes()),
             body_hash: xxh3_128(r.text.as_bytes()),
             created_at: r.created_at.0.timestamp_micros(),
         }
@@ -253,9 +257,38 @@ impl Digest {
         Digest {
             id: r.id,
             session_id: r.session_id.0,
-            role: String::new(),
+            role_hash: xxh3_128(b""),
             body_hash: xxh3_128(r.content.as_bytes()),
             created_at: r.created_at.0.timestamp_micros(),
+        }
+    }
+}
+
+/// A PostgreSQL text column read as the XXH3 hash of its bytes, straight from the
+/// row: nothing is allocated or copied, and the UTF-8 is not validated again
+/// (the server checked it on the way in; SQLite's side is validated by the
+/// normalisation, and the bytes hashed are the same).
+#[derive(FromSqlRow)]
+struct TextHash(u128);
+
+impl FromSql<Text, Pg> for TextHash {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        Ok(TextHash(xxh3_128(value.as_bytes())))
+    }
+}
+
+/// A message or draft as PostgreSQL's side reads it: id, session, role (a
+/// constant `''` for drafts), body, created_at.
+type PgDigestRow = (i64, DbUuid, TextHash, TextHash, DbTimestamp);
+
+impl Digest {
+    fn of_pg((id, session_id, role, body, created_at): PgDigestRow) -> Digest {
+        Digest {
+            id,
+            session_id: session_id.0,
+            role_hash: role.0,
+            body_hash: body.0,
+            created_at: created_at.0.timestamp_micros(),
         }
     }
 }
@@ -403,27 +436,40 @@ impl<'a> Comparison<'a> {
         postgres: &'scope DatabaseUrl,
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
-        let pg_messages = Prefetch::spawn(scope, postgres, |pg, after| {
-            Ok(messages::table
+        let pg_messages = Prefetch::spawn(scope, postgres, 4, |pg, after| {
+            messages::table
                 .filter(messages::id.gt(after))
                 .order(messages::id)
                 .limit(SCAN_BATCH)
-                .select(MessageRow::as_select())
-                .load(pg)?
-                .iter()
-                .map(Digest::of_message)
-                .collect())
+                .select((
+                    messages::id,
+                    messages::session_id,
+                    messages::role,
+                    messages::text,
+                    messages::created_at,
+                ))
+                .load_iter::<PgDigestRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
+                .map(|r| r.map(Digest::of_pg))
+                .collect::<QueryResult<_>>()
         });
-        let pg_drafts = Prefetch::spawn(scope, postgres, |pg, after| {
-            Ok(drafts::table
+        // Drafts are read while SQLite's messages are compared: their digests are small
+        // (64 bytes a row), so up to 64,000 of them wait, and the slow part on PostgreSQL's
+        // side (TOAST, decompression) is done by the time SQLite reaches the drafts.
+        let pg_drafts = Prefetch::spawn(scope, postgres, 64, |pg, after| {
+            drafts::table
                 .filter(drafts::id.gt(after))
                 .order(drafts::id)
                 .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
-                .select(DraftRow::as_select())
-                .load(pg)?
-                .iter()
-                .map(Digest::of_draft)
-                .collect())
+                .select((
+                    drafts::id,
+                    drafts::session_id,
+                    diesel::dsl::sql::<Text>("''"),
+                    drafts::content,
+                    drafts::created_at,
+                ))
+                .load_iter::<PgDigestRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
+                .map(|r| r.map(Digest::of_pg))
+                .collect::<QueryResult<_>>()
         });
         Comparison {
             report: VerifyReport::default(),
@@ -459,9 +505,22 @@ impl<'a> Comparison<'a> {
         });
         let theirs = sessions::table
             .order(sessions::id)
-            .select(SessionRow::as_select())
-            .load_iter::<SessionRow, diesel::pg::PgRowByRowLoadingMode>(pg)?
-            .map(|r| r.map(|r| SessionDigest::of(&r)).map_err(Error::from));
+            .select((
+                sessions::id,
+                sessions::created_at,
+                sessions::updated_at,
+                sessions::summary,
+            ))
+            .load_iter::<(DbUuid, DbTimestamp, DbTimestamp, TextHash), diesel::pg::PgRowByRowLoadingMode>(pg)?
+            .map(|r| {
+                r.map(|(id, created_at, updated_at, summary)| SessionDigest {
+                    id: id.0,
+                    created_at: created_at.0.timestamp_micros(),
+                    updated_at: updated_at.0.timestamp_micros(),
+                    summary_hash: summary.0,
+                })
+                .map_err(Error::from)
+            });
         id_merge::merge(
             ours,
             theirs,
@@ -623,7 +682,7 @@ fn merge(
             (Some(a), Some(b)) if a.id == b.id => {
                 for (col, differs) in [
                     ("session_id", a.session_id != b.session_id),
-                    ("role", a.role != b.role),
+                    ("role", a.role_hash != b.role_hash),
                     (body, a.body_hash != b.body_hash),
                     ("created_at", a.created_at != b.created_at),
                 ] {
@@ -660,12 +719,14 @@ struct Prefetch {
 }
 
 impl Prefetch {
+    /// Reads ahead on a thread of its own, at most `batches` loads.
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
+        batches: usize,
         load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
     ) -> Prefetch {
-        let (tx, rx) = mpsc::sync_channel(2);
+        let (tx, rx) = mpsc::sync_channel(batches);
         scope.spawn(move || {
             let run = || -> Result<()> {
                 let mut pg = state::connect(url)?;
