@@ -15,7 +15,7 @@
 #   1. copy the file; start the two servers on it (INTERVIEW_POSTGRES_URL set, so they follow a
 #      switch by themselves); `migrate setup` and `copy`; `migrate follow --json` in the background.
 #   2. w0: load on SQLite while `migrate verify --live` runs (it records the position it found
-#      equal), then until the follower, which waits while verify runs, lags under
+#      equal), then until the follower lags under
 #      ZDT_CATCH_UP_MS (1000) again: the runbook's "verify, let the lag drop, switch".
 #   3. w1: load for ZDT_WINDOW/2 seconds, `migrate switch`, load for ZDT_WINDOW/2 seconds more after
 #      it returned (a slow switch stays inside its window).
@@ -246,8 +246,8 @@ wrk_stop() { # wrk_stop WINDOW: ends the window's wrk now
 }
 nap() { sleep "$1" & wait $!; } # a sleep that a signal to the script cuts short
 # verify_window WINDOW MIN_SECS FOLLOWER: load while `migrate verify --live` runs, then until the
-# follower (whose JSON lines are in $out/FOLLOWER.jsonl) reports a lag under catch_up_ms again (it
-# waits while verify holds the migration lock), at least MIN_SECS in all: the operator's "re-run
+# follower (whose JSON lines are in $out/FOLLOWER.jsonl) reports a lag under catch_up_ms again,
+# at least MIN_SECS in all: the operator's "re-run
 # verify, wait for the lag to drop, switch".
 catch_up_ms=${ZDT_CATCH_UP_MS:-1000}
 # wrk ends by itself after this long even if nothing stops it (a window normally ends by SIGINT).

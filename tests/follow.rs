@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use interview_store::connection::DatabaseUrl;
@@ -250,6 +251,76 @@ fn a_follower_keeps_postgres_within_a_second_and_the_switch_under_traffic_loses_
     eprintln!(
         "switch under traffic: writes held {held} ms, longest write {longest:?}, {} writes",
         acked.len()
+    );
+}
+
+/// Regression: `verify` held the migration lock for its whole scan, so a
+/// follower (and `sync`, `switch`) waited minutes on a large file, and the
+/// switch started far behind. It now holds it only while it takes both
+/// sides' snapshots.
+#[test]
+fn a_full_verify_lets_sync_run_while_it_scans_and_reports_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _db, url, ids) = copied(dir.path(), 20);
+    // Holds verify in its last read (idempotency keys), after the snapshots
+    // are taken: no sync pass without keys touches that table.
+    let mut blocker = PgConnection::establish(&_db.url).unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let verifying = {
+        let (path, url) = (path.clone(), url.clone());
+        std::thread::spawn(move || migrate::verify(&path, &url))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Another connection: a transaction sees pg_stat_activity as of its first look.
+    let mut watcher = PgConnection::establish(&_db.url).unwrap();
+    loop {
+        let waiting: N = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%idempotency_keys%'",
+        )
+        .get_result(&mut watcher)
+        .unwrap();
+        if waiting.n > 0 {
+            break;
+        }
+        assert!(
+            !verifying.is_finished(),
+            "verify ended before reading the keys: {:?}",
+            verifying.join()
+        );
+        assert!(Instant::now() < deadline, "verify never reached the keys");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Mid-scan: the lock is free, and a write made now is synced at once.
+    let store = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    store
+        .append_message(ids[0], Role::User, "written while verify scans")
+        .unwrap();
+    let started = Instant::now();
+    let synced = migrate::sync(&path, &url, &Default::default()).unwrap();
+    assert_eq!(synced.messages, 1, "{synced:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "sync waited {:?} for the verify",
+        started.elapsed()
+    );
+    blocker.batch_execute("COMMIT").unwrap();
+
+    // Verify compared the two snapshots it took: equal, nothing in flight,
+    // and it records the position those snapshots stood at.
+    let v = verifying.join().unwrap().unwrap();
+    assert!(v.is_equal(), "{v:#?}");
+    let mark_at_snapshot = v
+        .verified_upto
+        .expect("an equal verify records its position");
+    let now = migrate::verify(&path, &url).unwrap();
+    assert!(now.is_equal(), "{now:#?}");
+    assert!(
+        now.verified_upto.unwrap() > mark_at_snapshot,
+        "the later verify stands past the synced write: {now:?} vs {mark_at_snapshot}"
     );
 }
 

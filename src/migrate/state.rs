@@ -317,7 +317,8 @@ pub(crate) fn mark_verified(
 ) -> Result<()> {
     diesel::sql_query(
         "UPDATE interview_migration_state SET verified_at = now(), \
-         verified_change_seq = CASE WHEN phase = 'copied' AND $1::bigint IS NOT NULL THEN $1 ELSE verified_change_seq END, \
+         verified_change_seq = CASE WHEN phase = 'copied' AND $1::bigint IS NOT NULL \
+             THEN GREATEST(coalesce(verified_change_seq, 0), $1) ELSE verified_change_seq END, \
          rollback_verified_horizon = CASE WHEN phase = 'switched' AND $2::bigint IS NOT NULL \
              THEN GREATEST(coalesce(rollback_verified_horizon, 0), $2) ELSE rollback_verified_horizon END",
     )

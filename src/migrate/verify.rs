@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
@@ -308,10 +309,13 @@ impl Digest {
 pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
     // The source first: a missing file must not leave PostgreSQL set up for nothing.
     crate::connection::require_sqlite_file(sqlite)?;
-    // The lock keeps a running follower from writing while PostgreSQL is
-    // read, so its mark stays the position PostgreSQL's rows stand at.
-    let _lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
-    let report = verify_locked(sqlite, postgres)?;
+    // The lock keeps a running follower out only while both sides' snapshots
+    // are taken, so the follower's mark read in PostgreSQL's snapshot is the
+    // position its rows stand at; the scan then reads the snapshots while the
+    // follower goes on (a full verify of a large file takes minutes, and a
+    // follower stalled that long leaves the switch far behind).
+    let lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
+    let report = verify_in_snapshot(sqlite, postgres, Some(lock))?;
     if report.verified_upto.is_some() || report.verified_horizon.is_some() {
         state::mark_verified(
             &mut state::connect(postgres)?,
@@ -358,32 +362,74 @@ fn settle(
     Ok(())
 }
 
-/// [`verify`] for a caller that holds the migration lock.
+/// [`verify`] for a caller that holds the migration lock for the whole run
+/// (the switch, whose writers are paused).
 pub(crate) fn verify_locked(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
+    verify_in_snapshot(sqlite, postgres, None)
+}
+
+/// Verifies one snapshot of each side. The caller holds the migration lock;
+/// `release`, when given, is that lock, let go once both snapshots are taken.
+///
+/// PostgreSQL is read in one repeatable-read transaction, exported to the
+/// read-ahead connections, and SQLite in one read transaction, both begun
+/// under the lock: the follower's mark (or the way back's horizon) read in
+/// PostgreSQL's snapshot is what the rows in both snapshots stand at, and
+/// SQLite's log in its snapshot names every row written since.
+fn verify_in_snapshot(
+    sqlite: &Path,
+    postgres: &DatabaseUrl,
+    release: Option<MigrationLock>,
+) -> Result<VerifyReport> {
     crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
     let mut pg = state::connect(postgres)?;
-    let recorded: HashSet<(String, String)> = state::rejects(&mut pg)?
+    let mut src = Source::open(sqlite)?;
+    let mut report = pg
+        .build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(|pg| verify_snapshots(&mut src, pg, postgres, release))?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    log::info!(
+        "verify: {} difference(s) in {:?}",
+        report.sessions.differences + report.messages.differences + report.drafts.differences,
+        Duration::from_millis(report.elapsed_ms)
+    );
+    Ok(report)
+}
+
+/// The scan of [`verify_in_snapshot`], inside PostgreSQL's transaction.
+fn verify_snapshots(
+    src: &mut Source,
+    pg: &mut PgConnection,
+    postgres: &DatabaseUrl,
+    release: Option<MigrationLock>,
+) -> Result<VerifyReport> {
+    // First statement: it fixes the transaction's snapshot, and hands it on.
+    let snapshot = diesel::select(diesel::dsl::sql::<Text>("pg_export_snapshot()"))
+        .get_result::<String>(pg)?;
+    let recorded: HashSet<(String, String)> = state::rejects(pg)?
         .into_iter()
         .map(|r| (r.table, r.id))
         .collect();
     // Only a finished copy has a mark that PostgreSQL's rows match.
-    // What PostgreSQL's rows stand at (fixed while the caller holds the lock):
-    // before the switch SQLite's log position applied, after it the
-    // transaction horizon applied to SQLite.
-    let stands_at = match state::load(&mut pg)? {
+    // What PostgreSQL's rows stand at: before the switch SQLite's log
+    // position applied, after it the transaction horizon applied to SQLite.
+    let stands_at = match state::load(pg)? {
         Some(st) if st.phase == "copied" => st.mark_change_seq.map(Position::Sqlite),
         Some(st) if st.phase == "switched" => Some(Position::Postgres(st.rollback_xid_horizon)),
         _ => None,
     };
-    let mut src = Source::open(sqlite)?;
-    let mut report = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         src.snapshot(|src| {
+            // SQLite's first read fixes its snapshot; the lock can go after it.
             let marks = src.marks()?;
+            drop(release);
             let (index, _) = check::index_sessions(src, marks.session_rowid)?;
-            let mut cmp = Comparison::start(scope, postgres, &recorded);
+            let mut cmp = Comparison::start(scope, postgres, &snapshot, &recorded);
             let t = Instant::now();
-            cmp.sessions(src, &index, marks.session_rowid, &mut pg)?;
+            cmp.sessions(src, &index, marks.session_rowid, pg)?;
             log::debug!("verify: sessions in {:.1?}", t.elapsed());
             for table in [Table::Messages, Table::Drafts] {
                 let t = Instant::now();
@@ -398,18 +444,11 @@ pub(crate) fn verify_locked(sqlite: &Path, postgres: &DatabaseUrl) -> Result<Ver
                 );
             }
             let mut report = cmp.finish()?;
-            report.idempotency_keys = super::keys::verify(src.conn(), &mut pg)?;
-            settle(&mut report, stands_at, src, &mut pg)?;
+            report.idempotency_keys = super::keys::verify(src.conn(), pg)?;
+            settle(&mut report, stands_at, src, pg)?;
             Ok(report)
         })
-    })?;
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    log::info!(
-        "verify: {} difference(s) in {:?}",
-        report.sessions.differences + report.messages.differences + report.drafts.differences,
-        Duration::from_millis(report.elapsed_ms)
-    );
-    Ok(report)
+    })
 }
 
 /// One verification in progress: both sides' sessions stream past each other
@@ -434,9 +473,10 @@ impl<'a> Comparison<'a> {
     fn start<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         postgres: &'scope DatabaseUrl,
+        snapshot: &'scope str,
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
-        let pg_messages = Prefetch::spawn(scope, postgres, 4, |pg, after| {
+        let pg_messages = Prefetch::spawn(scope, postgres, snapshot, 4, |pg, after| {
             messages::table
                 .filter(messages::id.gt(after))
                 .order(messages::id)
@@ -455,7 +495,7 @@ impl<'a> Comparison<'a> {
         // Drafts are read while SQLite's messages are compared: their digests are small
         // (64 bytes a row), so up to 64,000 of them wait, and the slow part on PostgreSQL's
         // side (TOAST, decompression) is done by the time SQLite reaches the drafts.
-        let pg_drafts = Prefetch::spawn(scope, postgres, 64, |pg, after| {
+        let pg_drafts = Prefetch::spawn(scope, postgres, snapshot, 64, |pg, after| {
             drafts::table
                 .filter(drafts::id.gt(after))
                 .order(drafts::id)
@@ -719,10 +759,12 @@ struct Prefetch {
 }
 
 impl Prefetch {
-    /// Reads ahead on a thread of its own, at most `batches` loads.
+    /// Reads ahead on a thread of its own, at most `batches` loads, in the
+    /// exported `snapshot` (its transaction ends with the connection).
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
+        snapshot: &'scope str,
         batches: usize,
         load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
     ) -> Prefetch {
@@ -730,6 +772,15 @@ impl Prefetch {
         scope.spawn(move || {
             let run = || -> Result<()> {
                 let mut pg = state::connect(url)?;
+                pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                // A utility statement takes no parameters; the id is
+                // PostgreSQL's own (hex digits and dashes), checked anyway.
+                if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(Error::Refused(format!(
+                        "PostgreSQL exported an unexpected snapshot id {snapshot:?}"
+                    )));
+                }
+                pg.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))?;
                 let mut after = 0;
                 loop {
                     let rows = load(&mut pg, after)?;
