@@ -403,29 +403,57 @@ fn to_sqlite(
 }
 
 /// The switch back's work before its pause, while PostgreSQL still takes
-/// writes: one pass of the way back, then the rows PostgreSQL's log named
-/// since the last verify compared, in the pass's own snapshot. Rows written
-/// by transactions at or past the pass's horizon may differ there (in
-/// flight); their entries stay, and the paused check covers them. Returns
-/// the horizon the paused check starts from and the rows compared; refuses,
-/// with nothing paused, when anything else differs.
+/// writes: passes of the way back, each comparing the rows PostgreSQL's log
+/// named since the one before (the first: since the last verify) in its own
+/// snapshot, repeated as on the way there until one applies at most
+/// [`CAUGHT_UP`] entries, so the paused pass covers only a few milliseconds
+/// of writes (measured at 20,000 sessions under load: one pass left the
+/// paused one 1,116 entries and 248 ms). Rows written by transactions at or
+/// past a pass's horizon may differ there (in flight); their entries stay,
+/// and the next check covers them. Returns the horizon the paused check
+/// starts from and the rows compared; refuses, with nothing paused, when
+/// anything else differs.
 fn precheck_back(
     sqlite: &Path,
     pg: &mut PgConnection,
     verified: Option<i64>,
 ) -> Result<(Option<i64>, u64)> {
-    let Some(from) = verified else {
+    let Some(mut from) = verified else {
         return Ok((None, 0));
     };
     let mut lite = pause::open_sqlite(sqlite)?;
     let mut src = Source::open(sqlite)?;
-    let (report, rows, h) = pg.build_transaction().repeatable_read().run(|pg| {
+    let mut rows = 0;
+    for _ in 0..CATCH_UP_PASSES {
+        let started = Instant::now();
+        let (horizon, checked, entries) = checked_pass_back(pg, &mut lite, &mut src, from)?;
+        log::info!(
+            "switch back: {entries} entries applied, {checked} rows compared in {:?}",
+            started.elapsed()
+        );
+        (from, rows) = (horizon.max(from), rows + checked);
+        if entries <= CAUGHT_UP {
+            break;
+        }
+    }
+    Ok((Some(from), rows))
+}
+
+/// One pass of the way back and the rows named past `from` compared, in one
+/// snapshot: the pass's horizon, the rows compared, the entries applied.
+fn checked_pass_back(
+    pg: &mut PgConnection,
+    lite: &mut AnyConnection,
+    src: &mut Source,
+    from: i64,
+) -> Result<(i64, u64, u64)> {
+    let (report, rows, h, entries) = pg.build_transaction().repeatable_read().run(|pg| {
         let h = changelog::pg_snapshot_horizon(pg)?;
-        let passed = rollback::pass(pg, &mut lite, Reading::Online)?;
+        let passed = rollback::pass(pg, lite, Reading::Online)?;
         log::debug!("switch back, before the pause: {:?}", passed.report);
-        let (mut report, rows) = rollback::verify_named(pg, &mut src, from)?;
+        let (mut report, rows) = rollback::verify_named(pg, src, from)?;
         report.settle_in_flight(&changelog::pg_changes(pg, h, None)?);
-        Ok::<_, Error>((report, rows, h))
+        Ok::<_, Error>((report, rows, h, passed.report.entries))
     })?;
     if !report.is_equal_but_in_flight() {
         return Err(Error::Refused(format!(
@@ -444,7 +472,7 @@ fn precheck_back(
                 .join("; ")
         )));
     }
-    Ok((Some(h.max(from)), rows))
+    Ok((h, rows, entries))
 }
 
 /// Which verify the switch back runs before retiring PostgreSQL.
