@@ -21,7 +21,11 @@
 # Environment: BENCH_SKIP (words among check compare floor sync pgloader csv; csv is skipped
 # unless BENCH_CSV=1), BENCH_STEP_TIMEOUT (seconds per step, default 1800), BENCH_PGLOADER_MAX
 # (largest size pgloader runs at, default 200000: at 20,000 sessions it peaked at 900 MB),
-# INTERVIEW_BENCH_POSTGRES_URL (admin URL; default the tests' one).
+# INTERVIEW_BENCH_POSTGRES_URL (admin URL; default the tests' one), BENCH_PERF (step names, e.g.
+# "verify sync_1pct": those steps run under `perf record -a -F 499`, the whole machine, so
+# PostgreSQL's backends show beside the tool; `perf report` by process, library and symbol goes to
+# the logs as <size>-<step>.perf.txt. A profiled run's times carry perf's overhead: take the
+# figures from a run without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=("$@")
@@ -70,7 +74,16 @@ timed() {
   local log; log=$(mktemp)
   local rc=0 load1
   load1=$(cut -d' ' -f1 /proc/loadavg)
-  timeout "$step_timeout" /usr/bin/time -v "$@" >"$log.out" 2>"$log" || rc=$?
+  local perf=()
+  if [[ " ${BENCH_PERF:-} " == *" $step "* ]]; then
+    perf=(perf record -q -a -F 499 -o "$logs/$sessions-$step.perf" --)
+  fi
+  timeout "$step_timeout" /usr/bin/time -v "${perf[@]}" "$@" >"$log.out" 2>"$log" || rc=$?
+  if [ ${#perf[@]} -gt 0 ]; then
+    perf report -q -i "$logs/$sessions-$step.perf" --sort comm,dso,sym --stdio --percent-limit 0.3 \
+      >"$logs/$sessions-$step.perf.txt" 2>/dev/null || true
+    rm -f "$logs/$sessions-$step.perf"
+  fi
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$log")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")

@@ -408,7 +408,7 @@ for w in "${windows[@]}"; do
     echo "$w: switch at ${fig[$w.at_s]} s of the window FAILED after ${fig[$w.switch_ms]} ms (see $out/switch-$w.log)"
   fi
   [ -z "${fig[$w.verify]:-}" ] || echo "$w: migrate verify --live: ${fig[$w.verify]} in ${fig[$w.verify_ms]} ms under load;" \
-    "the follower (waiting while verify ran) was within $catch_up_ms ms again ${fig[$w.catch_up_ms]} ms after it"
+    "the follower was within $catch_up_ms ms ${fig[$w.catch_up_ms]} ms after it ended"
 done
 for f in follow follow-reverse; do
   [ -f "$out/$f.jsonl" ] || continue
