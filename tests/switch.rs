@@ -227,18 +227,7 @@ fn two_server_processes_follow_a_switch_and_no_request_fails() {
             c.await.unwrap();
         }
 
-        for base in [&base_one, &base_two] {
-            let health: Value = http
-                .get(format!("{base}/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(health["backend"], "postgres", "{base}: {health}");
-            assert_eq!(health["read_only"], false, "{health}");
-        }
+        all_on(&http, &bases, "postgres").await;
         assert_eq!(
             before.counts().unwrap(),
             at_switch,
@@ -668,7 +657,7 @@ async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to
     held_ms(&out)
 }
 
-/// Every server process names `backend` in `/health`.
+/// Every server process names `backend` in `/health` and takes writes.
 async fn all_on(http: &reqwest::Client, bases: &[String], backend: &str) {
     for base in bases {
         let health: Value = http
@@ -680,6 +669,7 @@ async fn all_on(http: &reqwest::Client, bases: &[String], backend: &str) {
             .await
             .unwrap();
         assert_eq!(health["backend"], backend, "{base}: {health}");
+        assert_eq!(health["read_only"], false, "{base}: {health}");
     }
 }
 
