@@ -364,14 +364,7 @@ fn a_retired_database_without_another_backend_configured_keeps_answering_503() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let health: Value = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = health(&http, &base).await;
         assert_eq!(
             (health["backend"].clone(), health["retired"].clone()),
             (json!("sqlite"), json!(true))
@@ -657,17 +650,21 @@ async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to
     held_ms(&out)
 }
 
+/// A server's `/health` body.
+async fn health(http: &reqwest::Client, base: &str) -> Value {
+    http.get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Every server process names `backend` in `/health` and takes writes.
 async fn all_on(http: &reqwest::Client, bases: &[String], backend: &str) {
     for base in bases {
-        let health: Value = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = health(http, base).await;
         assert_eq!(health["backend"], backend, "{base}: {health}");
         assert_eq!(health["read_only"], false, "{base}: {health}");
     }
