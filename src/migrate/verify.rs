@@ -409,6 +409,13 @@ fn verify_snapshots(
     // First statement: it fixes the transaction's snapshot, and hands it on.
     let snapshot = diesel::select(diesel::dsl::sql::<Text>("pg_export_snapshot()"))
         .get_result::<String>(pg)?;
+    // It goes into a utility statement, which takes no parameters: the id is
+    // PostgreSQL's own (hex digits and dashes), checked once here anyway.
+    if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(Error::Refused(format!(
+            "PostgreSQL exported an unexpected snapshot id {snapshot:?}"
+        )));
+    }
     let recorded: HashSet<(String, String)> = state::rejects(pg)?
         .into_iter()
         .map(|r| (r.table, r.id))
@@ -773,13 +780,6 @@ impl Prefetch {
             let run = || -> Result<()> {
                 let mut pg = state::connect(url)?;
                 pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-                // A utility statement takes no parameters; the id is
-                // PostgreSQL's own (hex digits and dashes), checked anyway.
-                if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                    return Err(Error::Refused(format!(
-                        "PostgreSQL exported an unexpected snapshot id {snapshot:?}"
-                    )));
-                }
                 pg.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))?;
                 let mut after = 0;
                 loop {
