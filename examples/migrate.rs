@@ -600,24 +600,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Side::Sqlite => Backend::Sqlite,
             };
             let report = migrate::switch(&sqlite.path, &postgres.url(), to)?;
-            let checked = match (report.held_ms, report.verified_rows) {
-                (Some(held), Some(rows)) => format!(
-                    "{rows} rows changed since the last full verify EQUAL; writes held {held} ms"
-                ),
-                _ => "verify EQUAL".to_string(),
-            };
-            println!(
-                "{} is live{}; {checked}",
-                match report.live {
-                    Backend::Postgres => postgres.url().masked(),
-                    Backend::Sqlite => sqlite.path.display().to_string(),
-                },
-                if report.already_switched {
-                    " (already switched)"
-                } else {
-                    ""
-                }
-            );
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::RollbackSync { postgres, sqlite } => {
@@ -676,69 +659,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             sqlite,
             json: as_json,
         } => {
-            let status = migrate::status(&postgres.url())?;
-            let sqlite = match sqlite {
-                Some(path) => {
-                    let url = DatabaseUrl::sqlite(path.display().to_string());
-                    Some(maintenance::read(&mut maintenance::connect(&url)?)?)
-                }
-                None => None,
-            };
+            let status = migrate::status_of(&postgres.url(), sqlite.as_deref())?;
             if as_json {
-                let mut v = serde_json::to_value(&status).expect("reports serialise");
-                if let Some(m) = &sqlite {
-                    v["sqlite_maintenance"] = serde_json::to_value(m).expect("reports serialise");
-                }
-                json(&v);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!("{}: {}", postgres.url().masked(), status.maintenance);
-            if let Some(m) = &sqlite {
-                println!("sqlite: {m}");
-            }
-            match &status.state {
-                None => println!("{}: nothing copied yet", postgres.url().masked()),
-                Some(s) => println!(
-                    "source {} — {} (started {}, copied {}, last sync {}, switched {}, rolled back {})\n\
-                     copy snapshot: session rowid {}, message id {}, draft id {}\n\
-                     change log applied: SQLite's up to {}, PostgreSQL's (way back) up to {} \
-                     (transaction horizon {})\n\
-                     last full verify equal up to {} ({})",
-                    s.source,
-                    s.phase,
-                    s.started_at,
-                    s.copied_at.map_or("-".into(), |t| t.to_string()),
-                    s.synced_at.map_or("-".into(), |t| t.to_string()),
-                    s.switched_at.map_or("-".into(), |t| t.to_string()),
-                    s.rolled_back_at.map_or("-".into(), |t| t.to_string()),
-                    s.mark_session_rowid,
-                    s.mark_message_id,
-                    s.mark_draft_id,
-                    s.mark_change_seq.map_or("-".into(), |n| n.to_string()),
-                    s.rollback_change_seq,
-                    s.rollback_xid_horizon,
-                    s.verified_change_seq.map_or("-".into(), |n| n.to_string()),
-                    s.verified_at.map_or("never".into(), |t| t.to_string())
-                ),
-            }
-            for p in &status.tables {
-                println!(
-                    "{}: {}/{} handled, {} copied, {} rejected (last rowid {}, {})",
-                    p.table_name,
-                    p.rows_copied + p.rows_rejected,
-                    p.rows_total,
-                    p.rows_copied,
-                    p.rows_rejected,
-                    p.last_source_rowid,
-                    p.updated_at
-                );
-            }
-            println!(
-                "idempotency keys (finished) in postgres: {}",
-                status.idempotency_keys
-            );
-            for r in &status.rejects {
-                println!("  rejected: {r}");
+                json(&status);
+            } else {
+                println!("{status}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -320,12 +320,23 @@ impl DatabaseUrl {
 /// Every migration command that reads or updates a file opens it here (or
 /// through [`DatabaseUrl::existing_sqlite`]).
 pub fn open_existing_sqlite(path: &Path) -> Result<SqliteConnection> {
+    open_existing(path, "rw")
+}
+
+/// Opens an SQLite file that must exist, read-only (`mode=ro`): for the
+/// reporting commands, which must change nothing, not even by adopting a
+/// legacy file's schema.
+pub fn open_sqlite_read_only(path: &Path) -> Result<SqliteConnection> {
+    open_existing(path, "ro")
+}
+
+fn open_existing(path: &Path, mode: &str) -> Result<SqliteConnection> {
     require_sqlite_file(path)?;
     let shown = path.display().to_string();
     let text = path
         .to_str()
         .ok_or_else(|| Error::invalid("sqlite path", format!("{shown} is not valid UTF-8")))?;
-    SqliteConnection::establish(&existing_file_uri(text)).map_err(|e| Error::Connect {
+    SqliteConnection::establish(&existing_file_uri(text, mode)).map_err(|e| Error::Connect {
         url: format!("sqlite://{shown}"),
         reason: e.to_string(),
     })
@@ -346,7 +357,7 @@ pub fn require_sqlite_file(path: &Path) -> Result<()> {
 }
 
 /// An SQLite URI opening `path` read-write without creating it.
-fn existing_file_uri(path: &str) -> String {
+fn existing_file_uri(path: &str, mode: &str) -> String {
     // An absolute path gets an empty authority, so a path starting with `//`
     // is not read as a host name.
     let mut uri = String::from(if path.starts_with('/') {
@@ -362,7 +373,8 @@ fn existing_file_uri(path: &str) -> String {
             c => uri.push(c),
         }
     }
-    uri.push_str("?mode=rw");
+    uri.push_str("?mode=");
+    uri.push_str(mode);
     uri
 }
 

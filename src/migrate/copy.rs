@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
+use super::phase::Phase;
 use super::changelog;
 use super::check::{self, CheckReport};
 use super::keys;
@@ -170,7 +171,10 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
             )));
         }
         log::info!("emptying the PostgreSQL tables (--truncate --yes)");
-        if existing.as_ref().is_some_and(|s| s.phase == "rolled_back") {
+        if existing
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase(), Ok(Phase::RolledBack)))
+        {
             // Retired by the switch back: a new cutover starts from a writable,
             // empty target, as before the first copy. The service is on SQLite.
             super::pause::make_live(&mut super::pause::open_pg(postgres)?)?;
@@ -189,7 +193,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
                 s.source
             )));
         }
-        if s.phase == "copied" {
+        if s.phase()? == Phase::Copied {
             log::info!(
                 "the copy of {source_name} already finished; run sync to bring it up to date"
             );
@@ -300,8 +304,8 @@ fn trim_before_snapshot(src: &mut Source, pg: &mut PgConnection) {
 /// The phase check of a copy: never over a live PostgreSQL; over a retired
 /// one only with `--truncate`.
 fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUrl) -> Result<()> {
-    match st.map(|s| s.phase.as_str()) {
-        Some("switched") => Err(Error::Refused(format!(
+    match st.map(|s| s.phase()).transpose()? {
+        Some(Phase::Switched) => Err(Error::Refused(format!(
             "refusing to copy{}: the service moved to {} ({}), which now holds writes SQLite does \
              not have; nothing was changed. To go back to SQLite: `migrate pause --postgres …`, \
              `migrate rollback-sync`, `migrate switch --to sqlite`",
@@ -310,7 +314,12 @@ fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUr
             st.and_then(|s| s.switched_at)
                 .map_or("-".into(), |t| t.to_string())
         ))),
-        Some("rolled_back") if !truncate => Err(Error::Refused(format!(
+        Some(phase @ (Phase::SwitchingToPostgres(_) | Phase::SwitchingToSqlite(_))) => {
+            Err(Error::Refused(format!(
+                "refusing to copy: {phase}, and a copy now would lose track of it; finish or undo                  the switch first (`migrate status` says how); nothing was changed"
+            )))
+        }
+        Some(Phase::RolledBack) if !truncate => Err(Error::Refused(format!(
             "{} is retired since the rollback to SQLite; to start a new cutover run \
              `migrate copy --truncate --yes`",
             postgres.masked()

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
+use super::phase::Phase;
 use super::changelog;
 use super::lock;
 use super::pipeline::write_rejects;
@@ -365,9 +366,12 @@ impl Leg for Forward<'_> {
     fn poll(&mut self) -> Result<Poll> {
         let (pg, src) = self.conns()?;
         let st = state::load(pg)?;
-        let mark = match st.as_ref().map(|s| (s.phase.as_str(), s.mark_change_seq)) {
-            Some(("switched" | "rolled_back", _)) => return Ok(Poll::Ended(FollowEnd::Switched)),
-            Some(("copied", Some(mark))) => mark,
+        let phase = st.as_ref().map(|s| s.phase()).transpose()?;
+        let mark = match (phase, st.as_ref().and_then(|s| s.mark_change_seq)) {
+            (Some(Phase::Switched | Phase::SwitchingToSqlite(_) | Phase::RolledBack), _) => {
+                return Ok(Poll::Ended(FollowEnd::Switched))
+            }
+            (Some(Phase::Copied | Phase::SwitchingToPostgres(_)), Some(mark)) => mark,
             // Let the pass say why not, as `sync` says it.
             _ => 0,
         };
@@ -452,9 +456,10 @@ impl Leg for Backward<'_> {
 
     fn poll(&mut self) -> Result<Poll> {
         let (pg, _) = self.conns()?;
-        match state::load(pg)?.as_ref().map(|s| s.phase.as_str()) {
-            Some("rolled_back") => return Ok(Poll::Ended(FollowEnd::Switched)),
-            Some("switched") => {}
+        match state::load(pg)?.map(|s| s.phase()).transpose()? {
+            Some(Phase::RolledBack) => return Ok(Poll::Ended(FollowEnd::Switched)),
+            // A switch back under way still takes this side's last entries.
+            Some(Phase::Switched | Phase::SwitchingToSqlite(_)) => {}
             phase => {
                 return Err(Error::Refused(format!(
                     "follow --reverse applies what is written to PostgreSQL after `migrate \

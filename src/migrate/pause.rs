@@ -1,8 +1,9 @@
 //! How the migration commands see and use the write pause held in each database.
 //!
 //! The pause itself (table `interview_maintenance`, triggers refusing writes
-//! while paused, retirement) belongs to [`crate::maintenance`]; this is the one
-//! place the migration engine touches it, so that its phases stay readable.
+//! while paused, retirement) belongs to [`crate::maintenance`]; these are the
+//! connections the migration engine opens for it. The switch (`switch.rs`,
+//! `switch_back.rs`) calls `maintenance` itself, inside its recorded steps.
 //! The change-log tables and the bookkeeping are not covered by the pause
 //! triggers: sync trims SQLite's log, and rollback-sync records its mark in
 //! PostgreSQL, while those sides are paused.
@@ -29,21 +30,6 @@ pub(crate) fn open_pg(url: &DatabaseUrl) -> Result<AnyConnection> {
 /// Whether PostgreSQL's writes are paused (or it is retired).
 pub(crate) fn pg_paused(url: &DatabaseUrl) -> Result<bool> {
     Ok(maintenance::read(&mut open_pg(url)?)?.paused)
-}
-
-/// Whether the SQLite file's writes are paused (or it is retired).
-pub(crate) fn sqlite_paused(path: &Path) -> Result<bool> {
-    Ok(maintenance::read(&mut open_sqlite(path)?)?.paused)
-}
-
-/// Marks a database retired: paused for good, naming where the data went (masked).
-pub(crate) fn retire(conn: &mut AnyConnection, moved_to: &str) -> Result<()> {
-    maintenance::retire(conn, moved_to)
-}
-
-/// Pauses a database (waits out writes in flight).
-pub(crate) fn pause(conn: &mut AnyConnection) -> Result<()> {
-    maintenance::pause(conn)
 }
 
 /// Makes a database live: pause off, no longer retired.

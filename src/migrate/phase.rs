@@ -11,7 +11,11 @@
 
 use std::fmt;
 
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
+
 use crate::connection::Backend;
+use crate::error::{Error, Result};
 
 /// A named step of a migration command.
 ///
@@ -135,3 +139,192 @@ impl fmt::Display for Step {
         f.write_str(self.name())
     }
 }
+
+/// Where the cutover stands, as recorded in PostgreSQL's bookkeeping row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "phase", content = "step", rename_all = "snake_case")]
+pub enum Phase {
+    /// A bulk copy started and has not finished; SQLite is live.
+    Copying,
+    /// The bulk copy finished; `sync` and `follow` keep PostgreSQL close behind. SQLite is live.
+    Copied,
+    /// A switch to PostgreSQL recorded its intent and is at this step.
+    /// SQLite stays the live side until [`Step::SwitchGoLive`] commits.
+    SwitchingToPostgres(Step),
+    /// PostgreSQL is live.
+    Switched,
+    /// A switch back recorded its intent and is at this step. PostgreSQL stays
+    /// the live side until [`Step::BackRetire`] commits.
+    SwitchingToSqlite(Step),
+    /// SQLite is live again; PostgreSQL is retired.
+    RolledBack,
+}
+
+impl Phase {
+    /// Reads the stored pair; an unknown value is an error naming it (a newer
+    /// version of the tool wrote it, or someone edited the row by hand).
+    pub fn parse(phase: &str, step: Option<&str>) -> Result<Phase> {
+        let named = |step: Option<&str>, to: Backend| -> Result<Step> {
+            let name = step.ok_or_else(|| {
+                Error::Corrupt {
+                    what: "interview_migration_state".into(),
+                    reason: format!("phase {phase} names no step"),
+                }
+            })?;
+            Step::from_name(name)
+                .filter(|s| s.switch_to() == Some(to))
+                .ok_or_else(|| Error::Corrupt {
+                    what: "interview_migration_state".into(),
+                    reason: format!("phase {phase} names an unknown step {name:?}"),
+                })
+        };
+        Ok(match phase {
+            "copying" => Phase::Copying,
+            "copied" => Phase::Copied,
+            "switching_to_postgres" => Phase::SwitchingToPostgres(named(step, Backend::Postgres)?),
+            "switched" => Phase::Switched,
+            "switching_to_sqlite" => Phase::SwitchingToSqlite(named(step, Backend::Sqlite)?),
+            "rolled_back" => Phase::RolledBack,
+            other => {
+                return Err(Error::Corrupt {
+                    what: "interview_migration_state".into(),
+                    reason: format!("unknown phase {other:?} (written by a newer version?)"),
+                })
+            }
+        })
+    }
+
+    /// The stored phase value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Copying => "copying",
+            Phase::Copied => "copied",
+            Phase::SwitchingToPostgres(_) => "switching_to_postgres",
+            Phase::Switched => "switched",
+            Phase::SwitchingToSqlite(_) => "switching_to_sqlite",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+
+    /// The step a switch under way is at.
+    pub fn step(self) -> Option<Step> {
+        match self {
+            Phase::SwitchingToPostgres(s) | Phase::SwitchingToSqlite(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The side that takes writes in this phase (the maintenance rows say the
+    /// same; during a switch's hold both refuse them).
+    pub fn live(self) -> Backend {
+        match self {
+            Phase::Copying | Phase::Copied | Phase::SwitchingToPostgres(_) | Phase::RolledBack => {
+                Backend::Sqlite
+            }
+            Phase::Switched => Backend::Postgres,
+            Phase::SwitchingToSqlite(s) if Self::past(s, Step::BackRetire) => Backend::Sqlite,
+            Phase::SwitchingToSqlite(_) => Backend::Postgres,
+        }
+    }
+
+    /// Whether `step` is `mark` or comes after it.
+    fn past(step: Step, mark: Step) -> bool {
+        Self::order(step) >= Self::order(mark)
+    }
+
+    fn order(step: Step) -> usize {
+        Step::ALL.iter().position(|s| *s == step).unwrap_or(0)
+    }
+
+    /// Whether the move `self -> to` is one the protocol has. The one list of
+    /// legal moves: every write of the phase goes through [`Phase::record`].
+    pub fn may_become(self, to: Phase) -> bool {
+        use Phase::*;
+        match (self, to) {
+            (Copying, Copied) => true,
+            (Copied, SwitchingToPostgres(s)) => s.switch_to() == Some(Backend::Postgres),
+            // A switch moves forward through its steps, or repeats one on a rerun.
+            (SwitchingToPostgres(a), SwitchingToPostgres(b))
+            | (SwitchingToSqlite(a), SwitchingToSqlite(b)) => {
+                b.switch_to() == a.switch_to() && Self::past(b, a)
+            }
+            // Only the go-live transaction ends a switch there; undone at any
+            // step, since PostgreSQL never took a write before it.
+            (SwitchingToPostgres(_), Switched | Copied) => true,
+            (Switched, SwitchingToSqlite(s)) => s.switch_to() == Some(Backend::Sqlite),
+            // Undone only while PostgreSQL is not retired: once it is, a server
+            // may already write to SQLite, so the way back goes forward only.
+            (SwitchingToSqlite(a), Switched) => !Self::past(a, Step::BackRetire),
+            (SwitchingToSqlite(a), RolledBack) => Self::past(a, Step::BackGoLive),
+            _ => false,
+        }
+    }
+
+    /// Moves the recorded phase from `self` to `to`, in the caller's
+    /// transaction: refuses a move the protocol does not have, and a row that
+    /// no longer says `self` (another command moved it meanwhile).
+    pub(crate) fn record(self, pg: &mut PgConnection, to: Phase) -> Result<()> {
+        if !self.may_become(to) {
+            return Err(Error::Refused(format!(
+                "the cutover cannot move from {self} to {to}; run `migrate status` to see what to do"
+            )));
+        }
+        let moved = diesel::sql_query(
+            "UPDATE interview_migration_state SET phase = $3, step = $4, \
+             copied_at = CASE WHEN $3 = 'copied' AND phase = 'copying' THEN now() ELSE copied_at END, \
+             switched_at = CASE WHEN $3 = 'switched' AND phase = 'switching_to_postgres' THEN now() ELSE switched_at END, \
+             rolled_back_at = CASE WHEN $3 = 'rolled_back' THEN now() ELSE rolled_back_at END \
+             WHERE phase = $1 AND step IS NOT DISTINCT FROM $2",
+        )
+        .bind::<Text, _>(self.as_str())
+        .bind::<Nullable<Text>, _>(self.step().map(Step::name))
+        .bind::<Text, _>(to.as_str())
+        .bind::<Nullable<Text>, _>(to.step().map(Step::name))
+        .execute(pg)?;
+        if moved != 1 {
+            return Err(Error::Refused(format!(
+                "the cutover is no longer {self} (another migration command moved it); run \
+                 `migrate status`"
+            )));
+        }
+        log::debug!("phase: {self} -> {to}");
+        Ok(())
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phase::SwitchingToPostgres(s) => write!(f, "switching to PostgreSQL (at {s})"),
+            Phase::SwitchingToSqlite(s) => write!(f, "switching back to SQLite (at {s})"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Marks that the command reached `step`: logged, and the test-only crash
+/// hook may end the process here, as `kill -9` would, before the step acts.
+pub(crate) fn reached(step: Step) {
+    log::debug!("step {step}");
+    crash_hook("INTERVIEW_CRASH_AT", step);
+}
+
+/// Marks that `step` finished; the crash hook may end the process here.
+pub(crate) fn finished(step: Step) {
+    crash_hook("INTERVIEW_CRASH_AFTER", step);
+}
+
+/// The crash suite's hook (feature `crash-hooks`, never in a release build of
+/// a service): when `var` names `step`, the process aborts at once: no
+/// destructor runs, no transaction is rolled back politely, the lock's
+/// connection just drops, exactly as a killed process leaves things.
+#[cfg(feature = "crash-hooks")]
+fn crash_hook(var: &str, step: Step) {
+    if std::env::var(var).is_ok_and(|v| v == step.name()) {
+        eprintln!("crash hook: {var}={step}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "crash-hooks"))]
+fn crash_hook(_var: &str, _step: Step) {}

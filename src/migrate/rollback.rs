@@ -21,6 +21,7 @@ use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use uuid::Uuid;
 
+use super::phase::Phase;
 use super::changelog::{self, Changes};
 use super::keys::{self, KeyChanges, KeysApplied};
 use super::lock::{self, MigrationLock};
@@ -286,7 +287,8 @@ fn serialization_failure(e: &Error) -> bool {
 /// The phase check of a pass, in its snapshot.
 fn require_switched(st: Option<State>) -> Result<State> {
     match st {
-        Some(st) if st.phase == "switched" => Ok(st),
+        // The switch back's own last pass runs with its intent recorded.
+        Some(st) if matches!(st.phase()?, Phase::Switched | Phase::SwitchingToSqlite(_)) => Ok(st),
         st => {
             Err(Error::Refused(format!(
             "the way back applies what was written to PostgreSQL after `migrate switch`, but the \
@@ -311,8 +313,8 @@ fn require_log(pg: &mut PgConnection, shown: &str) -> Result<()> {
 /// The phase and log checks of rollback-sync, naming the database.
 fn rollback_allowed(pg: &mut PgConnection, postgres: &DatabaseUrl) -> Result<()> {
     let st = state::load(pg)?;
-    match st.as_ref().map(|s| s.phase.as_str()) {
-        Some("switched") => {}
+    match st.as_ref().map(|s| s.phase()).transpose()? {
+        Some(Phase::Switched | Phase::SwitchingToSqlite(_)) => {}
         phase => {
             return Err(Error::Refused(format!(
                 "rollback-sync applies what was written to {} after `migrate switch`, but the \

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 
 use super::normalize::Reject;
+use super::phase::Phase;
 use super::source::{Marks, Table};
 use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};
@@ -20,10 +21,12 @@ pub struct State {
     /// The SQLite file copied.
     #[diesel(sql_type = Text)]
     pub source: String,
-    /// `copying` until the bulk copy finished, then `copied`; `switched` once
-    /// PostgreSQL is live, `rolled_back` once SQLite is live again.
+    /// The stored phase (see [`State::phase`] for the typed one).
     #[diesel(sql_type = Text)]
     pub phase: String,
+    /// The step a switch under way recorded (only in the `switching_*` phases).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub step: Option<String>,
     /// When the first copy started.
     #[diesel(sql_type = Timestamptz)]
     pub started_at: DateTime<Utc>,
@@ -72,6 +75,11 @@ pub struct State {
 }
 
 impl State {
+    /// The phase, typed; an error names a stored value this version does not know.
+    pub fn phase(&self) -> Result<Phase> {
+        Phase::parse(&self.phase, self.step.as_deref())
+    }
+
     /// The rowid marks.
     pub fn marks(&self) -> Marks {
         Marks {
@@ -108,33 +116,6 @@ pub struct TableProgress {
     pub updated_at: DateTime<Utc>,
 }
 
-/// What `status` shows: the state, the progress per table, and the recorded rejects.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Status {
-    /// `None` when nothing was ever copied into this database.
-    pub state: Option<State>,
-    /// Per table, in load order.
-    pub tables: Vec<TableProgress>,
-    /// Every recorded reject.
-    pub rejects: Vec<Reject>,
-    /// Finished idempotency keys in PostgreSQL (copied, synced or answered there).
-    pub idempotency_keys: i64,
-    /// Whether PostgreSQL's writes are paused, or it is retired (see [`crate::maintenance`]).
-    pub maintenance: crate::maintenance::Maintenance,
-}
-
-/// Reads the migration's bookkeeping from PostgreSQL.
-pub fn status(postgres: &DatabaseUrl) -> Result<Status> {
-    let mut pg = connect(postgres)?;
-    Ok(Status {
-        state: load(&mut pg)?,
-        tables: progress(&mut pg)?,
-        rejects: rejects(&mut pg)?,
-        idempotency_keys: super::keys::pg_count(&mut pg)?,
-        maintenance: crate::maintenance::read(&mut postgres.establish()?)?,
-    })
-}
-
 /// Opens a PostgreSQL connection with the schema and bookkeeping tables in place.
 pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     // Checked before connecting: opening a SQLite URL could create a file.
@@ -157,7 +138,7 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     }
 }
 
-const STATE_COLUMNS: &str = "source, phase, started_at, copied_at, synced_at, mark_session_rowid, \
+const STATE_COLUMNS: &str = "source, phase, step, started_at, copied_at, synced_at, mark_session_rowid, \
      mark_message_id, mark_draft_id, mark_change_seq, rollback_change_seq, switched_at, rolled_back_at, \
      verified_change_seq, verified_at, rollback_xid_horizon, rollback_verified_horizon";
 
@@ -292,8 +273,7 @@ pub(crate) fn record_batch(
 
 /// Marks the bulk copy finished.
 pub(crate) fn finish_copy(pg: &mut PgConnection) -> Result<()> {
-    pg.batch_execute("UPDATE interview_migration_state SET phase = 'copied', copied_at = now()")?;
-    Ok(())
+    Phase::Copying.record(pg, Phase::Copied)
 }
 
 /// Moves the change-log mark forward after a sync (inside the sync's transaction).
@@ -342,33 +322,17 @@ pub(crate) fn advance_rollback(pg: &mut PgConnection, horizon: i64, change_seq: 
     Ok(())
 }
 
-/// Records that PostgreSQL is live (inside the switch's transaction). Both
-/// sides are equal at this point, so the way back starts at horizon 0 and
-/// counts every later entry as unverified.
-pub(crate) fn mark_switched(pg: &mut PgConnection, rollback_from: i64) -> Result<()> {
+/// Resets the way back's positions as PostgreSQL goes live (inside the
+/// go-live transaction, beside the phase's move). Both sides are equal at this
+/// point, so the way back starts at horizon 0 and counts every later entry as
+/// unverified.
+pub(crate) fn start_way_back(pg: &mut PgConnection, rollback_from: i64) -> Result<()> {
     diesel::sql_query(
-        "UPDATE interview_migration_state SET phase = 'switched', switched_at = coalesce(switched_at, now()), \
-         rollback_change_seq = $1, rollback_xid_horizon = 0, rollback_verified_horizon = 0",
+        "UPDATE interview_migration_state SET rollback_change_seq = $1, rollback_xid_horizon = 0, \
+         rollback_verified_horizon = 0",
     )
     .bind::<BigInt, _>(rollback_from)
     .execute(pg)?;
-    Ok(())
-}
-
-/// Records that SQLite is live again.
-pub(crate) fn mark_rolled_back(pg: &mut PgConnection) -> Result<()> {
-    pg.batch_execute(
-        "UPDATE interview_migration_state SET phase = 'rolled_back', rolled_back_at = now()",
-    )?;
-    Ok(())
-}
-
-/// Undoes [`mark_rolled_back`] for a switch back that failed before SQLite went live.
-pub(crate) fn unmark_rolled_back(pg: &mut PgConnection) -> Result<()> {
-    pg.batch_execute(
-        "UPDATE interview_migration_state SET phase = 'switched', rolled_back_at = NULL \
-         WHERE phase = 'rolled_back'",
-    )?;
     Ok(())
 }
 

@@ -1,32 +1,40 @@
-//! The switch: which database is live, moved only when the other side is paused, caught up and equal.
+//! The switch: which database is live, moved only when the other side is
+//! paused, caught up and equal, with its intent recorded before every step
+//! that spans both databases (see `docs/migrate-redesign.md`).
+//!
+//! This file is the way to PostgreSQL; `switch_back.rs` the way back.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use diesel::prelude::*;
+use chrono::{DateTime, Utc};
+use diesel::Connection;
 
 use super::changelog;
-use super::lock::MigrationLock;
-use super::pause;
-use super::rollback::{self, Reading};
-use super::source::{source_name, Source};
-use super::state::{self, State};
+use super::cutover::{as_pg, Cutover};
+use super::phase::{self, Phase, Step};
+use super::switch_back;
 use super::verify::{verify_locked, VerifyReport};
-use crate::connection::{AnyConnection, Backend, DatabaseUrl};
+use crate::connection::{Backend, DatabaseUrl};
 use crate::error::{Error, Result};
-
-/// How long a switch waits for a follower's pass to let go of the migration lock.
-const FOLLOWER_TURN: Duration = Duration::from_secs(10);
+use crate::maintenance;
 
 /// What [`switch`] did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SwitchReport {
     /// The backend now live.
     pub live: Backend,
-    /// The verification the switch required.
+    /// The verification the switch required (empty when it checked only the
+    /// rows changed since the last full verify, or had nothing to do).
     pub verify: VerifyReport,
-    /// The switch had already happened; this run only redid its idempotent steps.
+    /// The service was on `live` already when this run started; nothing was done.
     pub already_switched: bool,
+    /// When the service moved to `live`, for a switch that had happened before.
+    pub since: Option<DateTime<Utc>>,
+    /// This run finished a switch that an earlier run left at this step.
+    pub finished_from: Option<Step>,
+    /// This run undid a switch the other way that an earlier run left at this step.
+    pub undid: Option<Step>,
     /// How long the old side refused writes while the switch ran (from its
     /// pause by the switch to the new side going live); `None` when the
     /// operator had paused it before.
@@ -37,27 +45,72 @@ pub struct SwitchReport {
     pub verified_rows: Option<u64>,
 }
 
+impl SwitchReport {
+    pub(crate) fn new(live: Backend) -> SwitchReport {
+        SwitchReport {
+            live,
+            verify: VerifyReport::default(),
+            already_switched: false,
+            since: None,
+            finished_from: None,
+            undid: None,
+            held_ms: None,
+            verified_rows: None,
+        }
+    }
+}
+
+impl std::fmt::Display for SwitchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.live {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        };
+        if self.already_switched {
+            write!(f, "already switched to {side}")?;
+            if let Some(t) = self.since {
+                write!(f, " at {}", crate::timestamp::format(t))?;
+            }
+            return f.write_str("; nothing to do");
+        }
+        write!(f, "{side} is live")?;
+        if let Some(step) = self.undid {
+            write!(f, " again: undid the switch the other way interrupted at {step}")?;
+        }
+        if let Some(step) = self.finished_from {
+            write!(f, "; finished the switch interrupted at {step}")?;
+        }
+        match (self.held_ms, self.verified_rows) {
+            (Some(held), Some(rows)) => write!(
+                f,
+                "; {rows} rows changed since the last full verify EQUAL; writes held {held} ms"
+            ),
+            _ if self.undid.is_none() => f.write_str("; verify EQUAL"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite.
 ///
 /// To PostgreSQL it requires SQLite paused, SQLite's change log applied up to
-/// its last entry, and verify equal; it then installs PostgreSQL's change log
-/// (for a way back), records the phase `switched`, retires the SQLite file
-/// (paused for good, naming the masked PostgreSQL URL) and makes PostgreSQL
-/// live.
+/// its last entry, and verify equal; it then retires the SQLite file (paused
+/// for good, naming the masked PostgreSQL URL) and, in one PostgreSQL
+/// transaction, installs PostgreSQL's change log (for a way back), records the
+/// phase `switched` and makes PostgreSQL live. With SQLite live (under
+/// traffic, a follower keeping PostgreSQL close behind) it pauses SQLite
+/// itself for as short as the last entries take, and verifies only the rows
+/// named since the last full verify; [`SwitchReport::held_ms`] says how long
+/// writes were held, and a failure leaves SQLite live.
 ///
-/// Back to SQLite it applies the last of PostgreSQL's change log with every
-/// writer locked out, requires SQLite equal, records `rolled_back`, retires
-/// PostgreSQL, makes SQLite live and removes SQLite's change log. With
-/// PostgreSQL paused by the operator it runs the full verify, and a failure
-/// leaves PostgreSQL paused. With PostgreSQL live (under traffic, a reverse
-/// follower keeping SQLite close behind) it pauses PostgreSQL itself, waiting
-/// up to 10 s for the follower's pass to end, and verifies only the rows
-/// PostgreSQL's log named since SQLite was last found equal;
-/// [`SwitchReport::held_ms`] says how long writes were held, and a failure
-/// leaves PostgreSQL live and accepting writes.
+/// Back to SQLite: see `switch_back.rs`; the same rules the other way.
 ///
-/// Each step is idempotent and the phase is recorded first: a switch
-/// interrupted half-way finishes when run again.
+/// Before each step that spans both databases the intent is recorded
+/// (`switching_to_*` at a [`Step`]), so a run killed at any instant is
+/// finished by running the same switch again, or undone by the switch the
+/// other way (until the point of no return: PostgreSQL going live on the way
+/// there, PostgreSQL retired on the way back). A switch that already happened
+/// says so and changes nothing.
 ///
 /// ```no_run
 /// use interview_store::migrate::switch;
@@ -67,185 +120,126 @@ pub struct SwitchReport {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn switch(sqlite: &Path, postgres: &DatabaseUrl, to: Backend) -> Result<SwitchReport> {
-    // The source first: a missing file must not leave PostgreSQL set up for nothing.
-    crate::connection::require_sqlite_file(sqlite)?;
-    // A running follower holds the lock for one batch at a time: take turns with it.
-    let _lock = MigrationLock::acquire_waiting(postgres, FOLLOWER_TURN)?;
-    let mut pg = state::connect(postgres)?;
-    let st = state::load(&mut pg)?;
-    let st = st.ok_or_else(|| {
-        Error::Refused(format!(
-            "nothing was copied into {} yet: run `migrate copy` and `migrate sync` first",
-            postgres.masked()
-        ))
-    })?;
-    if st.source != source_name(sqlite) {
-        return Err(Error::Refused(format!(
-            "{} holds a copy of {}, not of {}",
-            postgres.masked(),
-            st.source,
-            source_name(sqlite)
-        )));
-    }
+    let mut cx = Cutover::open(sqlite, postgres)?;
     match to {
-        Backend::Postgres => to_postgres(sqlite, postgres, &mut pg, &st),
-        Backend::Sqlite => to_sqlite(sqlite, postgres, &mut pg, &st),
+        Backend::Postgres => to_postgres(&mut cx),
+        Backend::Sqlite => switch_back::to_sqlite(&mut cx),
     }
 }
 
-fn to_postgres(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    st: &State,
-) -> Result<SwitchReport> {
-    let already_switched = match st.phase.as_str() {
-        "copied" => false,
-        "switched" => true,
-        "copying" => {
-            return Err(Error::Refused(
-                "the bulk copy has not finished: run `migrate copy` again, then `migrate sync`"
-                    .into(),
-            ))
+fn to_postgres(cx: &mut Cutover) -> Result<SwitchReport> {
+    match cx.phase()? {
+        Phase::Copied => start(cx),
+        Phase::SwitchingToPostgres(step) => {
+            log::warn!("a switch to PostgreSQL was interrupted at {step}: finishing it");
+            let mut report = finish(cx)?;
+            report.finished_from = Some(step);
+            Ok(report)
         }
-        _ => {
-            return Err(Error::Refused(format!(
-                "{} is retired since the rollback to SQLite; start again with `migrate copy --truncate --yes`",
-                postgres.masked()
-            )))
-        }
-    };
-    let mut lite = pause::open_sqlite(sqlite)?;
-    if !already_switched && !pause::sqlite_paused(sqlite)? {
-        return online_to_postgres(sqlite, postgres, pg, st, &mut lite);
+        Phase::Switched => Ok(SwitchReport {
+            already_switched: true,
+            since: cx.state.switched_at,
+            ..SwitchReport::new(Backend::Postgres)
+        }),
+        Phase::SwitchingToSqlite(step) => switch_back::undo(cx, step),
+        Phase::Copying => Err(Error::Refused(
+            "the bulk copy has not finished: run `migrate copy` again, then `migrate sync`".into(),
+        )),
+        Phase::RolledBack => Err(Error::Refused(format!(
+            "{} is retired since the rollback to SQLite; start again with `migrate copy --truncate --yes`",
+            cx.pg_shown()
+        ))),
     }
-    if !already_switched {
-        require_sqlite_caught_up(sqlite, st)?;
-    }
-    let report = require_equal(sqlite, postgres)?;
-    // Retired first, then checked again: a write that slipped in after the
-    // checks (someone resumed SQLite meanwhile) is caught before PostgreSQL
-    // goes live, and SQLite is left paused, nothing lost.
-    pause::retire(&mut lite, &postgres.masked())?;
-    if !already_switched {
-        if let Err(e) = require_sqlite_caught_up(sqlite, st) {
-            pause::make_live(&mut lite)?;
-            pause::pause(&mut lite)?;
-            return Err(e);
-        }
-        pg.transaction(|pg| {
-            changelog::install_pg(pg)?;
-            // Left by an earlier switch under traffic that did not go through.
-            changelog::clear_pg(pg)?;
-            let from = changelog::pg_position(pg)?;
-            state::mark_switched(pg, from)
-        })?;
-    }
-    pause::make_live(&mut pause::open_pg(postgres)?)?;
-    log::info!(
-        "switched: {} is live; {} is retired",
-        postgres.masked(),
-        sqlite.display()
-    );
-    Ok(SwitchReport {
-        live: Backend::Postgres,
-        verify: report,
-        already_switched,
-        held_ms: None,
-        verified_rows: None,
-    })
 }
 
-/// The switch under traffic: SQLite is paused here, for as short as it takes
-/// to apply the last log entries, compare the rows they name, retire SQLite
-/// and make PostgreSQL live. Writes arriving in that window are refused by the
-/// database and held by the servers (see `INTERVIEW_PAUSE_WAIT_MS`), not
-/// failed. Any failure resumes SQLite: the service never stays paused because
-/// a switch did not go through.
-///
-/// Before the pause, with writes still flowing, the switch catches up itself
-/// and compares the rows written since the last full verify; the pause then
-/// covers only what was written during that catch-up. The hold therefore
-/// follows the write rate over a few milliseconds, not the database's size.
-fn online_to_postgres(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    st: &State,
-    lite: &mut crate::AnyConnection,
-) -> Result<SwitchReport> {
-    let Some(verified) = st.verified_change_seq else {
+/// A switch from the phase `copied`.
+fn start(cx: &mut Cutover) -> Result<SwitchReport> {
+    if maintenance::read(&mut cx.lite)?.paused {
+        return paused_switch(cx);
+    }
+    let Some(verified) = cx.state.verified_change_seq else {
         return Err(Error::Refused(format!(
             "{} is not paused and no full verify was recorded: run `migrate verify` first (a \
              switch under traffic checks only the rows changed since it), or pause SQLite for a \
              switch with a full verify",
-            sqlite.display()
+            cx.sqlite.display()
         )));
     };
-    let mut src = Source::open(sqlite)?;
-    let mut live_pg = pause::open_pg(postgres)?;
-    let mut from = verified;
-    let mut rows = 0;
-    for _ in 0..CATCH_UP_PASSES {
-        let (upto, checked, entries) = checked_pass(sqlite, postgres, pg, &mut src, from)?;
-        (from, rows) = (upto, rows + checked);
-        if entries <= CAUGHT_UP {
-            break;
+    phase::reached(Step::SwitchCatchUp);
+    let caught_up = catch_up(cx, verified)?;
+    // Ready before the pause, so the pause does not wait for DDL; PostgreSQL
+    // is not live yet, so what it logs until then is the tool's own writes.
+    cx.pg()?.transaction(changelog::install_pg)?;
+    phase::finished(Step::SwitchCatchUp);
+    cx.record(Phase::SwitchingToPostgres(Step::SwitchPause))?;
+    phase::reached(Step::SwitchPause);
+    if let Err(e) = maintenance::pause(&mut cx.lite) {
+        undo(cx, Writes::Accepted);
+        return Err(e);
+    }
+    let held = Instant::now();
+    phase::finished(Step::SwitchPause);
+    match last_entries(cx, caught_up.from).and_then(|checked| {
+        retire(cx)?;
+        go_live(cx)?;
+        Ok(checked)
+    }) {
+        Ok(checked) => {
+            let held_ms = held.elapsed().as_millis() as u64;
+            log::info!(
+                "switched under traffic: {} is live; {} is retired; writes held {held_ms} ms, {} rows rechecked",
+                cx.pg_shown(),
+                cx.sqlite.display(),
+                caught_up.rows + checked
+            );
+            Ok(SwitchReport {
+                held_ms: Some(held_ms),
+                verified_rows: Some(caught_up.rows + checked),
+                ..SwitchReport::new(Backend::Postgres)
+            })
+        }
+        Err(e) => {
+            undo(cx, Writes::Accepted);
+            Err(e)
         }
     }
-    // Ready before the pause, so the pause does not wait for DDL; PostgreSQL is
-    // not live yet, so what it logs until the switch is the tool's own writes.
-    pg.transaction(changelog::install_pg)?;
-    pause::pause(lite)?;
-    let held = std::time::Instant::now();
-    let mut steps = Vec::new();
-    let mut step = |name: &'static str, since: &mut std::time::Instant| {
-        steps.push((name, since.elapsed()));
-        *since = std::time::Instant::now();
-    };
-    let mut t = held;
-    let result = checked_pass(sqlite, postgres, pg, &mut src, from).and_then(|(_, checked, _)| {
-        step("last entries", &mut t);
-        pause::retire(lite, &postgres.masked())?;
-        step("retire", &mut t);
-        pg.transaction(|pg| {
-            changelog::install_pg(pg)?;
-            changelog::clear_pg(pg)?;
-            let from = changelog::pg_position(pg)?;
-            state::mark_switched(pg, from)
-        })?;
-        step("record", &mut t);
-        pause::make_live(&mut live_pg)?;
-        step("live", &mut t);
-        Ok(checked)
-    });
-    log::info!("switch: writes held for {steps:?}");
-    let held_ms = held.elapsed().as_millis() as u64;
-    let rows = match result {
-        Ok(checked) => rows + checked,
-        Err(e) => {
-            if let Err(resume) = pause::make_live(lite) {
-                log::error!(
-                    "the switch failed and SQLite could not be resumed ({resume}): run \
-                     `migrate resume --sqlite {}`",
-                    sqlite.display()
-                );
-            }
-            return Err(e);
-        }
-    };
-    log::info!(
-        "switched under traffic: {} is live; {} is retired; writes held {held_ms} ms, {rows} rows rechecked",
-        postgres.masked(),
-        sqlite.display()
-    );
+}
+
+/// The switch with SQLite paused by the operator: caught up, then the full
+/// verify, then the intent, the retire and PostgreSQL live.
+fn paused_switch(cx: &mut Cutover) -> Result<SwitchReport> {
+    require_caught_up(cx)?;
+    let verify = require_equal(cx)?;
+    cx.record(Phase::SwitchingToPostgres(Step::SwitchRetire))?;
+    let done = retire(cx).and_then(|()| go_live(cx));
+    if let Err(e) = done {
+        undo(cx, Writes::Paused);
+        return Err(e);
+    }
+    log::info!("switched: {} is live; {} is retired", cx.pg_shown(), cx.sqlite.display());
     Ok(SwitchReport {
-        live: Backend::Postgres,
-        verify: VerifyReport::default(),
-        already_switched: false,
-        held_ms: Some(held_ms),
-        verified_rows: Some(rows),
+        verify,
+        ..SwitchReport::new(Backend::Postgres)
     })
+}
+
+/// A rerun after a switch to PostgreSQL was interrupted: SQLite paused again
+/// (no-op when it is retired), the last entries applied and checked, then the
+/// steps that remain.
+fn finish(cx: &mut Cutover) -> Result<SwitchReport> {
+    maintenance::pause(&mut cx.lite)?;
+    let mut report = SwitchReport::new(Backend::Postgres);
+    match cx.state.verified_change_seq {
+        Some(from) => report.verified_rows = Some(last_entries(cx, from)?),
+        None => {
+            let mark = cx.state.mark_change_seq.unwrap_or(0);
+            last_entries(cx, mark)?;
+            report.verify = require_equal(cx)?;
+        }
+    }
+    retire(cx)?;
+    go_live(cx)?;
+    Ok(report)
 }
 
 /// Catch-up passes before the pause, at most: each covers what was written
@@ -253,24 +247,154 @@ fn online_to_postgres(
 /// writers. The first one also compares every row written since the full
 /// verify, which can take seconds (measured: 91,196 rows at 200,000 sessions
 /// under load): three passes then still left the paused one 0.6 s of work.
-const CATCH_UP_PASSES: usize = 10;
+pub(crate) const CATCH_UP_PASSES: usize = 10;
 
 /// Entries a pass may leave for the paused one.
-const CAUGHT_UP: u64 = 50;
+pub(crate) const CAUGHT_UP: u64 = 50;
+
+/// Where the passes before the pause left off.
+struct CaughtUp {
+    /// The change-log position compared up to: the paused pass compares past it.
+    from: i64,
+    /// Rows compared.
+    rows: u64,
+}
+
+fn catch_up(cx: &mut Cutover, verified: i64) -> Result<CaughtUp> {
+    let mut done = CaughtUp {
+        from: verified,
+        rows: 0,
+    };
+    for _ in 0..CATCH_UP_PASSES {
+        let pass = checked_pass(cx, done.from)?;
+        done = CaughtUp {
+            from: pass.upto,
+            rows: done.rows + pass.rows,
+        };
+        if pass.entries <= CAUGHT_UP {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// The step `switch.last_entries`: SQLite paused, the last pass and the
+/// check of every row named past `from`. Returns the rows compared.
+fn last_entries(cx: &mut Cutover, from: i64) -> Result<u64> {
+    cx.record(Phase::SwitchingToPostgres(Step::SwitchLastEntries))?;
+    phase::reached(Step::SwitchLastEntries);
+    let pass = checked_pass(cx, from)?;
+    phase::finished(Step::SwitchLastEntries);
+    Ok(pass.rows)
+}
+
+/// The step `switch.retire`: SQLite retired, then checked again: a write
+/// that slipped in after the last pass (someone resumed SQLite by hand) is
+/// caught before PostgreSQL goes live, and a rerun applies it.
+fn retire(cx: &mut Cutover) -> Result<()> {
+    cx.record(Phase::SwitchingToPostgres(Step::SwitchRetire))?;
+    phase::reached(Step::SwitchRetire);
+    let shown = cx.pg_shown();
+    maintenance::retire(&mut cx.lite, &shown)?;
+    require_caught_up(cx)?;
+    phase::finished(Step::SwitchRetire);
+    Ok(())
+}
+
+/// The step `switch.go_live`: one PostgreSQL transaction installs its change
+/// log (cleared of the tool's own writes), starts the way back's positions,
+/// records `switched` and makes PostgreSQL live. Nothing else can see
+/// PostgreSQL live without the phase, or the phase without it.
+fn go_live(cx: &mut Cutover) -> Result<()> {
+    phase::reached(Step::SwitchGoLive);
+    cx.record_with(Phase::Switched, |any| {
+        let pg = as_pg(any)?;
+        changelog::install_pg(pg)?;
+        changelog::clear_pg(pg)?;
+        let from = changelog::pg_position(pg)?;
+        super::state::start_way_back(pg, from)?;
+        maintenance::make_live(any)
+    })?;
+    phase::finished(Step::SwitchGoLive);
+    Ok(())
+}
+
+/// How a switch that did not go through leaves SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writes {
+    /// Live: the switch paused it, so a failure must not leave the service refusing writes.
+    Accepted,
+    /// Paused, as the operator had it before the switch.
+    Paused,
+}
+
+/// A switch to PostgreSQL that failed before going live: SQLite live again
+/// (or paused, as the operator had it), then the phase back to `copied`. In
+/// that order: killed between the two, the intent is still recorded, and a
+/// rerun of either switch ends it. Never when the phase cannot be read or
+/// says PostgreSQL went live (a commit whose answer was lost): making SQLite
+/// live then could leave both sides taking writes.
+fn undo(cx: &mut Cutover, writes: Writes) {
+    match cx.reload() {
+        Ok(Phase::SwitchingToPostgres(step)) => {
+            if let Err(e) = restore_sqlite(cx, writes, step) {
+                log::error!(
+                    "the switch failed and undoing it failed too ({e}): run `migrate switch --to \
+                     postgres` to finish it, or `migrate switch --to sqlite` to undo it"
+                );
+            }
+        }
+        Ok(phase) => log::warn!("the switch failed; the cutover is {phase}"),
+        Err(e) => log::error!(
+            "the switch failed and its phase cannot be read ({e}); {} stays refusing writes: run \
+             `migrate status`, then `migrate switch --to postgres` to finish it",
+            cx.sqlite.display()
+        ),
+    }
+}
+
+fn restore_sqlite(cx: &mut Cutover, writes: Writes, step: Step) -> Result<()> {
+    maintenance::make_live(&mut cx.lite)?;
+    if writes == Writes::Paused {
+        maintenance::pause(&mut cx.lite)?;
+    }
+    cx.record(Phase::Copied)?;
+    log::warn!(
+        "the switch to PostgreSQL was undone at {step}: {} is {} again",
+        cx.sqlite.display(),
+        match writes {
+            Writes::Accepted => "live",
+            Writes::Paused => "paused, not retired,",
+        }
+    );
+    Ok(())
+}
+
+/// `switch --to sqlite` while a switch to PostgreSQL stands interrupted at
+/// `step`: PostgreSQL never took a write, so SQLite becomes live again.
+pub(crate) fn undo_interrupted(cx: &mut Cutover, step: Step) -> Result<SwitchReport> {
+    restore_sqlite(cx, Writes::Accepted, step)?;
+    Ok(SwitchReport {
+        undid: Some(step),
+        ..SwitchReport::new(Backend::Sqlite)
+    })
+}
+
+/// The passes' result: the position applied, the rows compared, the entries applied.
+struct Checked {
+    upto: i64,
+    rows: u64,
+    entries: u64,
+}
 
 /// One sync pass that also compares the rows named past `from`, in the same
-/// snapshot: the position applied, the rows compared, the entries applied.
-/// Refuses when any row differs.
-fn checked_pass(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    src: &mut Source,
-    from: i64,
-) -> Result<(i64, u64, u64)> {
-    let started = std::time::Instant::now();
-    let pass =
-        pg.transaction(|pg| super::sync::pass(pg, src, sqlite, postgres, true, Some(from)))?;
+/// snapshot. Refuses when any row differs.
+fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
+    let started = Instant::now();
+    let (sqlite, postgres) = (cx.sqlite, cx.postgres);
+    let src = &mut cx.src;
+    let pass = as_pg(&mut cx.pg)?
+        .transaction(|pg| super::sync::pass(pg, src, sqlite, postgres, true, Some(from)))?;
     let recheck = pass.recheck.unwrap_or_default();
     log::info!(
         "switch: {} entries applied, {} rows compared in {:?}",
@@ -285,37 +409,42 @@ fn checked_pass(
             recheck.describe()
         )));
     }
-    Ok((pass.report.change_seq, recheck.rows, pass.report.entries))
+    cx.reload()?;
+    Ok(Checked {
+        upto: pass.report.change_seq,
+        rows: recheck.rows,
+        entries: pass.report.entries,
+    })
 }
 
 /// SQLite paused, and every entry of its log applied by sync.
-fn require_sqlite_caught_up(sqlite: &Path, st: &State) -> Result<()> {
-    if !pause::sqlite_paused(sqlite)? {
+fn require_caught_up(cx: &mut Cutover) -> Result<()> {
+    if !maintenance::read(&mut cx.lite)?.paused {
         return Err(Error::Refused(format!(
             "{} is not paused: run `migrate pause --sqlite …`, then `migrate sync`, then switch",
-            sqlite.display()
+            cx.sqlite.display()
         )));
     }
-    let mut src = Source::open(sqlite)?;
-    let position = changelog::sqlite_position(src.conn())?;
-    let mark = st.mark_change_seq.unwrap_or(0);
+    let position = changelog::sqlite_position(cx.src.conn())?;
+    let mark = cx.state.mark_change_seq.unwrap_or(0);
     if position > mark {
         return Err(Error::Refused(format!(
             "{} has changes PostgreSQL does not (change log at {position}, applied up to {mark}): \
-             run `migrate sync` first",
-            sqlite.display()
+             run `migrate sync` first, then switch again",
+            cx.sqlite.display()
         )));
     }
     Ok(())
 }
 
-fn require_equal(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
-    let report = verify_locked(sqlite, postgres)?;
+/// The full verify, required equal.
+pub(crate) fn require_equal(cx: &mut Cutover) -> Result<VerifyReport> {
+    let report = verify_locked(cx.sqlite, cx.postgres)?;
     require_is_equal(&report)?;
     Ok(report)
 }
 
-fn require_is_equal(report: &VerifyReport) -> Result<()> {
+pub(crate) fn require_is_equal(report: &VerifyReport) -> Result<()> {
     if !report.is_equal() {
         return Err(Error::Refused(format!(
             "verify found {} difference(s) between the two sides, so the switch would lose or \
@@ -327,322 +456,4 @@ fn require_is_equal(report: &VerifyReport) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn to_sqlite(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    st: &State,
-) -> Result<SwitchReport> {
-    match st.phase.as_str() {
-        "switched" => {}
-        "rolled_back" => {
-            // Interrupted after the phase was recorded: redo the idempotent steps.
-            let report = require_equal(sqlite, postgres)?;
-            let mut lite = pause::open_sqlite(sqlite)?;
-            pause::retire(
-                &mut pause::open_pg(postgres)?,
-                &sqlite.display().to_string(),
-            )?;
-            pause::make_live(&mut lite)?;
-            uninstall_sqlite_log(&mut lite)?;
-            return Ok(switched_back(sqlite, postgres, report, true, None, None));
-        }
-        _ => {
-            return Err(Error::Refused(format!(
-                "the service never moved to {} (phase {}): SQLite is live already",
-                postgres.masked(),
-                st.phase
-            )))
-        }
-    }
-    let mut maint = pause::open_pg(postgres)?;
-    if crate::maintenance::read(&mut maint)?.paused {
-        // Paused by the operator: the final pass and the full verify; on a
-        // failure PostgreSQL stays paused, as the operator left it.
-        let back = switch_back(sqlite, postgres, pg, &mut maint, Verify::Full, None)
-            .inspect_err(|_| stay_on_postgres(postgres, pg, &mut maint, Writes::Paused))?;
-        return Ok(switched_back(
-            sqlite,
-            postgres,
-            back.verify,
-            false,
-            None,
-            None,
-        ));
-    }
-    // Under traffic (a reverse follower usually keeps SQLite a moment
-    // behind): writes are held from here until SQLite is live.
-    let (from, checked) = precheck_back(sqlite, pg, st.rollback_verified_horizon)?;
-    let held = Instant::now();
-    let back = pause::pause(&mut maint).and_then(|()| {
-        switch_back(
-            sqlite,
-            postgres,
-            pg,
-            &mut maint,
-            Verify::SinceVerified,
-            from,
-        )
-    });
-    match back {
-        Ok(back) => Ok(switched_back(
-            sqlite,
-            postgres,
-            back.verify,
-            false,
-            Some(held.elapsed().as_millis() as u64),
-            back.verified_rows.map(|rows| rows + checked),
-        )),
-        Err(e) => {
-            stay_on_postgres(postgres, pg, &mut maint, Writes::Accepted);
-            Err(e)
-        }
-    }
-}
-
-/// The switch back's work before its pause, while PostgreSQL still takes
-/// writes: passes of the way back, each comparing the rows PostgreSQL's log
-/// named since the one before (the first: since the last verify) in its own
-/// snapshot, repeated as on the way there until one applies at most
-/// [`CAUGHT_UP`] entries, so the paused pass covers only a few milliseconds
-/// of writes (measured at 20,000 sessions under load: one pass left the
-/// paused one 1,116 entries and 248 ms). Rows written by transactions at or
-/// past a pass's horizon may differ there (in flight); their entries stay,
-/// and the next check covers them. Returns the horizon the paused check
-/// starts from and the rows compared; refuses, with nothing paused, when
-/// anything else differs.
-fn precheck_back(
-    sqlite: &Path,
-    pg: &mut PgConnection,
-    verified: Option<i64>,
-) -> Result<(Option<i64>, u64)> {
-    let Some(mut from) = verified else {
-        return Ok((None, 0));
-    };
-    let mut lite = pause::open_sqlite(sqlite)?;
-    let mut src = Source::open(sqlite)?;
-    let mut rows = 0;
-    for _ in 0..CATCH_UP_PASSES {
-        let started = Instant::now();
-        let (horizon, checked, entries) = checked_pass_back(pg, &mut lite, &mut src, from)?;
-        log::info!(
-            "switch back: {entries} entries applied, {checked} rows compared in {:?}",
-            started.elapsed()
-        );
-        (from, rows) = (horizon.max(from), rows + checked);
-        if entries <= CAUGHT_UP {
-            break;
-        }
-    }
-    Ok((Some(from), rows))
-}
-
-/// One pass of the way back and the rows named past `from` compared, in one
-/// snapshot: the pass's horizon, the rows compared, the entries applied.
-fn checked_pass_back(
-    pg: &mut PgConnection,
-    lite: &mut AnyConnection,
-    src: &mut Source,
-    from: i64,
-) -> Result<(i64, u64, u64)> {
-    let (report, rows, h, entries) = pg.build_transaction().repeatable_read().run(|pg| {
-        let h = changelog::pg_snapshot_horizon(pg)?;
-        let passed = rollback::pass(pg, lite, Reading::Online)?;
-        log::debug!("switch back, before the pause: {:?}", passed.report);
-        let (mut report, rows) = rollback::verify_named(pg, src, from)?;
-        report.settle_in_flight(&changelog::pg_changes(pg, h, None)?);
-        Ok::<_, Error>((report, rows, h, passed.report.entries))
-    })?;
-    if !report.is_equal_but_in_flight() {
-        return Err(Error::Refused(format!(
-            "the rows changed on PostgreSQL since the last verify differ from SQLite's ({} \
-             difference(s): {}); nothing was paused, PostgreSQL stays live",
-            report.sessions.differences
-                + report.messages.differences
-                + report.drafts.differences
-                + report.idempotency_keys.differences,
-            report
-                .differences
-                .iter()
-                .take(5)
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
-    Ok((h, rows, entries))
-}
-
-/// Which verify the switch back runs before retiring PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verify {
-    /// Every row (`migrate verify`).
-    Full,
-    /// The rows PostgreSQL's log named since SQLite was last found equal; the
-    /// full verify when that horizon is unknown.
-    SinceVerified,
-}
-
-/// What the switch back checked.
-struct Back {
-    verify: VerifyReport,
-    verified_rows: Option<u64>,
-}
-
-/// With PostgreSQL paused: the last pass of the way back, the verify, then
-/// PostgreSQL retired, the phase recorded and SQLite live.
-fn switch_back(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    maint: &mut AnyConnection,
-    check: Verify,
-    checked_upto: Option<i64>,
-) -> Result<Back> {
-    let mut lite = pause::open_sqlite(sqlite)?;
-    let mut src = Source::open(sqlite)?;
-    // One snapshot for the pass and the bounded verify, taken with every
-    // writer locked out: every entry is complete, whatever the horizon.
-    let (passed, position, bounded) = pg.build_transaction().repeatable_read().run(|pg| {
-        rollback::lock_writers(pg)?;
-        let passed = rollback::pass(pg, &mut lite, Reading::Locked)?;
-        let position = changelog::pg_position(pg)?;
-        let since = checked_upto.or(passed.state.rollback_verified_horizon);
-        let bounded = match (check, since) {
-            (Verify::SinceVerified, Some(from)) => {
-                Some(rollback::verify_named(pg, &mut src, from)?)
-            }
-            _ => None,
-        };
-        Ok::<_, Error>((passed, position, bounded))
-    })?;
-    log::info!("switch back: last pass {:?}", passed.report);
-    let (report, verified_rows) = match bounded {
-        Some((report, rows)) => (report, Some(rows)),
-        None => {
-            if check == Verify::SinceVerified {
-                log::warn!(
-                    "switch back: no verified horizon recorded (a log installed by an older \
-                     version): the full verify runs while writes are held"
-                );
-            }
-            (verify_locked(sqlite, postgres)?, None)
-        }
-    };
-    require_is_equal(&report)?;
-    // Retired first, then checked again, as on the way there: a write let in
-    // by a resume meanwhile is caught before SQLite goes live.
-    pause::retire(maint, &sqlite.display().to_string())?;
-    let now = changelog::pg_position(pg)?;
-    if now > position {
-        return Err(Error::Refused(format!(
-            "{} was written to during the switch (change log at {now}, {position} applied): \
-             switch again",
-            postgres.masked()
-        )));
-    }
-    state::mark_rolled_back(pg)?;
-    if let Err(e) = pause::make_live(&mut lite) {
-        state::unmark_rolled_back(pg)?;
-        return Err(e);
-    }
-    // SQLite is live: from here on PostgreSQL must never be made live again.
-    if let Err(e) = uninstall_sqlite_log(&mut lite) {
-        log::warn!(
-            "{} is live, but removing its change log failed ({e}); it only grows: run \
-             `migrate switch --to sqlite` again to remove it",
-            sqlite.display()
-        );
-    }
-    Ok(Back {
-        verify: report,
-        verified_rows,
-    })
-}
-
-/// How a failed switch back leaves PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writes {
-    /// Live: the switch paused it, so a failure must not leave the service refusing writes.
-    Accepted,
-    /// Paused, as the operator had it before the switch.
-    Paused,
-}
-
-/// A switch back that failed: the service goes on on PostgreSQL, no longer
-/// retired (unless the phase says SQLite went live, see [`switch_back`]).
-fn stay_on_postgres(
-    postgres: &DatabaseUrl,
-    pg: &mut PgConnection,
-    maint: &mut AnyConnection,
-    writes: Writes,
-) {
-    let phase = state::load(pg)
-        .or_else(|_| state::connect(postgres).and_then(|mut c| state::load(&mut c)))
-        .map(|s| s.map(|s| s.phase));
-    if !matches!(&phase, Ok(Some(p)) if p == "switched") {
-        log::error!(
-            "the switch back failed and the phase is {phase:?}, not switched; {} stays paused: \
-             run `migrate switch --to sqlite` again",
-            postgres.masked()
-        );
-        return;
-    }
-    let restore = |c: &mut AnyConnection| {
-        pause::make_live(c)?;
-        match writes {
-            Writes::Accepted => Ok(()),
-            Writes::Paused => pause::pause(c),
-        }
-    };
-    let resumed =
-        restore(maint).or_else(|_| pause::open_pg(postgres).and_then(|mut c| restore(&mut c)));
-    match resumed {
-        Ok(()) => log::warn!(
-            "switch back failed: {} is {} again",
-            postgres.masked(),
-            match writes {
-                Writes::Accepted => "live",
-                Writes::Paused => "paused, not retired,",
-            }
-        ),
-        Err(e) => log::error!(
-            "switch back failed, and resuming {} failed too ({e}): run `migrate resume --postgres …`",
-            postgres.masked()
-        ),
-    }
-}
-
-/// SQLite serves without a migration in view, where its log would only
-/// grow. A new cutover starts with `copy --truncate --yes`, which installs it again.
-fn uninstall_sqlite_log(lite: &mut AnyConnection) -> Result<()> {
-    if let AnyConnection::Sqlite(c) = lite {
-        changelog::uninstall_sqlite(c)?;
-    }
-    Ok(())
-}
-
-fn switched_back(
-    sqlite: &Path,
-    postgres: &DatabaseUrl,
-    verify: VerifyReport,
-    already_switched: bool,
-    held_ms: Option<u64>,
-    verified_rows: Option<u64>,
-) -> SwitchReport {
-    log::info!(
-        "switched back: {} is live; {} is retired{}",
-        sqlite.display(),
-        postgres.masked(),
-        held_ms.map_or(String::new(), |ms| format!("; writes held {ms} ms"))
-    );
-    SwitchReport {
-        live: Backend::Sqlite,
-        verify,
-        already_switched,
-        held_ms,
-        verified_rows,
-    }
 }

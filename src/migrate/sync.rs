@@ -8,6 +8,7 @@ use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use super::phase::Phase;
 use super::changelog::{self, Changes};
 use super::keys::{self, KeysApplied};
 use super::lock::MigrationLock;
@@ -213,24 +214,26 @@ fn sync_allowed(st: Option<&State>, source_name: &str, postgres: &DatabaseUrl) -
             st.source
         )));
     }
-    match st.phase.as_str() {
-        "copying" => Err(Error::Refused(
+    match st.phase()? {
+        Phase::Copying => Err(Error::Refused(
             "the bulk copy has not finished: run `migrate copy` again to finish it".into(),
         )),
-        "switched" => Err(Error::Refused(format!(
+        Phase::Switched | Phase::SwitchingToSqlite(_) => Err(Error::Refused(format!(
             "refusing to sync: the service moved to {} ({}), so its rows there are newer than \
              SQLite's and a sync would overwrite them; nothing was changed. To go back to SQLite: \
              `migrate pause --postgres …`, `migrate rollback-sync`, `migrate switch --to sqlite`",
             postgres.masked(),
             st.switched_at.map_or("-".into(), |t| t.to_string())
         ))),
-        "rolled_back" => Err(Error::Refused(format!(
+        Phase::RolledBack => Err(Error::Refused(format!(
             "refusing to sync: the service moved back to SQLite ({}) and {} is retired; \
              to start a new cutover run `migrate copy --truncate --yes`",
             st.rolled_back_at.map_or("-".into(), |t| t.to_string()),
             postgres.masked()
         ))),
-        _ => st.mark_change_seq.ok_or_else(|| {
+        // While a switch there is under way PostgreSQL is not live yet: its
+        // own last pass is one of these.
+        Phase::Copied | Phase::SwitchingToPostgres(_) => st.mark_change_seq.ok_or_else(|| {
             Error::Refused(
                 "this copy was made before the change log existed, so later changes cannot be \
                  known: run `migrate copy --truncate --yes`"

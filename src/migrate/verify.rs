@@ -14,6 +14,7 @@ use diesel::sql_types::Text;
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::phase::Phase;
 use super::changelog::Changes;
 use super::check::{self, SCAN_BATCH};
 use super::id_merge::{self, Pair};
@@ -424,8 +425,13 @@ fn verify_snapshots(
     // What PostgreSQL's rows stand at: before the switch SQLite's log
     // position applied, after it the transaction horizon applied to SQLite.
     let stands_at = match state::load(pg)? {
-        Some(st) if st.phase == "copied" => st.mark_change_seq.map(Position::Sqlite),
-        Some(st) if st.phase == "switched" => Some(Position::Postgres(st.rollback_xid_horizon)),
+        Some(st) => match st.phase()? {
+            Phase::Copied | Phase::SwitchingToPostgres(_) => st.mark_change_seq.map(Position::Sqlite),
+            Phase::Switched | Phase::SwitchingToSqlite(_) => {
+                Some(Position::Postgres(st.rollback_xid_horizon))
+            }
+            Phase::Copying | Phase::RolledBack => None,
+        },
         _ => None,
     };
     std::thread::scope(|scope| {
