@@ -34,11 +34,23 @@ impl AnyConnection {
         &mut self,
         f: impl FnOnce(&mut AnyConnection) -> Result<T>,
     ) -> Result<T> {
+        // Inside a caller's transaction (a migration step that records its
+        // phase in the same commit) this is a savepoint of it.
         match self {
             AnyConnection::Sqlite(c) => {
-                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+                if in_transaction(c) {
+                    AnsiTransactionManager::begin_transaction(c)
+                } else {
+                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+                }
             }
-            AnyConnection::Postgres(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN"),
+            AnyConnection::Postgres(c) => {
+                if in_transaction(c) {
+                    AnsiTransactionManager::begin_transaction(c)
+                } else {
+                    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN")
+                }
+            }
         }?;
         let result = f(self);
         let end = match (self, result.is_ok()) {
@@ -54,6 +66,16 @@ impl AnyConnection {
             (Err(e), _) => Err(e),
         }
     }
+}
+
+fn in_transaction<C>(c: &mut C) -> bool
+where
+    C: diesel::Connection<TransactionManager = AnsiTransactionManager>,
+{
+    !matches!(
+        AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
+        Ok(None)
+    )
 }
 
 /// Which database engine a [`DatabaseUrl`] points at.

@@ -171,7 +171,13 @@ fn start(cx: &mut Cutover) -> Result<SwitchReport> {
     // is not live yet, so what it logs until then is the tool's own writes.
     cx.pg()?.transaction(changelog::install_pg)?;
     phase::finished(Step::SwitchCatchUp);
-    cx.record(Phase::SwitchingToPostgres(Step::SwitchPause))?;
+    // PostgreSQL refuses writes from the intent on: a server that sees SQLite
+    // retired before the go-live transaction holds its writes, whatever
+    // instant this process dies at.
+    cx.record_with(
+        Phase::SwitchingToPostgres(Step::SwitchPause),
+        maintenance::pause,
+    )?;
     phase::reached(Step::SwitchPause);
     if let Err(e) = maintenance::pause(&mut cx.lite) {
         undo(cx, Writes::Accepted);
@@ -210,7 +216,10 @@ fn start(cx: &mut Cutover) -> Result<SwitchReport> {
 fn paused_switch(cx: &mut Cutover) -> Result<SwitchReport> {
     require_caught_up(cx)?;
     let verify = require_equal(cx)?;
-    cx.record(Phase::SwitchingToPostgres(Step::SwitchRetire))?;
+    cx.record_with(
+        Phase::SwitchingToPostgres(Step::SwitchRetire),
+        maintenance::pause,
+    )?;
     let done = retire(cx).and_then(|()| go_live(cx));
     if let Err(e) = done {
         undo(cx, Writes::Paused);
@@ -227,6 +236,7 @@ fn paused_switch(cx: &mut Cutover) -> Result<SwitchReport> {
 /// (no-op when it is retired), the last entries applied and checked, then the
 /// steps that remain.
 fn finish(cx: &mut Cutover) -> Result<SwitchReport> {
+    maintenance::pause(&mut cx.pg)?;
     maintenance::pause(&mut cx.lite)?;
     let mut report = SwitchReport::new(Backend::Postgres);
     match cx.state.verified_change_seq {
@@ -329,9 +339,10 @@ pub(crate) enum Writes {
 }
 
 /// A switch to PostgreSQL that failed before going live: SQLite live again
-/// (or paused, as the operator had it), then the phase back to `copied`. In
-/// that order: killed between the two, the intent is still recorded, and a
-/// rerun of either switch ends it. Never when the phase cannot be read or
+/// (or paused, as the operator had it), then the phase back to `copied` with
+/// PostgreSQL's pause lifted, as before the switch. In that order: killed
+/// between the two, the intent is still recorded, and a rerun of either
+/// switch ends it. Never when the phase cannot be read or
 /// says PostgreSQL went live (a commit whose answer was lost): making SQLite
 /// live then could leave both sides taking writes.
 fn undo(cx: &mut Cutover, writes: Writes) {
@@ -358,7 +369,7 @@ fn restore_sqlite(cx: &mut Cutover, writes: Writes, step: Step) -> Result<()> {
     if writes == Writes::Paused {
         maintenance::pause(&mut cx.lite)?;
     }
-    cx.record(Phase::Copied)?;
+    cx.record_with(Phase::Copied, maintenance::make_live)?;
     log::warn!(
         "the switch to PostgreSQL was undone at {step}: {} is {} again",
         cx.sqlite.display(),
@@ -393,8 +404,11 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
     let started = Instant::now();
     let (sqlite, postgres) = (cx.sqlite, cx.postgres);
     let src = &mut cx.src;
-    let pass = as_pg(&mut cx.pg)?
-        .transaction(|pg| super::sync::pass(pg, src, sqlite, postgres, true, Some(from)))?;
+    // PostgreSQL is paused from the switch's intent on: the pass's own
+    // writes go through the pause, every other writer's are refused.
+    let pass = maintenance::write_while_paused(&mut cx.pg, |any| {
+        super::sync::pass(as_pg(any)?, src, sqlite, postgres, true, Some(from))
+    })?;
     let recheck = pass.recheck.unwrap_or_default();
     log::info!(
         "switch: {} entries applied, {} rows compared in {:?}",
