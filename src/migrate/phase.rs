@@ -237,7 +237,7 @@ impl Phase {
     }
 
     /// Whether the move `self -> to` is one the protocol has. The one list of
-    /// legal moves: every write of the phase goes through [`Phase::record`].
+    /// legal moves: every write of the phase goes through `Phase::record`.
     pub fn may_become(self, to: Phase) -> bool {
         use Phase::*;
         match (self, to) {

@@ -9,6 +9,8 @@ pub mod bin;
 pub mod legacy;
 pub mod proxy;
 pub mod scratch;
+#[cfg(feature = "server")]
+pub mod traffic;
 
 pub use scratch::PgDatabase;
 
