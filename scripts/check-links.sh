@@ -19,7 +19,7 @@ import unicodedata
 FENCE = re.compile(r"^\s*(```|~~~)")
 # [text](target) and ![alt](target), target up to the first space or ')'; an optional "title".
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
-CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+CODE_SPAN = re.compile(r"(`+)((?:(?!\n\s*\n).)+?)\1", re.DOTALL)
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -71,31 +71,53 @@ def anchors(path):
     return _anchors[path]
 
 
+def prose(path):
+    """The file's text outside fenced code and code spans, line numbers kept (code becomes blank)."""
+    lines = []
+    in_fence = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = FENCE.match(line)
+            if m:
+                if in_fence is None:
+                    in_fence = m.group(1)
+                elif m.group(1) == in_fence:
+                    in_fence = None
+                lines.append("")
+                continue
+            lines.append("" if in_fence else line.rstrip("\n"))
+    text = "\n".join(lines)
+    # `[x](y)` inside code is not a link; a code span may wrap lines but not cross a blank one.
+    return CODE_SPAN.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
 def check(path):
     errors = []
-    for n, line in prose_lines(path):
-        line = CODE_SPAN.sub("", line)  # `[x](y)` inside code is not a link
-        for m in LINK.finditer(line):
-            target = m.group(1)
-            if not target or SCHEME.match(target):
+    text = prose(path)
+    for m in LINK.finditer(text):
+        n = text.count("\n", 0, m.start()) + 1
+        target = m.group(1)
+        if not target or SCHEME.match(target):
+            continue
+        checked.append(target)
+        file_part, _, anchor = target.partition("#")
+        if file_part:
+            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+            if not os.path.exists(resolved):
+                errors.append(f"{path}:{n}: {target}: no such file {resolved}")
                 continue
-            file_part, _, anchor = target.partition("#")
-            if file_part:
-                resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
-                if not os.path.exists(resolved):
-                    errors.append(f"{path}:{n}: {target}: no such file {resolved}")
-                    continue
-            else:
-                resolved = path
-            if anchor:
-                if not resolved.endswith(".md") or os.path.isdir(resolved):
-                    errors.append(f"{path}:{n}: {target}: an anchor into a file that is not Markdown")
-                elif anchor not in anchors(resolved):
-                    errors.append(f"{path}:{n}: {target}: no heading #{anchor} in {resolved}")
+        else:
+            resolved = path
+        if anchor:
+            if not resolved.endswith(".md") or os.path.isdir(resolved):
+                errors.append(f"{path}:{n}: {target}: an anchor into a file that is not Markdown")
+            elif anchor not in anchors(resolved):
+                errors.append(f"{path}:{n}: {target}: no heading #{anchor} in {resolved}")
     return errors
 
 
 files = sys.argv[1:]
+checked = []
 errors = []
 for p in files:
     if not os.path.isfile(p):
@@ -106,5 +128,5 @@ for e in errors:
     print(e, file=sys.stderr)
 if errors:
     sys.exit(f"check-links: {len(errors)} broken link(s) in {len(files)} file(s)")
-print(f"check-links: every relative link and anchor in {len(files)} file(s) resolves")
+print(f"check-links: all {len(checked)} relative links and anchors in {len(files)} file(s) resolve")
 PY
