@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Draws copy time and peak RSS against size, for this tool and pgloader, from bench_copy.sh's CSV.
 
-    python3 scripts/plot_bench.py [RESULTS.csv ...] [--out bench-copy.png]
+    python3 scripts/plot_bench.py [RESULTS.csv ...] [--out docs/bench-copy.png]
 
 With no file, reads every $BENCH_DATA/results-*.csv (default target/bench-data); a later run's figure for the same
 size and step replaces an earlier one. matplotlib is installed with pip when missing.
@@ -32,7 +32,7 @@ SERIES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*")
-    ap.add_argument("--out", default="bench-copy.png")
+    ap.add_argument("--out", default="docs/bench-copy.png")
     args = ap.parse_args()
     data = os.environ.get("BENCH_DATA", "target/bench-data")
     files = args.files or sorted(glob.glob(os.path.join(data, "results-*.csv")))

@@ -501,7 +501,7 @@ impl ConnectionSetup {
             )),
             AnyConnection::Postgres(c) => match self.statement_timeout {
                 // A session setting: behind a transaction pooler it lands on one
-                // server connection only; set it on the role there (README,
+                // server connection only; set it on the role there (docs/operations.md,
                 // Managed PostgreSQL).
                 Some(t) => c.batch_execute(&format!(
                     "SET statement_timeout = {}",

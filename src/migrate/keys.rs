@@ -310,7 +310,7 @@ pub struct KeysVerify {
     pub postgres_keys: u64,
     /// Keys that differ or are on one side only.
     pub differences: u64,
-    /// The first [`super::verify::LISTED`] of them.
+    /// The first `verify::LISTED` of them.
     pub listed: Vec<KeyDifference>,
 }
 

@@ -1,6 +1,6 @@
 //! The normalisation rules: how a raw legacy SQLite row becomes a PostgreSQL row, or a reject.
 //!
-//! The rules (also in the README):
+//! The rules (also in docs/design.md, "Normalisation rules"):
 //! - timestamps: see [`crate::timestamp`]; empty, NULL or numeric values are invalid;
 //! - UUIDs: any form `uuid::Uuid::parse_str` accepts, stored canonical; two
 //!   sessions whose ids are the same UUID are both invalid;

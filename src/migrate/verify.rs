@@ -91,9 +91,9 @@ pub struct VerifyReport {
     pub drafts: TableVerify,
     /// Sessions whose messages differ (other ids, or in another order).
     pub sessions_with_message_differences: u64,
-    /// The first [`LISTED`] differences.
+    /// The first `LISTED` differences.
     pub differences: Vec<RowDifference>,
-    /// The finished idempotency keys, compared apart (see [`super::keys`]).
+    /// The finished idempotency keys, compared apart (see `migrate::keys`).
     pub idempotency_keys: KeysVerify,
     /// Of the differences, those in rows SQLite's change log names past the
     /// mark PostgreSQL has applied: written while the verify ran (or not yet

@@ -3,7 +3,7 @@
 //! A switch (`migrate switch`) retires the old database and then makes the
 //! new one live, both in the databases themselves. Each server process
 //! notices on its own: a write refused with [`Error::Retired`], or the
-//! background [`watch`] reading the maintenance row, makes it open the other
+//! background `watch` reading the maintenance row, makes it open the other
 //! backend named by its own settings (never by the retired database), check
 //! that its maintenance row is live, and route every later request there. No
 //! operator action per process, no restart.
@@ -23,7 +23,7 @@ use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreConfig};
 
-/// How often [`watch`] reads the current database's maintenance row.
+/// How often `watch` reads the current database's maintenance row.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The store requests use now, and where a switch leads.
