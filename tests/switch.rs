@@ -23,13 +23,6 @@ use interview_store::{maintenance, DatabaseUrl, Store, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-
-
-
-
-
-
-
 /// What `migrate switch` does, with the data copied inside the pause: pause
 /// SQLite, copy, pause PostgreSQL, retire SQLite, make PostgreSQL live, with
 /// a while where both are paused.
@@ -500,8 +493,6 @@ async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to
     assert!(status.success(), "switch --to {to} under traffic: {status}");
     held_ms(&out)
 }
-
-
 
 #[test]
 fn the_zero_downtime_cutover_and_rollback_under_traffic_fail_no_request() {

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use super::phase::Phase;
 use super::changelog;
 use super::check::{self, CheckReport};
 use super::keys;
 use super::lock::MigrationLock;
 use super::normalize::{Reject, SessionIndex};
+use super::phase::Phase;
 use super::pipeline::{
     bump_sequences, copy_encoded, read_batches_timed, write_rejects, Batch, Encoded, ReadTimes,
 };

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
-use super::phase::Phase;
 use super::changelog;
 use super::lock;
+use super::phase::Phase;
 use super::pipeline::write_rejects;
 use super::source::Source;
 use super::state;

@@ -165,11 +165,9 @@ impl Phase {
     /// version of the tool wrote it, or someone edited the row by hand).
     pub fn parse(phase: &str, step: Option<&str>) -> Result<Phase> {
         let named = |step: Option<&str>, to: Backend| -> Result<Step> {
-            let name = step.ok_or_else(|| {
-                Error::Corrupt {
-                    what: "interview_migration_state".into(),
-                    reason: format!("phase {phase} names no step"),
-                }
+            let name = step.ok_or_else(|| Error::Corrupt {
+                what: "interview_migration_state".into(),
+                reason: format!("phase {phase} names no step"),
             })?;
             Step::from_name(name)
                 .filter(|s| s.switch_to() == Some(to))
@@ -225,6 +223,11 @@ impl Phase {
             Phase::SwitchingToSqlite(s) if Self::past(s, Step::BackRetire) => Backend::Sqlite,
             Phase::SwitchingToSqlite(_) => Backend::Postgres,
         }
+    }
+
+    /// Whether a switch under way has reached `step` (or gone past it).
+    pub fn reached(self, step: Step) -> bool {
+        self.step().is_some_and(|s| Self::past(s, step))
     }
 
     /// Whether `step` is `mark` or comes after it.

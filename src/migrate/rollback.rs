@@ -21,10 +21,10 @@ use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use uuid::Uuid;
 
-use super::phase::Phase;
 use super::changelog::{self, Changes};
 use super::keys::{self, KeyChanges, KeysApplied};
 use super::lock::{self, MigrationLock};
+use super::phase::Phase;
 use super::state::{self, State};
 use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 
 use super::normalize::Reject;
-use super::phase::Phase;
+use super::phase::{self, Phase, Step};
 use super::source::{Marks, Table};
 use crate::connection::{AnyConnection, DatabaseUrl};
 use crate::error::{Error, Result};
@@ -211,6 +211,7 @@ pub(crate) fn start(
     change_seq: i64,
     totals: [i64; 3],
 ) -> Result<()> {
+    phase::reached(Step::CopyStart);
     diesel::sql_query(
         "INSERT INTO interview_migration_state (source, phase, started_at, mark_session_rowid, \
          mark_message_id, mark_draft_id, mark_change_seq) VALUES ($1, 'copying', now(), $2, $3, $4, $5)",
@@ -242,6 +243,9 @@ pub(crate) fn record_batch(
     null_summaries: i64,
     found_by: &str,
 ) -> Result<()> {
+    if found_by != "sync" {
+        phase::reached(Step::CopyBatch);
+    }
     for r in rejected {
         diesel::sql_query(
             "INSERT INTO interview_migration_rejects (table_name, source_id, column_name, value, reason, found_by) \
@@ -273,11 +277,13 @@ pub(crate) fn record_batch(
 
 /// Marks the bulk copy finished.
 pub(crate) fn finish_copy(pg: &mut PgConnection) -> Result<()> {
+    phase::reached(Step::CopyFinish);
     Phase::Copying.record(pg, Phase::Copied)
 }
 
 /// Moves the change-log mark forward after a sync (inside the sync's transaction).
 pub(crate) fn advance(pg: &mut PgConnection, change_seq: i64) -> Result<()> {
+    phase::reached(Step::SyncPass);
     diesel::sql_query(
         "UPDATE interview_migration_state SET synced_at = now(), \
          mark_change_seq = GREATEST(mark_change_seq, $1)",
@@ -312,6 +318,7 @@ pub(crate) fn mark_verified(
 /// log up to it (inside the pass's transaction); `change_seq` is the largest
 /// sequence number read, kept for display.
 pub(crate) fn advance_rollback(pg: &mut PgConnection, horizon: i64, change_seq: i64) -> Result<()> {
+    phase::reached(Step::ReversePass);
     diesel::sql_query(
         "UPDATE interview_migration_state SET rollback_xid_horizon = GREATEST(rollback_xid_horizon, $1), \
          rollback_change_seq = GREATEST(rollback_change_seq, $2)",

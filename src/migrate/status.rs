@@ -87,8 +87,16 @@ fn read_postgres(conn: &mut AnyConnection) -> Result<Status> {
         interrupted: phase.and_then(Phase::step),
         phase,
         state,
-        tables: if bookkept { state::progress(pg)? } else { Vec::new() },
-        rejects: if bookkept { state::rejects(pg)? } else { Vec::new() },
+        tables: if bookkept {
+            state::progress(pg)?
+        } else {
+            Vec::new()
+        },
+        rejects: if bookkept {
+            state::rejects(pg)?
+        } else {
+            Vec::new()
+        },
         idempotency_keys: if has_pg_table(pg, "idempotency_keys")? {
             super::keys::pg_count(pg)?
         } else {
@@ -148,18 +156,15 @@ fn has_table(conn: &mut AnyConnection, table: &str) -> Result<bool> {
 
 /// The one command for where the cutover stands (`docs/cutover.md`, "When a
 /// command was killed", says the same).
-fn next_command(
-    phase: Option<Phase>,
-    pg: &Maintenance,
-    sqlite: Option<&Maintenance>,
-) -> String {
+fn next_command(phase: Option<Phase>, pg: &Maintenance, sqlite: Option<&Maintenance>) -> String {
     let sqlite_retired = sqlite.is_some_and(|m| m.retired_to.is_some());
     match phase {
         None => "`migrate copy`: nothing was copied yet".into(),
         Some(Phase::Copying) => "`migrate copy`: the bulk copy resumes where it stopped".into(),
         Some(Phase::Copied) if sqlite_retired => {
-            "`migrate switch --to sqlite`: SQLite is retired but no switch is recorded (left by \
-             an older version); this makes SQLite live again"
+            "none that is safe without a look: SQLite is retired but no switch is recorded (a \
+             switch by a version before the recorded intents was killed); see docs/cutover.md, \
+             \"When a command was killed\""
                 .into()
         }
         Some(Phase::Copied) => {

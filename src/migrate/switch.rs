@@ -75,7 +75,10 @@ impl std::fmt::Display for SwitchReport {
         }
         write!(f, "{side} is live")?;
         if let Some(step) = self.undid {
-            write!(f, " again: undid the switch the other way interrupted at {step}")?;
+            write!(
+                f,
+                " again: undid the switch the other way interrupted at {step}"
+            )?;
         }
         if let Some(step) = self.finished_from {
             write!(f, "; finished the switch interrupted at {step}")?;
@@ -225,7 +228,11 @@ fn paused_switch(cx: &mut Cutover) -> Result<SwitchReport> {
         undo(cx, Writes::Paused);
         return Err(e);
     }
-    log::info!("switched: {} is live; {} is retired", cx.pg_shown(), cx.sqlite.display());
+    log::info!(
+        "switched: {} is live; {} is retired",
+        cx.pg_shown(),
+        cx.sqlite.display()
+    );
     Ok(SwitchReport {
         verify,
         ..SwitchReport::new(Backend::Postgres)
@@ -291,7 +298,11 @@ fn catch_up(cx: &mut Cutover, verified: i64) -> Result<CaughtUp> {
 /// The step `switch.last_entries`: SQLite paused, the last pass and the
 /// check of every row named past `from`. Returns the rows compared.
 fn last_entries(cx: &mut Cutover, from: i64) -> Result<u64> {
-    cx.record(Phase::SwitchingToPostgres(Step::SwitchLastEntries))?;
+    // A rerun from a later step repeats this one (nothing is lost by applying
+    // an empty pass again) without moving the recorded step back.
+    if !cx.phase()?.reached(Step::SwitchLastEntries) {
+        cx.record(Phase::SwitchingToPostgres(Step::SwitchLastEntries))?;
+    }
     phase::reached(Step::SwitchLastEntries);
     let pass = checked_pass(cx, from)?;
     phase::finished(Step::SwitchLastEntries);

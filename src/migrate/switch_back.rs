@@ -14,7 +14,9 @@ use super::changelog;
 use super::cutover::{as_pg, Cutover};
 use super::phase::{self, Phase, Step};
 use super::rollback::{self, Reading};
-use super::switch::{require_is_equal, undo_interrupted, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP};
+use super::switch::{
+    require_is_equal, undo_interrupted, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP,
+};
 use super::verify::{verify_locked, VerifyReport};
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
@@ -73,7 +75,10 @@ fn start(cx: &mut Cutover) -> Result<SwitchReport> {
         (Verify::Since(pre.from), pre.rows)
     };
     phase::reached(Step::BackPause);
-    cx.record_with(Phase::SwitchingToSqlite(Step::BackPause), maintenance::pause)?;
+    cx.record_with(
+        Phase::SwitchingToSqlite(Step::BackPause),
+        maintenance::pause,
+    )?;
     let held = Instant::now();
     phase::finished(Step::BackPause);
     let back = match last_entries(cx, check) {
@@ -216,18 +221,17 @@ struct Checked {
 /// One pass of the way back and the rows named past `from` compared, in one snapshot.
 fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
     let (lite, src) = (&mut cx.lite, &mut cx.src);
-    let (report, rows, horizon, entries) =
-        as_pg(&mut cx.pg)?
-            .build_transaction()
-            .repeatable_read()
-            .run(|pg| {
-                let h = changelog::pg_snapshot_horizon(pg)?;
-                let passed = rollback::pass(pg, lite, Reading::Online)?;
-                log::debug!("switch back, before the pause: {:?}", passed.report);
-                let (mut report, rows) = rollback::verify_named(pg, src, from)?;
-                report.settle_in_flight(&changelog::pg_changes(pg, h, None)?);
-                Ok::<_, Error>((report, rows, h, passed.report.entries))
-            })?;
+    let (report, rows, horizon, entries) = as_pg(&mut cx.pg)?
+        .build_transaction()
+        .repeatable_read()
+        .run(|pg| {
+            let h = changelog::pg_snapshot_horizon(pg)?;
+            let passed = rollback::pass(pg, lite, Reading::Online)?;
+            log::debug!("switch back, before the pause: {:?}", passed.report);
+            let (mut report, rows) = rollback::verify_named(pg, src, from)?;
+            report.settle_in_flight(&changelog::pg_changes(pg, h, None)?);
+            Ok::<_, Error>((report, rows, h, passed.report.entries))
+        })?;
     if !report.is_equal_but_in_flight() {
         return Err(Error::Refused(format!(
             "the rows changed on PostgreSQL since the last verify differ from SQLite's ({} \

@@ -8,11 +8,11 @@ use diesel::pg::upsert::excluded;
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::phase::Phase;
 use super::changelog::{self, Changes};
 use super::keys::{self, KeysApplied};
 use super::lock::MigrationLock;
 use super::normalize::{self, Reject, SessionIndex};
+use super::phase::Phase;
 use super::pipeline::{bump_sequences, write_rejects};
 use super::recheck::Recheck;
 use super::source::{RawDraft, RawMessage, RawSession, Source, Table};

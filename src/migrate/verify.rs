@@ -14,7 +14,6 @@ use diesel::sql_types::Text;
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::phase::Phase;
 use super::changelog::Changes;
 use super::check::{self, SCAN_BATCH};
 use super::id_merge::{self, Pair};
@@ -22,6 +21,7 @@ use super::keys::KeysVerify;
 use super::lock::MigrationLock;
 use super::normalize::Reject;
 use super::normalize::{self, SessionIndex};
+use super::phase::Phase;
 use super::pipeline::{read_batches, Batch, Rows};
 use super::source::{Source, Table};
 use super::state;
@@ -426,7 +426,9 @@ fn verify_snapshots(
     // position applied, after it the transaction horizon applied to SQLite.
     let stands_at = match state::load(pg)? {
         Some(st) => match st.phase()? {
-            Phase::Copied | Phase::SwitchingToPostgres(_) => st.mark_change_seq.map(Position::Sqlite),
+            Phase::Copied | Phase::SwitchingToPostgres(_) => {
+                st.mark_change_seq.map(Position::Sqlite)
+            }
             Phase::Switched | Phase::SwitchingToSqlite(_) => {
                 Some(Position::Postgres(st.rollback_xid_horizon))
             }
