@@ -102,6 +102,7 @@ impl ServerConfig {
                     |_| Error::invalid("INTERVIEW_IDEMPOTENCY_RETENTION_HOURS", "is too large"),
                 )?,
             ),
+            slow_request: ms("INTERVIEW_SLOW_REQUEST_MS", 250)?,
         };
         let addr = get("INTERVIEW_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(ServerConfig {
