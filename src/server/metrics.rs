@@ -69,6 +69,9 @@ fn zero_counters() {
     }
     counter!("interview_shadow_read_mismatches_total").absolute(0);
     counter!("interview_shadow_reads_compared_total").absolute(0);
+    for reason in super::shadow::SKIP_REASONS {
+        counter!("interview_shadow_reads_skipped_total", "reason" => reason).absolute(0);
+    }
 }
 
 /// Renders all metrics in Prometheus text format, with the pool's state as of now.
