@@ -233,6 +233,10 @@ mod tests {
             Duration::from_secs(48 * 3600)
         );
         assert_eq!(c.pause_wait, Duration::from_secs(2));
+        assert_eq!(c.limits.slow_request, Duration::from_millis(250));
+        let c = config(&[("INTERVIEW_SLOW_REQUEST_MS", "0")]).unwrap();
+        assert!(c.limits.slow_request.is_zero(), "0 logs no request");
+        assert!(config(&[("INTERVIEW_SLOW_REQUEST_MS", "fast")]).is_err());
         let err = config(&[("INTERVIEW_MAX_CONCURRENT_REQUESTS", "0")]).unwrap_err();
         assert!(
             err.to_string()

@@ -285,7 +285,10 @@ pub(super) const SKIP_REASONS: [&str; 6] = [
 ];
 
 fn skipped(reason: &'static str) {
-    debug_assert!(SKIP_REASONS.contains(&reason), "{reason} is not in SKIP_REASONS");
+    debug_assert!(
+        SKIP_REASONS.contains(&reason),
+        "{reason} is not in SKIP_REASONS"
+    );
     counter!("interview_shadow_reads_skipped_total", "reason" => reason).increment(1);
 }
 
