@@ -198,6 +198,10 @@ enum Command {
         /// Forward: load valid rows and append invalid ones here (otherwise an invalid row stops it).
         #[arg(long, conflicts_with = "reverse")]
         reject_file: Option<PathBuf>,
+        /// Serve each report as Prometheus metrics on http://HOST:PORT/metrics
+        /// (`interview_follow_*`; build with `--features server`).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check that both sides hold the same data (exit 1 if not).
     ///
@@ -466,6 +470,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             json: as_json,
             report_secs,
             reject_file,
+            metrics_addr,
         } => follow(
             &sqlite.path,
             &postgres.url(),
@@ -476,6 +481,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 ..Default::default()
             },
             as_json,
+            metrics_addr,
         ),
         Command::Verify {
             sqlite,
@@ -670,13 +676,48 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
     }
 }
 
+/// `follow --metrics-addr`: serves the follower's reports on `/metrics`; the
+/// returned function records one report.
+#[cfg(feature = "server")]
+fn follow_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> interview_store::Result<fn(&migrate::FollowStatus)> {
+    let Some(addr) = addr else {
+        return Ok(|_| {});
+    };
+    let io = |e| Error::Io {
+        path: format!("--metrics-addr {addr}"),
+        source: e,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(io)?;
+    let bound = listener.local_addr().map_err(io)?;
+    interview_store::server::metrics::serve_in_background(listener).map_err(io)?;
+    eprintln!("follow: metrics on http://{bound}/metrics");
+    Ok(interview_store::server::metrics::follower)
+}
+
+#[cfg(not(feature = "server"))]
+fn follow_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> interview_store::Result<fn(&migrate::FollowStatus)> {
+    match addr {
+        None => Ok(|_| {}),
+        Some(_) => Err(Error::invalid(
+            "--metrics-addr",
+            "this build has no metrics exporter: build with `--features server`",
+        )),
+    }
+}
+
 /// `follow`: runs the follower until a signal or the switch, printing its lag.
 fn follow(
     sqlite: &std::path::Path,
     postgres: &DatabaseUrl,
     opts: &migrate::FollowOptions,
     as_json: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> interview_store::Result<ExitCode> {
+    let export = follow_metrics(metrics_addr)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| Error::Io {
@@ -685,6 +726,7 @@ fn follow(
         })?;
     }
     let end = migrate::follow(sqlite, postgres, opts, &stop, |s| {
+        export(s);
         if as_json {
             println!("{}", serde_json::to_string(s).expect("reports serialise"));
         } else {

@@ -9,6 +9,8 @@
 //!   `INTERVIEW_SHUTDOWN_TIMEOUT_MS`, `INTERVIEW_IDEMPOTENCY_RETENTION_HOURS` (see docs/operations.md, "Security")
 //! - `INTERVIEW_PAUSE_WAIT_MS` (hold writes through a pause or switch), `INTERVIEW_SHADOW_READS`,
 //!   `INTERVIEW_SHADOW_SETTLE_MS` (see docs/operations.md, "Following a switch")
+//! - `INTERVIEW_SLOW_REQUEST_MS` (default 250; `0` off): requests at least this slow are logged
+//!   with the time held by a pause and the time in the database (docs/monitoring.md)
 //! - `RUST_LOG` for logging (default `info`)
 //!
 //! Run: `cargo run --all-features --example server`

@@ -55,6 +55,11 @@ impl Breaker {
         })
     }
 
+    /// Whether checkouts fail fast now (for monitoring).
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.lock().open_since.is_some()
+    }
+
     /// Records a failed connection attempt: opens the breaker and starts the prober.
     pub(crate) fn trip(self: &Arc<Self>, reason: String) {
         let mut state = self.state.lock();

@@ -66,6 +66,9 @@ pub struct PoolState {
     pub timeouts: u64,
     /// Checkouts that found no idle connection and had to wait or open one.
     pub waits: u64,
+    /// Whether the circuit breaker is open: the database is unreachable and
+    /// checkouts fail at once until a background probe connects again.
+    pub breaker_open: bool,
 }
 
 #[derive(Debug)]
@@ -171,6 +174,7 @@ impl Pool {
             max_size: self.inner.max_size(),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             waits: self.waits.load(Ordering::Relaxed),
+            breaker_open: self.breaker.is_open(),
         }
     }
 

@@ -67,6 +67,8 @@ pub struct FollowStatus {
     pub passes: u64,
     /// Times the follower lost a database and connected again.
     pub reconnects: u64,
+    /// Errors met since the follower started (each one retried).
+    pub errors: u64,
     /// Whether both databases are connected now.
     pub connected: bool,
     /// The last error met (password masked); the follower retries.
@@ -266,6 +268,7 @@ impl Run {
         }
         log::warn!("follow: {e}; connecting again in {:?}", self.backoff);
         self.status.last_error = Some(e.to_string());
+        self.status.errors += 1;
         if self.connected {
             self.status.reconnects += 1;
         }

@@ -15,7 +15,10 @@ where
     F: FnOnce() -> Result<T, Error> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await;
+    super::timing::db(started.elapsed());
+    match outcome {
         Ok(Ok(result)) => result,
         Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Ok(Err(join)) => Err(Error::Connect {

@@ -102,6 +102,7 @@ impl ServerConfig {
                     |_| Error::invalid("INTERVIEW_IDEMPOTENCY_RETENTION_HOURS", "is too large"),
                 )?,
             ),
+            slow_request: ms("INTERVIEW_SLOW_REQUEST_MS", 250)?,
         };
         let addr = get("INTERVIEW_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(ServerConfig {
@@ -232,6 +233,10 @@ mod tests {
             Duration::from_secs(48 * 3600)
         );
         assert_eq!(c.pause_wait, Duration::from_secs(2));
+        assert_eq!(c.limits.slow_request, Duration::from_millis(250));
+        let c = config(&[("INTERVIEW_SLOW_REQUEST_MS", "0")]).unwrap();
+        assert!(c.limits.slow_request.is_zero(), "0 logs no request");
+        assert!(config(&[("INTERVIEW_SLOW_REQUEST_MS", "fast")]).is_err());
         let err = config(&[("INTERVIEW_MAX_CONCURRENT_REQUESTS", "0")]).unwrap_err();
         assert!(
             err.to_string()

@@ -17,7 +17,7 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::idempotency::{self, Begin, Key};
 use super::live_store::is_refusal;
-use super::{blocking, metrics, AppState};
+use super::{blocking, metrics, timing, AppState};
 use crate::error::{Error, Result};
 use crate::store::{Store, Ticket};
 
@@ -75,14 +75,18 @@ where
                 return Err(ApiError::from(e));
             }
         };
-        if matches!(refused, Error::Retired { .. })
-            && state.store.follow(generation, state.request_timeout).await
-                == super::live_store::Follow::Switched
-        {
-            continue;
+        if matches!(refused, Error::Retired { .. }) {
+            let following = Instant::now();
+            let follow = state.store.follow(generation, state.request_timeout).await;
+            timing::held(following.elapsed());
+            if follow == super::live_store::Follow::Switched {
+                continue;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        let napped = Instant::now();
         tokio::time::sleep(HOLD_STEP.min(left)).await;
+        timing::held(napped.elapsed());
     }
 }
 
@@ -118,6 +122,7 @@ where
     }
     let ticket = claimed.as_ref().and_then(|c| c.ticket.clone());
     let f = f.clone();
+    timing::backend(store.backend());
     let started = Instant::now();
     let result = blocking::run(state.request_timeout, move || f(store, ticket.as_ref())).await;
     metrics::operation(op, started);

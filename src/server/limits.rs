@@ -27,6 +27,10 @@ pub struct Limits {
     /// `INTERVIEW_IDEMPOTENCY_RETENTION_HOURS` (default 24): how long an
     /// `Idempotency-Key` and its response are kept and replayed.
     pub idempotency_retention: Duration,
+    /// `INTERVIEW_SLOW_REQUEST_MS` (default 250): a request that takes at least
+    /// this long is logged at warn with its route, backend, total time, time
+    /// held by a pause and time in the database; `0` logs none.
+    pub slow_request: Duration,
 }
 
 impl Default for Limits {
@@ -37,6 +41,7 @@ impl Default for Limits {
             max_concurrent_requests: 256,
             shutdown_timeout: Duration::from_secs(10),
             idempotency_retention: Duration::from_secs(24 * 3600),
+            slow_request: Duration::from_millis(250),
         }
     }
 }

@@ -188,7 +188,11 @@ pub(super) async fn watch(live: LiveStore, timeout: Duration) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let (generation, store) = live.current_with_generation();
+        let backend = store.backend();
         let state = blocking::run(timeout, move || store.maintenance()).await;
+        if let Ok(m) = &state {
+            super::metrics::maintenance(backend, m);
+        }
         match state {
             Ok(m) if m.retired_to.is_some() => {
                 live.follow(generation, timeout).await;

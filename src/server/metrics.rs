@@ -1,18 +1,28 @@
 //! Prometheus metrics: requests by route and status, errors by category,
-//! latency per repository operation, and the connection pool's state.
+//! latency per repository operation, the connection pool's state, the
+//! database's maintenance state, and (in `migrate follow --metrics-addr`) the
+//! follower's lag. `deploy/prometheus/` has the rules and
+//! `deploy/grafana/` the dashboard built on these names.
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::connection::Backend;
 use crate::error::Category;
+use crate::maintenance::Maintenance;
+use crate::migrate::FollowStatus;
 use crate::pool::PoolState;
+
+use super::timing;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -35,9 +45,33 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            zero_counters();
             Some(handle)
         })
         .as_ref()
+}
+
+/// Every error category, so each series exists (at 0) from startup.
+const CATEGORIES: [Category; 5] = [
+    Category::Db,
+    Category::Input,
+    Category::NotFound,
+    Category::Unavailable,
+    Category::ReadOnly,
+];
+
+/// Counters that would otherwise appear only with their first event (a db
+/// error, a shadow-read mismatch) start at 0, so that a rule or a panel on
+/// them has data, and `rate()` sees the first event as an increase.
+fn zero_counters() {
+    for category in CATEGORIES {
+        counter!("interview_errors_total", "category" => category.as_str()).absolute(0);
+    }
+    counter!("interview_shadow_read_mismatches_total").absolute(0);
+    counter!("interview_shadow_reads_compared_total").absolute(0);
+    for reason in super::shadow::SKIP_REASONS {
+        counter!("interview_shadow_reads_skipped_total", "reason" => reason).absolute(0);
+    }
 }
 
 /// Renders all metrics in Prometheus text format, with the pool's state as of now.
@@ -48,7 +82,91 @@ pub fn render(pool: PoolState) -> String {
     // Counters kept by the pool itself, exported as running totals.
     gauge!("interview_db_pool_waits_total").set(pool.waits as f64);
     gauge!("interview_db_pool_timeouts_total").set(pool.timeouts as f64);
+    gauge!("interview_db_breaker_open").set(if pool.breaker_open { 1.0 } else { 0.0 });
     install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Records the maintenance state of the database requests use now, as read by
+/// the switch watcher (every [`WATCH_EVERY`](super::live_store::WATCH_EVERY)).
+///
+/// No backend label on these: after a switch the series go on with the new
+/// database's state instead of a stale series left at the old one's.
+/// `interview_db_backend{backend}` says which backend it is (1 for the one in use).
+pub fn maintenance(backend: Backend, m: &Maintenance) {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    gauge!("interview_db_paused").set(flag(m.paused));
+    gauge!("interview_db_retired").set(flag(m.retired_to.is_some()));
+    // 0 when the state never changed since the migration (a live database).
+    gauge!("interview_db_state_changed_timestamp_seconds").set(
+        m.changed_at
+            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
+    );
+    for b in [Backend::Sqlite, Backend::Postgres] {
+        gauge!("interview_db_backend", "backend" => b.as_str()).set(flag(b == backend));
+    }
+}
+
+/// Records a follower's report (see `migrate follow --metrics-addr`).
+pub fn follower(s: &FollowStatus) {
+    let direction = s.direction;
+    gauge!("interview_follow_lag_seconds", "direction" => direction).set(s.lag_ms as f64 / 1000.0);
+    gauge!("interview_follow_pending_entries", "direction" => direction)
+        .set(s.pending_entries as f64);
+    counter!("interview_follow_applied_entries_total", "direction" => direction)
+        .absolute(s.applied_entries);
+    counter!("interview_follow_passes_total", "direction" => direction).absolute(s.passes);
+    counter!("interview_follow_errors_total", "direction" => direction).absolute(s.errors);
+    counter!("interview_follow_reconnects_total", "direction" => direction).absolute(s.reconnects);
+    gauge!("interview_follow_connected", "direction" => direction).set(if s.connected {
+        1.0
+    } else {
+        0.0
+    });
+    // A follower stuck inside one pass stops reporting: this tells it apart from one with no lag.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!("interview_follow_last_report_timestamp_seconds", "direction" => direction).set(now);
+}
+
+/// Serves `GET /metrics` (everything this process recorded) on `listener`,
+/// for a process that is not the API server: `migrate follow --metrics-addr`.
+///
+/// Runs on a thread of its own with a small runtime, so a blocking caller
+/// (the follower's loop) needs no async code; the thread ends with the process.
+pub fn serve_in_background(listener: std::net::TcpListener) -> std::io::Result<()> {
+    install();
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(|| async {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4",
+                            )],
+                            install().map(|h| h.render()).unwrap_or_default(),
+                        )
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            log::error!("metrics endpoint stopped: {e}");
+                        }
+                    }
+                    Err(e) => log::error!("metrics endpoint: {e}"),
+                }
+            })
+        })?;
+    Ok(())
 }
 
 /// Counts an error answered to a client, by category (`db` is what to alert on).
@@ -79,20 +197,37 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: requests by route and status, and their latency.
-pub async fn track_requests(req: Request, next: Next) -> Response {
+/// Middleware: requests by route and status, and their latency; a request
+/// slower than `slow` (`INTERVIEW_SLOW_REQUEST_MS`) is logged with where its time went.
+pub async fn track_requests(State(slow): State<Duration>, req: Request, next: Next) -> Response {
     // The route template, never the path as sent: ids and unknown paths would each be a series.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = method_label(req.method());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let started = Instant::now();
-    let response = next.run(req).await;
+    let (response, spent) = timing::scope(next.run(req)).await;
+    let total = started.elapsed();
+    if !slow.is_zero() && total >= slow {
+        log::warn!(
+            "slow request: {method} {route} status={} backend={} total_ms={} held_ms={} db_ms={} request_id={request_id}",
+            response.status().as_u16(),
+            spent.backend.map_or("none", |b| b.as_str()),
+            total.as_millis(),
+            spent.held.as_millis(),
+            spent.db.as_millis(),
+        );
+    }
     let status = response.status().as_u16().to_string();
     counter!("interview_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
-    histogram!("interview_http_request_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    histogram!("interview_http_request_seconds", "route" => route).record(total.as_secs_f64());
     response
 }

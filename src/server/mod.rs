@@ -18,6 +18,7 @@ pub mod metrics;
 mod routes;
 mod serve;
 pub mod shadow;
+pub mod timing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,7 +129,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(overload)
         .layer(axum::middleware::from_fn(error::finish_errors))
-        .layer(axum::middleware::from_fn(metrics::track_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.slow_request,
+            metrics::track_requests,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::from_fn(error::drop_unfit_request_id))

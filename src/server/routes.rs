@@ -36,6 +36,7 @@ async fn call<T: Send + 'static>(
     f: impl FnOnce(crate::Store) -> crate::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = state.store.current();
+    super::timing::backend(store.backend());
     let started = Instant::now();
     let result = blocking::run(state.request_timeout, move || f(store)).await;
     metrics::operation(op, started);
