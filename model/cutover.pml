@@ -212,7 +212,7 @@ end:
 /* One run of a migration command: takes the migration lock, refuses or does
  * its steps, may be killed between any two of them. */
 proctype command(byte c) {
-  atomic { !lock -> lock = true }
+  atomic { !lock -> lock = true; printf("command: %e\n", c) }
   if
   /* ---------------------------------------------------------------- copy */
   :: c == COPY ->
@@ -309,9 +309,9 @@ to_pg_retire: skip;
   :: c == RESUME_SQLITE ->
      if
      :: phase == P_SWITCHING_TO_POSTGRES ->
-        d_step { MAKE_LIVE(SQ) };
+        d_step { printf("undo: SQLite live\n"); MAKE_LIVE(SQ) };
         KILL_POINT;
-        d_step { phase = P_COPIED; step = AT_NONE }
+        d_step { printf("undo: phase copied\n"); phase = P_COPIED; step = AT_NONE }
      :: else -> outcome = REFUSED; goto done
      fi
 
@@ -368,7 +368,7 @@ back_remove_log: skip;
   :: c == RESUME_POSTGRES ->
      if
      :: phase == P_SWITCHING_TO_SQLITE && (step == AT_BACK_PAUSE || step == AT_BACK_LAST_ENTRIES) ->
-        d_step { MAKE_LIVE(PG); phase = P_SWITCHED; step = AT_NONE }
+        d_step { printf("undo: PostgreSQL live, phase switched\n"); MAKE_LIVE(PG); phase = P_SWITCHED; step = AT_NONE }
      :: else -> outcome = REFUSED; goto done
      fi
 

@@ -84,7 +84,7 @@ verify() {
         grep "^pan:" "$out" >&2 || tail -n 20 "$out" >&2
         if [ -f cutover.pml.trail ]; then
           # shellcheck disable=SC2086
-          spin $spin_flags -t cutover.pml 2>&1 | grep -E "^ *(step:|old:|killed|stuck:)|Error|assertion" >&2 || true
+          spin $spin_flags -t cutover.pml 2>&1 | grep -E "^ *(step:|old:|undo:|command:|killed|stuck:)|Error|assertion" >&2 || true
         fi
         failed=1
       fi
@@ -98,7 +98,7 @@ verify() {
         if [ "$expect" = fail ]; then
           echo "  its trail (spin -t, filtered to the steps):"
           # shellcheck disable=SC2086
-          spin $spin_flags -t cutover.pml 2>&1 | grep -E "^ *(step:|old:|killed|stuck:)|text of failed" |
+          spin $spin_flags -t cutover.pml 2>&1 | grep -E "^ *(step:|old:|undo:|command:|killed|stuck:)|text of failed" |
             sed -e 's/^ */    /' -e 's/text of failed assertion: assert(.*/assertion violated: not SETTLED (no side live)/'
         fi
       fi
