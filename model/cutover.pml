@@ -12,9 +12,9 @@
  *
  *     printf("step: <dotted name>\n")
  *
- * on a line of its own, inside the atomic step it names. tests/model.rs
- * collects every such name outside `#ifdef OLD_ORDER` regions and compares
- * the set with `Step::ALL`. The same lines make a replayed trail
+ * inside the atomic step it names (one mark per line, never in a comment).
+ * tests/model.rs collects every such name outside the `#ifdef` regions (the
+ * variants below) and compares the set with `Step::ALL`. The same lines make a replayed trail
  * (`spin -t`) read as the sequence of steps taken.
  *
  * Variants (preprocessor flags, `spin -D...`):
@@ -23,7 +23,8 @@
  *              to FAIL with a stuck state.
  *   TRUST_STEP a rerun of the switch that goes by the recorded step even when
  *              SQLite is live again; expected to FAIL with MAXCRASH=2.
- *   MAXCRASH   how many times the migration command may be killed (default 1).
+ *   MAXCRASH   how many times the migration command may be killed (default 1;
+ *              scripts/model-check.sh checks the assertions with 2).
  *   NWPS       client writes per server (default 2).
  *
  * Each d_step / atomic block is one database transaction (or one read of a
@@ -84,7 +85,6 @@ bool running;                /* a migration command is running */
 mtype outcome;               /* how the last command ended */
 
 #define OTHER(d) (1 - (d))
-#define ONE_LIVE ((db[SQ].maint == LIVE) != (db[PG].maint == LIVE))
 #define BOTH_LIVE (db[SQ].maint == LIVE && db[PG].maint == LIVE)
 /* Settled: no command left half-done, and the side the phase names is the
  * only one live. */
