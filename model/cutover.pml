@@ -303,7 +303,8 @@ to_pg_retire: skip;
        MAKE_LIVE(PG)
      }
 
-  /* `resume --sqlite` while a switch to PostgreSQL is recorded: undo it.
+  /* The undo while a switch to PostgreSQL is recorded (in the code:
+   * `migrate switch --to sqlite`, as `status` names it): undo it.
    * SQLite live first, then the intent cleared, so a kill between leaves the
    * intent (and the choice of finishing or undoing again). */
   :: c == RESUME_SQLITE ->
@@ -363,7 +364,8 @@ back_go_live: skip;
 back_remove_log: skip;
      d_step { printf("step: switch_back.remove_log\n"); db[SQ].log_on = false }
 
-  /* `resume --postgres` while a switch back is recorded and PostgreSQL not
+  /* The undo (in the code: `migrate switch --to postgres`) while a switch
+   * back is recorded and PostgreSQL not
    * yet retired: one PostgreSQL transaction, PostgreSQL live, phase back. */
   :: c == RESUME_POSTGRES ->
      if
