@@ -195,3 +195,100 @@ fn document_covers_statuses_headers_and_links() {
         assert_eq!(links[name]["operationId"], target, "{links}");
     }
 }
+
+fn error_category(body: &Value) -> &str {
+    body["error"]["category"]
+        .as_str()
+        .unwrap_or("<no error body>")
+}
+
+/// One session has one URL: an id with white space around it (raw or
+/// percent-encoded), braces, `urn:uuid:`, upper case or no hyphens is
+/// answered 400 with the error body, in paths and in bodies alike; the
+/// canonical lower-case hyphenated form works everywhere.
+backend_test!(ids_have_one_spelling, |db: &TestDb| {
+    runtime().block_on(async {
+        let srv = TestServer::start(db.store()).await;
+        let (status, started) = srv.post("/interview/start", json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{started}");
+        let id = started["session_id"].as_str().unwrap().to_string();
+        let simple = id.replace('-', "");
+        let in_paths = [
+            format!("%20{id}%20"),
+            format!("{id}%20"),
+            format!("%09{id}"),
+            format!("{id}%0A"),
+            format!("%0D%0A{id}"),
+            format!("%7B{id}%7D"),
+            format!("urn:uuid:{id}"),
+            id.to_uppercase(),
+            simple.clone(),
+        ];
+        for path in ["/interview/session", "/interview/draft/latest"] {
+            for spelling in &in_paths {
+                let (status, body) = srv.get(&format!("{path}/{spelling}")).await;
+                assert_eq!(
+                    (status, error_category(&body)),
+                    (StatusCode::BAD_REQUEST, "input"),
+                    "{path}/{spelling}: {body}"
+                );
+                assert!(!body["error"]["request_id"].as_str().unwrap().is_empty());
+            }
+        }
+        let in_bodies = [
+            format!(" {id} "),
+            format!("\t{id}"),
+            format!("{id}\n"),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+            id.to_uppercase(),
+            simple,
+        ];
+        for spelling in &in_bodies {
+            for (path, body) in [
+                (
+                    "/interview/chat",
+                    json!({"session_id": spelling, "text": "hello"}),
+                ),
+                (
+                    "/interview/draft",
+                    json!({"session_id": spelling, "content": "d"}),
+                ),
+            ] {
+                let (status, answer) = srv.post(path, body).await;
+                assert_eq!(
+                    (status, error_category(&answer)),
+                    (StatusCode::BAD_REQUEST, "input"),
+                    "{path} {spelling:?}: {answer}"
+                );
+            }
+        }
+        // Nothing was written through another spelling.
+        let (status, session) = srv.get(&format!("/interview/session/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{session}");
+        assert_eq!(session["messages"].as_array().unwrap().len(), 1);
+        let (status, _) = srv.get(&format!("/interview/draft/latest/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no draft was saved");
+
+        let (status, chat) = srv
+            .post(
+                "/interview/chat",
+                json!({"session_id": id, "text": "hello"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{chat}");
+        let (status, draft) = srv
+            .post(
+                "/interview/draft",
+                json!({"session_id": id, "content": "d"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{draft}");
+        let (status, latest) = srv.get(&format!("/interview/draft/latest/{id}")).await;
+        assert_eq!((status, &latest), (StatusCode::OK, &draft));
+        let (status, session) = srv.get(&format!("/interview/session/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(session["messages"].as_array().unwrap().len(), 3);
+        srv.shutdown().await;
+    });
+});

@@ -153,11 +153,21 @@ async fn call<T: Send + 'static>(
     result.map_err(ApiError::from)
 }
 
+/// Reads a session id in its one accepted spelling (see [`ID_PATTERN`]).
+///
+/// Nothing is trimmed and no other UUID form (braces, `urn:uuid:`, upper
+/// case, no hyphens) is taken, so one session has one URL.
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw.trim()).map_err(|e| {
-        let shown: String = raw.chars().take(60).collect();
-        ApiError::input(format!("invalid session id {shown:?}: {e}"))
-    })
+    match Uuid::try_parse(raw) {
+        Ok(id) if id.hyphenated().to_string() == raw => Ok(id),
+        _ => {
+            let shown: String = raw.chars().take(60).collect();
+            Err(ApiError::input(format!(
+                "invalid session id {shown:?}: expected a lower-case hyphenated UUID \
+                 (8-4-4-4-12 hex digits), nothing around it"
+            )))
+        }
+    }
 }
 
 /// The body for a shadow comparison, as it is sent.
@@ -788,5 +798,25 @@ mod tests {
             check(&doc["components"]["schemas"][body]["properties"]["session_id"]);
         }
         assert_eq!(seen, 4);
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_is_an_id() {
+        let id = Uuid::now_v7();
+        let canonical = id.to_string();
+        assert_eq!(parse_id(&canonical).unwrap(), id);
+        for other in [
+            format!(" {canonical} "),
+            format!("{canonical}\n"),
+            format!("\t{canonical}"),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+            canonical.to_uppercase(),
+            id.simple().to_string(),
+            String::new(),
+        ] {
+            let e = parse_id(&other).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{other:?}");
+        }
     }
 }
