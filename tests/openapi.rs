@@ -202,10 +202,10 @@ fn error_category(body: &Value) -> &str {
         .unwrap_or("<no error body>")
 }
 
-/// One session has one URL: an id with white space around it (raw or
-/// percent-encoded), braces, `urn:uuid:`, upper case or no hyphens is
-/// answered 400 with the error body, in paths and in bodies alike; the
-/// canonical lower-case hyphenated form works everywhere.
+// One session has one URL: an id with white space around it (raw or
+// percent-encoded), braces, `urn:uuid:`, upper case or no hyphens is
+// answered 400 with the error body, in paths and in bodies alike; the
+// canonical lower-case hyphenated form works everywhere.
 backend_test!(ids_have_one_spelling, |db: &TestDb| {
     runtime().block_on(async {
         let srv = TestServer::start(db.store()).await;

@@ -164,7 +164,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
             let shown: String = raw.chars().take(60).collect();
             Err(ApiError::input(format!(
                 "invalid session id {shown:?}: expected a lower-case hyphenated UUID \
-                 (8-4-4-4-12 hex digits), nothing around it"
+                 ({ID_PATTERN}), nothing around it"
             )))
         }
     }
