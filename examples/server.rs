@@ -11,7 +11,8 @@
 //!   `INTERVIEW_SHADOW_SETTLE_MS` (see README, "Following a switch")
 //! - `RUST_LOG` for logging (default `info`)
 //!
-//! Run: `cargo run --all-features --example server`
+//! Run: `cargo run --all-features --example server`; `GET /openapi.json` describes the API
+//! (see docs/api.md).
 
 use std::process::ExitCode;
 
