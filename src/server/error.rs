@@ -70,6 +70,11 @@ fn category_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(CATEGORIES))
+        .description(Some(
+            "The kind of error: `input` (the request's fault: 400, 413, 422), `not_found`, \
+             `auth` (401), `conflict` (409), `read_only` (writes paused: 503), `unavailable` \
+             (database down, overload or timeout: 408, 503), `db` and `internal` (500).",
+        ))
         .build()
 }
 

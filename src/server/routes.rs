@@ -47,20 +47,28 @@ pub(super) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// A string schema of the given values.
-fn one_of(values: &[&str]) -> Object {
+/// A string schema of the given values. (A field's doc comment does not
+/// reach a `schema_with` schema, so the description is given here.)
+fn one_of(values: &[&str], description: &str) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
         .build()
 }
 
 fn role_schema() -> Object {
-    one_of(&[Role::User.as_str(), Role::Assistant.as_str()])
+    one_of(
+        &[Role::User.as_str(), Role::Assistant.as_str()],
+        "Who wrote it: `user` (the person interviewed) or `assistant` (the interviewer).",
+    )
 }
 
 fn backend_schema() -> Object {
-    one_of(&[Backend::Sqlite.as_str(), Backend::Postgres.as_str()])
+    one_of(
+        &[Backend::Sqlite.as_str(), Backend::Postgres.as_str()],
+        "The backend in use now (after a switch, the new one).",
+    )
 }
 
 /// One message of a conversation.
@@ -133,11 +141,14 @@ pub struct Health {
 }
 
 fn health_status_schema() -> Object {
-    one_of(&["ok", "unavailable"])
+    one_of(
+        &["ok", "unavailable"],
+        "`ok`, or `unavailable` when the database did not answer.",
+    )
 }
 
 fn db_state_schema() -> Object {
-    one_of(&["up", "down"])
+    one_of(&["up", "down"], "Whether the database answered.")
 }
 
 /// Runs a store call off the async workers and times it as `op`.
