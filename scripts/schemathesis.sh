@@ -11,6 +11,7 @@
 # SCHEMATHESIS_BACKENDS (default "sqlite postgres"), INTERVIEW_TEST_POSTGRES_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 
 version=4.32.5
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/interview-store/schemathesis-venv"
@@ -52,9 +53,12 @@ st() {
   local limit="$1" seed=()
   shift
   [ -n "${SCHEMATHESIS_SEED:-}" ] && seed=(--seed "$SCHEMATHESIS_SEED")
-  timeout "$limit" "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" \
+  # From the scratch directory: schemathesis keeps a `.schemathesis/` in its working directory.
+  (cd "$scratch" && timeout "$limit" "$venv/bin/schemathesis" --config-file "$repo/scripts/schemathesis.toml" \
+    run "$base/openapi.json" \
     --checks all --mode all --max-examples "$max_examples" --request-timeout 20 --workers 1 \
-    -H "Authorization: Bearer $token" "${seed[@]}" "$@"
+    --generation-database none \
+    -H "Authorization: Bearer $token" "${seed[@]}" "$@")
 }
 
 fuzz() {
