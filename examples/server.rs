@@ -13,7 +13,8 @@
 //!   with the time held by a pause and the time in the database (docs/monitoring.md)
 //! - `RUST_LOG` for logging (default `info`)
 //!
-//! Run: `cargo run --all-features --example server`
+//! Run: `cargo run --all-features --example server`; `GET /openapi.json` describes the API
+//! (see docs/api.md).
 
 use std::process::ExitCode;
 

@@ -11,7 +11,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::ToSchema;
 
 use crate::error::{Category, Error};
 
@@ -26,6 +28,54 @@ pub struct ApiError {
     pub message: String,
     /// What went wrong in full, for the log only.
     pub detail: Option<String>,
+}
+
+/// Every error answer's body: `{"error": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for the client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The kind of error: `input` (the request's fault, 400, 413, 422), `not_found`,
+    /// `auth` (401), `conflict` (409), `read_only` (writes paused, 503),
+    /// `unavailable` (database down, overload or timeout: 408, 503), `db`
+    /// and `internal` (500).
+    #[schema(schema_with = category_schema)]
+    pub category: &'static str,
+    /// A message for a human; for `db`, `unavailable` and `internal` it tells
+    /// nothing of how the database is wired (the server log has the detail).
+    pub message: String,
+    /// The request's id, as in the `x-request-id` response header (`-` if none).
+    pub request_id: String,
+}
+
+/// Every category an error body may carry.
+pub const CATEGORIES: [&str; 8] = [
+    "input",
+    "not_found",
+    "auth",
+    "conflict",
+    "read_only",
+    "unavailable",
+    "db",
+    "internal",
+];
+
+fn category_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(CATEGORIES))
+        .description(Some(
+            "The kind of error: `input` (the request's fault: 400, 413, 422), `not_found`, \
+             `auth` (401), `conflict` (409), `read_only` (writes paused: 503), `unavailable` \
+             (database down, overload or timeout: 408, 503), `db` and `internal` (500).",
+        ))
+        .build()
 }
 
 /// What a handler's error response carries to [`finish_errors`], which writes the body.
@@ -192,11 +242,13 @@ pub async fn finish_errors(req: Request, next: Next) -> Response {
             .headers
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
-    let body = json!({"error": {
-        "category": report.category,
-        "message": report.message,
-        "request_id": request_id,
-    }});
+    let body = ErrorBody {
+        error: ErrorDetail {
+            category: report.category,
+            message: report.message,
+            request_id,
+        },
+    };
     parts.headers.remove(header::CONTENT_LENGTH);
     (parts, axum::Json(body)).into_response()
 }

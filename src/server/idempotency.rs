@@ -123,10 +123,11 @@ pub(super) async fn release(state: &AppState, store: Store, ticket: Option<Ticke
 }
 
 /// The response to record: status and JSON body as sent.
-pub(super) fn recorded(status: StatusCode, body: &serde_json::Value) -> Recorded {
+pub(super) fn recorded(status: StatusCode, body: &impl serde::Serialize) -> Recorded {
     Recorded {
         status: status.as_u16(),
-        body: body.to_string(),
+        // The bodies are plain structs of strings and numbers: serialising cannot fail.
+        body: serde_json::to_string(body).unwrap_or_default(),
     }
 }
 
@@ -170,5 +171,26 @@ pub(super) async fn prune_forever(state: AppState) {
             Err(e) => log::warn!("pruning idempotency keys: {e}"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The document's pattern for the header (a literal in each write's
+    /// attribute) says what [`super::read`] takes.
+    #[test]
+    fn documented_key_pattern_is_what_read_takes() {
+        let want = format!("^[!-~]{{1,{}}}$", super::MAX_KEY_LEN);
+        let doc = super::super::openapi();
+        let mut seen = 0;
+        for path in ["/interview/start", "/interview/chat", "/interview/draft"] {
+            for p in doc["paths"][path]["post"]["parameters"].as_array().unwrap() {
+                if p["name"] == "Idempotency-Key" {
+                    assert_eq!(p["schema"]["pattern"], want.as_str(), "{path}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 3);
     }
 }

@@ -8,6 +8,7 @@
 mod auth;
 pub mod blocking;
 pub mod config;
+mod doc;
 pub mod error;
 mod hold;
 pub mod idempotency;
@@ -98,7 +99,18 @@ impl AppState {
     }
 }
 
-/// The API's router: `/health`, `/interview/*`, `/admin/maintenance`, `/metrics`.
+/// The API's OpenAPI 3.1 document, as `GET /openapi.json` serves it.
+///
+/// Made from the handlers' own `#[utoipa::path]` attributes and body types,
+/// plus what the layers of [`router`] add to every route: it cannot drift
+/// from the code. `docs/openapi.json` is a copy, checked by `tests/openapi.rs`.
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(|| doc::document(routes::routes().1));
+    &DOC
+}
+
+/// The API's router: `/health`, `/interview/*`, `/admin/maintenance`, `/metrics`, `/openapi.json`.
 ///
 /// Every request gets an `x-request-id` (the client's when short and plain,
 /// or a new UUID), a
@@ -121,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             limits.max_concurrent_requests.max(1),
         ));
     routes::routes()
+        .0
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(TimeoutLayer::with_status_code(

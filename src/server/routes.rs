@@ -1,32 +1,154 @@
-//! The handlers.
+//! The handlers, and the OpenAPI document made from them (see [`super::openapi`]).
+//!
+//! Each handler's `#[utoipa::path]` names its route, so the router and the
+//! document are built from the same list (`utoipa_axum::routes!`): a route
+//! cannot be served undocumented. Bodies are the structs below, serialised as
+//! they are documented.
 
 use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::hold::{self, Written};
 use super::shadow::Answer;
 use super::{auth, blocking, metrics, AppState};
 use crate::store::{Draft, Message, Role};
+use crate::Backend;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .route("/interview/start", post(start))
-        .route("/interview/chat", post(chat))
-        .route("/interview/session/{id}", get(session))
-        .route("/interview/draft", post(draft))
-        .route("/interview/draft/latest/{id}", get(latest_draft))
-        .route("/admin/maintenance", post(maintenance))
+/// The one spelling of a session id the API accepts: a lower-case,
+/// hyphenated UUID, as it answers them. Also written out in the `pattern`
+/// attributes below, which must be literals; a test checks they agree.
+pub const ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// The routes and their document, from one list.
+pub(super) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+        .routes(routes!(start))
+        .routes(routes!(chat))
+        .routes(routes!(session))
+        .routes(routes!(draft))
+        .routes(routes!(latest_draft))
+        .routes(routes!(maintenance))
+        .split_for_parts()
+}
+
+/// A string schema of the given values. (A field's doc comment does not
+/// reach a `schema_with` schema, so the description is given here.)
+fn one_of(values: &[&str], description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .build()
+}
+
+fn role_schema() -> Object {
+    one_of(
+        &[Role::User.as_str(), Role::Assistant.as_str()],
+        "Who wrote it: `user` (the person interviewed) or `assistant` (the interviewer).",
+    )
+}
+
+fn backend_schema() -> Object {
+    one_of(
+        &[Backend::Sqlite.as_str(), Backend::Postgres.as_str()],
+        "The backend in use now (after a switch, the new one).",
+    )
+}
+
+/// One message of a conversation.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Message)]
+pub struct MessageBody {
+    /// Increases in append order.
+    id: i64,
+    /// `user` (the person interviewed) or `assistant` (the interviewer).
+    #[schema(schema_with = role_schema)]
+    role: Role,
+    /// What was said.
+    text: String,
+    /// When it was stored (UTC, microseconds).
+    created_at: DateTime<Utc>,
+}
+
+impl From<&Message> for MessageBody {
+    fn from(m: &Message) -> Self {
+        MessageBody {
+            id: m.id,
+            role: m.role,
+            text: m.text.clone(),
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// A saved draft.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Draft)]
+pub struct DraftBody {
+    /// Increases in save order.
+    id: i64,
+    /// The session it was composed from.
+    session_id: Uuid,
+    /// The text of the draft.
+    content: String,
+    /// When it was saved.
+    created_at: DateTime<Utc>,
+}
+
+impl From<&Draft> for DraftBody {
+    fn from(d: &Draft) -> Self {
+        DraftBody {
+            id: d.id,
+            session_id: d.session_id,
+            content: d.content.clone(),
+            created_at: d.created_at,
+        }
+    }
+}
+
+/// Whether the server and its database are up.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the database did not answer.
+    #[schema(schema_with = health_status_schema)]
+    status: &'static str,
+    /// `up` or `down`.
+    #[schema(schema_with = db_state_schema)]
+    db: &'static str,
+    /// The backend in use now (after a switch, the new one).
+    #[schema(schema_with = backend_schema)]
+    backend: Backend,
+    /// Whether writes are paused.
+    read_only: bool,
+    /// Whether the database is retired (its data moved to another one).
+    retired: bool,
+}
+
+fn health_status_schema() -> Object {
+    one_of(
+        &["ok", "unavailable"],
+        "`ok`, or `unavailable` when the database did not answer.",
+    )
+}
+
+fn db_state_schema() -> Object {
+    one_of(&["up", "down"], "Whether the database answered.")
 }
 
 /// Runs a store call off the async workers and times it as `op`.
@@ -43,21 +165,44 @@ async fn call<T: Send + 'static>(
     result.map_err(ApiError::from)
 }
 
+/// Reads a session id in its one accepted spelling (see [`ID_PATTERN`]).
+///
+/// Nothing is trimmed and no other UUID form (braces, `urn:uuid:`, upper
+/// case, no hyphens) is taken, so one session has one URL.
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw.trim()).map_err(|e| {
-        let shown: String = raw.chars().take(60).collect();
-        ApiError::input(format!("invalid session id {shown:?}: {e}"))
+    match Uuid::try_parse(raw) {
+        Ok(id) if id.hyphenated().to_string() == raw => Ok(id),
+        _ => {
+            let shown: String = raw.chars().take(60).collect();
+            Err(ApiError::input(format!(
+                "invalid session id {shown:?}: expected a lower-case hyphenated UUID \
+                 ({ID_PATTERN}), nothing around it"
+            )))
+        }
+    }
+}
+
+/// The body for a shadow comparison, as it is sent.
+fn to_value(body: &impl Serialize) -> crate::Result<Value> {
+    serde_json::to_value(body).map_err(|e| crate::Error::Corrupt {
+        what: "a response body".into(),
+        reason: e.to_string(),
     })
 }
 
-fn message_json(m: &Message) -> Value {
-    json!({"id": m.id, "role": m.role, "text": m.text, "created_at": m.created_at})
-}
-
-fn draft_json(d: &Draft) -> Value {
-    json!({"id": d.id, "session_id": d.session_id, "content": d.content, "created_at": d.created_at})
-}
-
+/// The server's health and its database's.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "service",
+    responses(
+        (status = 200, description = "Up, and so is the database.", body = Health),
+        (status = 503, description = "The database is down (a `Health` body), or the server is \
+            at its limit of concurrent requests (an error body).",
+            body = inline(HealthOrError)),
+    )
+)]
 async fn health(State(state): State<AppState>) -> Response {
     // The store in use now: after a switch, /health names the new backend.
     let store = state.store.current();
@@ -66,14 +211,14 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(h) => h,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
-    let body = json!({
-        "status": if h.db_up { "ok" } else { "unavailable" },
-        "db": if h.db_up { "up" } else { "down" },
-        "backend": h.backend,
-        "read_only": h.read_only,
+    let body = Health {
+        status: if h.db_up { "ok" } else { "unavailable" },
+        db: if h.db_up { "up" } else { "down" },
+        backend: h.backend,
+        read_only: h.read_only,
         // Whether, not where: the destination would tell how the databases are wired.
-        "retired": h.retired_to.is_some(),
-    });
+        retired: h.retired_to.is_some(),
+    };
     if h.db_up {
         (StatusCode::OK, Json(body)).into_response()
     } else {
@@ -90,6 +235,26 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A `/health` 503: the database is down, or the server is at its limit.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only documents the two shapes; the handler and `finish_errors` build them.
+enum HealthOrError {
+    Health(Health),
+    Error(ErrorBody),
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Requests, store operations, pool, breaker, cutover.",
+            body = String, content_type = "text/plain"),
+    )
+)]
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -97,6 +262,63 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "service",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object)),
+)]
+async fn openapi_json() -> Json<&'static Value> {
+    Json(super::openapi())
+}
+
+/// The start of a session: its id and the interviewer's opening message.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Started)]
+pub struct StartResponse {
+    /// The new session's id.
+    session_id: Uuid,
+    /// When the session started.
+    created_at: DateTime<Utc>,
+    /// The interviewer's opening message.
+    reply: MessageBody,
+}
+
+/// Starts a session; the interviewer speaks first.
+#[utoipa::path(
+    post,
+    path = "/interview/start",
+    operation_id = "start_session",
+    tag = "interview",
+    request_body(content = Option<Object>, content_type = "application/json",
+        description = "`{}`, or no body at all; any other JSON object is accepted and ignored."),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 visible ASCII characters. A repeat with the same key and \
+                request gets the first answer and stores nothing."),
+    ),
+    responses(
+        (status = 201, description = "Started.", body = StartResponse,
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat.")),
+            links(
+                ("GetSession" = (operation_id = "get_session",
+                    parameters(("id" = "$response.body#/session_id")))),
+                ("Chat" = (operation_id = "chat",
+                    request_body = json!({"session_id": "$response.body#/session_id"}))),
+                ("SaveDraft" = (operation_id = "save_draft",
+                    request_body = json!({"session_id": "$response.body#/session_id"}))),
+                ("GetLatestDraft" = (operation_id = "get_latest_draft",
+                    parameters(("id" = "$response.body#/session_id")))),
+            )),
+        (status = 400, description = "The body is not a JSON object, or a bad `Idempotency-Key`.", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request.", body = ErrorBody),
+        (status = 503, description = "Writes are paused or the database is unavailable.", body = ErrorBody),
+    )
+)]
 async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -139,17 +361,68 @@ async fn start(
     Ok((StatusCode::CREATED, Json(start_json(&session, &reply))).into_response())
 }
 
-fn start_json(session: &crate::Session, reply: &Message) -> Value {
-    json!({"session_id": session.id, "created_at": session.created_at, "reply": message_json(reply)})
+fn start_json(session: &crate::Session, reply: &Message) -> StartResponse {
+    StartResponse {
+        session_id: session.id,
+        created_at: session.created_at,
+        reply: reply.into(),
+    }
 }
 
-#[derive(Deserialize, Serialize)]
+/// One answer of the person interviewed.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChatRequest {
+    /// The session, as `start` named it.
+    #[schema(
+        pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        format = Uuid
+    )]
     session_id: String,
+    /// The answer: some text besides white space, at most 32 KiB of UTF-8, no NUL.
+    #[schema(
+        pattern = "^[^\\u0000]*[^\\u0000\\u0009-\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$",
+        max_length = 32768
+    )]
     text: String,
 }
 
+/// The answer as stored, and the interviewer's reply.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatTurn)]
+pub struct ChatResponse {
+    /// The session.
+    session_id: Uuid,
+    /// The answer, as stored.
+    message: MessageBody,
+    /// The interviewer's reply.
+    reply: MessageBody,
+}
+
+/// Answers in a session; the interviewer replies, in the same transaction.
+#[utoipa::path(
+    post,
+    path = "/interview/chat",
+    operation_id = "chat",
+    tag = "interview",
+    request_body = ChatRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 visible ASCII characters. A repeat with the same key and \
+                request gets the first answer and stores nothing."),
+    ),
+    responses(
+        (status = 200, description = "Stored, with the reply.", body = ChatResponse,
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat."))),
+        (status = 400, description = "Malformed body, a bad session id, empty or too long text, \
+            or a bad `Idempotency-Key`.", body = ErrorBody),
+        (status = 404, description = "No such session.", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request.", body = ErrorBody),
+        (status = 503, description = "Writes are paused or the database is unavailable.", body = ErrorBody),
+    )
+)]
 async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -206,7 +479,13 @@ fn chat_turn(
     let turns = [(Role::User, text), (Role::Assistant, answer.as_str())];
     let stored = match ticket {
         Some(t) => store.append_messages_once(t, id, &turns, Some(&summary), |stored| {
-            super::idempotency::recorded(StatusCode::OK, &chat_json(id, stored))
+            match <&[Message; 2]>::try_from(stored) {
+                Ok(turn) => super::idempotency::recorded(StatusCode::OK, &chat_json(id, turn)),
+                // Two turns in, two messages out; otherwise the caller answers 500 below.
+                Err(_) => {
+                    super::idempotency::recorded(StatusCode::INTERNAL_SERVER_ERROR, &Value::Null)
+                }
+            }
         })?,
         None => store.append_messages(id, &turns, Some(&summary))?,
     };
@@ -218,10 +497,48 @@ fn chat_turn(
         })
 }
 
-fn chat_json(id: Uuid, turn: &[Message]) -> Value {
-    json!({"session_id": id, "message": turn.first().map(message_json), "reply": turn.get(1).map(message_json)})
+fn chat_json(id: Uuid, turn: &[Message; 2]) -> ChatResponse {
+    ChatResponse {
+        session_id: id,
+        message: (&turn[0]).into(),
+        reply: (&turn[1]).into(),
+    }
 }
 
+/// A session with every message, in order.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
+pub struct SessionBody {
+    /// The session's id.
+    id: Uuid,
+    /// When it started.
+    created_at: DateTime<Utc>,
+    /// When a message was last stored or the summary last changed.
+    updated_at: DateTime<Utc>,
+    /// The interviewer's running summary; empty at first.
+    summary: String,
+    /// Every message, in the order stored.
+    messages: Vec<MessageBody>,
+}
+
+/// A session and its messages.
+#[utoipa::path(
+    get,
+    path = "/interview/session/{id}",
+    operation_id = "get_session",
+    tag = "interview",
+    params(
+        ("id" = String, Path, format = Uuid,
+            pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+            description = "The session id, lower-case and hyphenated, as `start` named it."),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = SessionBody),
+        (status = 400, description = "Not a session id in its one spelling.", body = ErrorBody),
+        (status = 404, description = "No such session.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable.", body = ErrorBody),
+    )
+)]
 async fn session(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -259,24 +576,61 @@ fn session_answer(store: &crate::Store, id: Uuid) -> crate::Result<Answer> {
         Err(e) => return Err(e),
     };
     Ok(Answer {
-        body: json!({
-            "id": s.session.id,
-            "created_at": s.session.created_at,
-            "updated_at": s.session.updated_at,
-            "summary": s.session.summary,
-            "messages": s.messages.iter().map(message_json).collect::<Vec<_>>(),
-        }),
+        body: to_value(&SessionBody {
+            id: s.session.id,
+            created_at: s.session.created_at,
+            updated_at: s.session.updated_at,
+            summary: s.session.summary.clone(),
+            messages: s.messages.iter().map(MessageBody::from).collect(),
+        })?,
         changed_at: Some(s.session.updated_at),
     })
 }
 
-#[derive(Deserialize, Serialize)]
+/// A draft to save: the given text, or one composed from the conversation.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DraftRequest {
+    /// The session, as `start` named it.
+    #[schema(
+        pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        format = Uuid
+    )]
     session_id: String,
+    /// The draft, at most 32 KiB of UTF-8, no NUL; left out or `null`, the
+    /// interviewer composes one from the conversation.
+    #[schema(pattern = "^[^\\u0000]*$", max_length = 32768)]
     content: Option<String>,
 }
 
+/// Saves a draft of a session.
+#[utoipa::path(
+    post,
+    path = "/interview/draft",
+    operation_id = "save_draft",
+    tag = "interview",
+    request_body = DraftRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 visible ASCII characters. A repeat with the same key and \
+                request gets the first answer and stores nothing."),
+    ),
+    responses(
+        (status = 201, description = "Saved.", body = DraftBody,
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat.")),
+            links(
+                ("GetLatestDraft" = (operation_id = "get_latest_draft",
+                    parameters(("id" = "$response.body#/session_id")))),
+            )),
+        (status = 400, description = "Malformed body, a bad session id, too long content, \
+            or a bad `Idempotency-Key`.", body = ErrorBody),
+        (status = 404, description = "No such session.", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request.", body = ErrorBody),
+        (status = 503, description = "Writes are paused or the database is unavailable.", body = ErrorBody),
+    )
+)]
 async fn draft(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -298,7 +652,7 @@ async fn draft(
             };
             match ticket {
                 Some(t) => store.save_draft_once(t, id, &content, |d| {
-                    super::idempotency::recorded(StatusCode::CREATED, &draft_json(d))
+                    super::idempotency::recorded(StatusCode::CREATED, &DraftBody::from(d))
                 }),
                 None => store.save_draft(id, &content),
             }
@@ -307,10 +661,30 @@ async fn draft(
     .await?;
     match written {
         Written::Answer(response) => Ok(response),
-        Written::Done(draft) => Ok((StatusCode::CREATED, Json(draft_json(&draft))).into_response()),
+        Written::Done(draft) => {
+            Ok((StatusCode::CREATED, Json(DraftBody::from(&draft))).into_response())
+        }
     }
 }
 
+/// The latest draft of a session.
+#[utoipa::path(
+    get,
+    path = "/interview/draft/latest/{id}",
+    operation_id = "get_latest_draft",
+    tag = "interview",
+    params(
+        ("id" = String, Path, format = Uuid,
+            pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+            description = "The session id, lower-case and hyphenated, as `start` named it."),
+    ),
+    responses(
+        (status = 200, description = "The latest draft.", body = DraftBody),
+        (status = 400, description = "Not a session id in its one spelling.", body = ErrorBody),
+        (status = 404, description = "No such session, or no draft of it yet.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable.", body = ErrorBody),
+    )
+)]
 async fn latest_draft(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -338,7 +712,7 @@ async fn latest_draft(
 fn draft_answer(store: &crate::Store, id: Uuid) -> crate::Result<Answer> {
     Ok(match store.latest_draft(id)? {
         Some(d) => Answer {
-            body: draft_json(&d),
+            body: to_value(&DraftBody::from(&d))?,
             changed_at: Some(d.created_at),
         },
         None => Answer {
@@ -348,17 +722,44 @@ fn draft_answer(store: &crate::Store, id: Uuid) -> crate::Result<Answer> {
     })
 }
 
-#[derive(Deserialize)]
+/// Pauses or resumes writes.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MaintenanceRequest {
+    /// `true` pauses writes in the database (every server on it), `false` resumes them.
     read_only: bool,
 }
 
+/// Whether writes are paused now.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Maintenance)]
+pub struct MaintenanceResponse {
+    /// Whether writes are paused, as the database says after the change.
+    read_only: bool,
+}
+
+/// Pauses or resumes writes (admin; off unless `INTERVIEW_ADMIN_TOKEN` is set).
+#[utoipa::path(
+    post,
+    path = "/admin/maintenance",
+    operation_id = "set_maintenance",
+    tag = "admin",
+    request_body = MaintenanceRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Done; once writes are paused, none can commit.", body = MaintenanceResponse),
+        (status = 400, description = "Not `{\"read_only\": true|false}`.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "Admin endpoints are off: `INTERVIEW_ADMIN_TOKEN` is not set.", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or retired.", body = ErrorBody),
+    )
+)]
 async fn maintenance(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MaintenanceResponse>, ApiError> {
     let Some(expected) = state.admin_token.as_deref() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -383,5 +784,51 @@ async fn maintenance(
     })
     .await?;
     log::warn!("maintenance: read_only = {}", now.paused);
-    Ok(Json(json!({"read_only": now.paused})))
+    Ok(Json(MaintenanceResponse {
+        read_only: now.paused,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `pattern` of a session id in the document (written out in the
+    /// attributes, which take literals only) is [`ID_PATTERN`].
+    #[test]
+    fn id_patterns_in_the_document_are_the_one_spelling() {
+        let doc = super::super::openapi();
+        let mut seen = 0;
+        let mut check = |schema: &Value| {
+            assert_eq!(schema["pattern"], ID_PATTERN, "{schema}");
+            seen += 1;
+        };
+        for path in ["/interview/session/{id}", "/interview/draft/latest/{id}"] {
+            check(&doc["paths"][path]["get"]["parameters"][0]["schema"]);
+        }
+        for body in ["ChatRequest", "DraftRequest"] {
+            check(&doc["components"]["schemas"][body]["properties"]["session_id"]);
+        }
+        assert_eq!(seen, 4);
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_is_an_id() {
+        let id = Uuid::now_v7();
+        let canonical = id.to_string();
+        assert_eq!(parse_id(&canonical).unwrap(), id);
+        for other in [
+            format!(" {canonical} "),
+            format!("{canonical}\n"),
+            format!("\t{canonical}"),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+            canonical.to_uppercase(),
+            id.simple().to_string(),
+            String::new(),
+        ] {
+            let e = parse_id(&other).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{other:?}");
+        }
+    }
 }
