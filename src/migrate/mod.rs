@@ -29,6 +29,8 @@ mod state;
 mod status;
 mod switch;
 mod switch_back;
+mod switch_report;
+mod switch_there;
 mod sync;
 mod verify;
 
@@ -47,6 +49,7 @@ pub use sample::index_source;
 pub use source::{Marks, Table};
 pub use state::{State, TableProgress};
 pub use status::{status, status_of, Status};
-pub use switch::{switch, SwitchReport};
+pub use switch::switch;
+pub use switch_report::SwitchReport;
 pub use sync::{sync, SyncOptions, SyncReport};
 pub use verify::{verify, RowDifference, TableVerify, VerifyReport};

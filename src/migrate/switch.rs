@@ -2,97 +2,20 @@
 //! paused, caught up and equal, with its intent recorded before every step
 //! that spans both databases (see `docs/migrate-redesign.md`).
 //!
-//! This file is the way to PostgreSQL; `switch_back.rs` the way back.
+//! This file reads the recorded phase and decides what a run does: start a
+//! switch, finish one an earlier run left at a step, undo one the other way,
+//! or say that it happened already. The steps are in `switch_there.rs` (to
+//! PostgreSQL) and `switch_back.rs` (to SQLite).
 
 use std::path::Path;
-use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use diesel::Connection;
-
-use super::changelog;
-use super::cutover::{as_pg, Cutover};
-use super::phase::{self, Phase, Step};
+use super::cutover::Cutover;
+use super::phase::Phase;
 use super::switch_back;
-use super::verify::{verify_locked, VerifyReport};
+use super::switch_report::SwitchReport;
+use super::switch_there;
 use crate::connection::{Backend, DatabaseUrl};
 use crate::error::{Error, Result};
-use crate::maintenance;
-
-/// What [`switch`] did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SwitchReport {
-    /// The backend now live.
-    pub live: Backend,
-    /// The verification the switch required (empty when it checked only the
-    /// rows changed since the last full verify, or had nothing to do).
-    pub verify: VerifyReport,
-    /// The service was on `live` already when this run started; nothing was done.
-    pub already_switched: bool,
-    /// When the service moved to `live`, for a switch that had happened before.
-    pub since: Option<DateTime<Utc>>,
-    /// This run finished a switch that an earlier run left at this step.
-    pub finished_from: Option<Step>,
-    /// This run undid a switch the other way that an earlier run left at this step.
-    pub undid: Option<Step>,
-    /// How long the old side refused writes while the switch ran (from its
-    /// pause by the switch to the new side going live); `None` when the
-    /// operator had paused it before.
-    pub held_ms: Option<u64>,
-    /// Rows checked by the bounded verify of a switch under traffic (rows
-    /// named by the change log since the last full verify); `None` when the
-    /// full verify ran instead.
-    pub verified_rows: Option<u64>,
-}
-
-impl SwitchReport {
-    pub(crate) fn new(live: Backend) -> SwitchReport {
-        SwitchReport {
-            live,
-            verify: VerifyReport::default(),
-            already_switched: false,
-            since: None,
-            finished_from: None,
-            undid: None,
-            held_ms: None,
-            verified_rows: None,
-        }
-    }
-}
-
-impl std::fmt::Display for SwitchReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let side = match self.live {
-            Backend::Postgres => "PostgreSQL",
-            Backend::Sqlite => "SQLite",
-        };
-        if self.already_switched {
-            write!(f, "already switched to {side}")?;
-            if let Some(t) = self.since {
-                write!(f, " at {}", crate::timestamp::format(t))?;
-            }
-            return f.write_str("; nothing to do");
-        }
-        write!(f, "{side} is live")?;
-        if let Some(step) = self.undid {
-            write!(
-                f,
-                " again: undid the switch the other way interrupted at {step}"
-            )?;
-        }
-        if let Some(step) = self.finished_from {
-            write!(f, "; finished the switch interrupted at {step}")?;
-        }
-        match (self.held_ms, self.verified_rows) {
-            (Some(held), Some(rows)) => write!(
-                f,
-                "; {rows} rows changed since the last full verify EQUAL; writes held {held} ms"
-            ),
-            _ if self.undid.is_none() => f.write_str("; verify EQUAL"),
-            _ => Ok(()),
-        }
-    }
-}
 
 /// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite.
 ///
@@ -126,16 +49,16 @@ pub fn switch(sqlite: &Path, postgres: &DatabaseUrl, to: Backend) -> Result<Swit
     let mut cx = Cutover::open(sqlite, postgres)?;
     match to {
         Backend::Postgres => to_postgres(&mut cx),
-        Backend::Sqlite => switch_back::to_sqlite(&mut cx),
+        Backend::Sqlite => to_sqlite(&mut cx),
     }
 }
 
 fn to_postgres(cx: &mut Cutover) -> Result<SwitchReport> {
     match cx.phase()? {
-        Phase::Copied => start(cx),
+        Phase::Copied => switch_there::start(cx),
         Phase::SwitchingToPostgres(step) => {
             log::warn!("a switch to PostgreSQL was interrupted at {step}: finishing it");
-            let mut report = finish(cx)?;
+            let mut report = switch_there::finish(cx)?;
             report.finished_from = Some(step);
             Ok(report)
         }
@@ -155,330 +78,28 @@ fn to_postgres(cx: &mut Cutover) -> Result<SwitchReport> {
     }
 }
 
-/// A switch from the phase `copied`.
-fn start(cx: &mut Cutover) -> Result<SwitchReport> {
-    if maintenance::read(&mut cx.lite)?.paused {
-        return paused_switch(cx);
-    }
-    let Some(verified) = cx.state.verified_change_seq else {
-        return Err(Error::Refused(format!(
-            "{} is not paused and no full verify was recorded: run `migrate verify` first (a \
-             switch under traffic checks only the rows changed since it), or pause SQLite for a \
-             switch with a full verify",
-            cx.sqlite.display()
-        )));
-    };
-    phase::reached(Step::SwitchCatchUp);
-    let caught_up = catch_up(cx, verified)?;
-    // Ready before the pause, so the pause does not wait for DDL; PostgreSQL
-    // is not live yet, so what it logs until then is the tool's own writes.
-    cx.pg()?.transaction(changelog::install_pg)?;
-    phase::finished(Step::SwitchCatchUp);
-    // PostgreSQL refuses writes from the intent on: a server that sees SQLite
-    // retired before the go-live transaction holds its writes, whatever
-    // instant this process dies at.
-    cx.record_with(
-        Phase::SwitchingToPostgres(Step::SwitchPause),
-        maintenance::pause,
-    )?;
-    phase::reached(Step::SwitchPause);
-    if let Err(e) = maintenance::pause(&mut cx.lite) {
-        undo(cx, Writes::Accepted);
-        return Err(e);
-    }
-    let held = Instant::now();
-    phase::finished(Step::SwitchPause);
-    match last_entries(cx, caught_up.from).and_then(|checked| {
-        retire(cx)?;
-        go_live(cx)?;
-        Ok(checked)
-    }) {
-        Ok(checked) => {
-            let held_ms = held.elapsed().as_millis() as u64;
-            log::info!(
-                "switched under traffic: {} is live; {} is retired; writes held {held_ms} ms, {} rows rechecked",
-                cx.pg_shown(),
-                cx.sqlite.display(),
-                caught_up.rows + checked
-            );
+fn to_sqlite(cx: &mut Cutover) -> Result<SwitchReport> {
+    match cx.phase()? {
+        Phase::Switched => switch_back::start(cx),
+        Phase::SwitchingToSqlite(step) => {
+            log::warn!("a switch back to SQLite was interrupted at {step}: finishing it");
+            let mut report = switch_back::finish(cx, step)?;
+            report.finished_from = Some(step);
+            Ok(report)
+        }
+        Phase::RolledBack => {
+            // The last step may not have run: the log only grows where it stays.
+            switch_back::remove_log(cx);
             Ok(SwitchReport {
-                held_ms: Some(held_ms),
-                verified_rows: Some(caught_up.rows + checked),
-                ..SwitchReport::new(Backend::Postgres)
+                already_switched: true,
+                since: cx.state.rolled_back_at,
+                ..SwitchReport::new(Backend::Sqlite)
             })
         }
-        Err(e) => {
-            undo(cx, Writes::Accepted);
-            Err(e)
-        }
+        Phase::SwitchingToPostgres(step) => switch_there::undo_interrupted(cx, step),
+        Phase::Copying | Phase::Copied => Ok(SwitchReport {
+            already_switched: true,
+            ..SwitchReport::new(Backend::Sqlite)
+        }),
     }
-}
-
-/// The switch with SQLite paused by the operator: caught up, then the full
-/// verify, then the intent, the retire and PostgreSQL live.
-fn paused_switch(cx: &mut Cutover) -> Result<SwitchReport> {
-    require_caught_up(cx)?;
-    let verify = require_equal(cx)?;
-    cx.record_with(
-        Phase::SwitchingToPostgres(Step::SwitchRetire),
-        maintenance::pause,
-    )?;
-    let done = retire(cx).and_then(|()| go_live(cx));
-    if let Err(e) = done {
-        undo(cx, Writes::Paused);
-        return Err(e);
-    }
-    log::info!(
-        "switched: {} is live; {} is retired",
-        cx.pg_shown(),
-        cx.sqlite.display()
-    );
-    Ok(SwitchReport {
-        verify,
-        ..SwitchReport::new(Backend::Postgres)
-    })
-}
-
-/// A rerun after a switch to PostgreSQL was interrupted: SQLite paused again
-/// (no-op when it is retired), the last entries applied and checked, then the
-/// steps that remain.
-fn finish(cx: &mut Cutover) -> Result<SwitchReport> {
-    maintenance::pause(&mut cx.pg)?;
-    maintenance::pause(&mut cx.lite)?;
-    let mut report = SwitchReport::new(Backend::Postgres);
-    match cx.state.verified_change_seq {
-        Some(from) => report.verified_rows = Some(last_entries(cx, from)?),
-        None => {
-            let mark = cx.state.mark_change_seq.unwrap_or(0);
-            last_entries(cx, mark)?;
-            report.verify = require_equal(cx)?;
-        }
-    }
-    retire(cx)?;
-    go_live(cx)?;
-    Ok(report)
-}
-
-/// Catch-up passes before the pause, at most: each covers what was written
-/// during the one before, so they shrink as long as a pass outruns the
-/// writers. The first one also compares every row written since the full
-/// verify, which can take seconds (measured: 91,196 rows at 200,000 sessions
-/// under load): three passes then still left the paused one 0.6 s of work.
-pub(crate) const CATCH_UP_PASSES: usize = 10;
-
-/// Entries a pass may leave for the paused one.
-pub(crate) const CAUGHT_UP: u64 = 50;
-
-/// Where the passes before the pause left off.
-struct CaughtUp {
-    /// The change-log position compared up to: the paused pass compares past it.
-    from: i64,
-    /// Rows compared.
-    rows: u64,
-}
-
-fn catch_up(cx: &mut Cutover, verified: i64) -> Result<CaughtUp> {
-    let mut done = CaughtUp {
-        from: verified,
-        rows: 0,
-    };
-    for _ in 0..CATCH_UP_PASSES {
-        let pass = checked_pass(cx, done.from)?;
-        done = CaughtUp {
-            from: pass.upto,
-            rows: done.rows + pass.rows,
-        };
-        if pass.entries <= CAUGHT_UP {
-            break;
-        }
-    }
-    Ok(done)
-}
-
-/// The step `switch.last_entries`: SQLite paused, the last pass and the
-/// check of every row named past `from`. Returns the rows compared.
-fn last_entries(cx: &mut Cutover, from: i64) -> Result<u64> {
-    // A rerun from a later step repeats this one (nothing is lost by applying
-    // an empty pass again) without moving the recorded step back.
-    if !cx.phase()?.reached(Step::SwitchLastEntries) {
-        cx.record(Phase::SwitchingToPostgres(Step::SwitchLastEntries))?;
-    }
-    phase::reached(Step::SwitchLastEntries);
-    let pass = checked_pass(cx, from)?;
-    phase::finished(Step::SwitchLastEntries);
-    Ok(pass.rows)
-}
-
-/// The step `switch.retire`: SQLite retired, then checked again: a write
-/// that slipped in after the last pass (someone resumed SQLite by hand) is
-/// caught before PostgreSQL goes live, and a rerun applies it.
-fn retire(cx: &mut Cutover) -> Result<()> {
-    cx.record(Phase::SwitchingToPostgres(Step::SwitchRetire))?;
-    phase::reached(Step::SwitchRetire);
-    let shown = cx.pg_shown();
-    maintenance::retire(&mut cx.lite, &shown)?;
-    require_caught_up(cx)?;
-    phase::finished(Step::SwitchRetire);
-    Ok(())
-}
-
-/// The step `switch.go_live`: one PostgreSQL transaction installs its change
-/// log (cleared of the tool's own writes), starts the way back's positions,
-/// records `switched` and makes PostgreSQL live. Nothing else can see
-/// PostgreSQL live without the phase, or the phase without it.
-fn go_live(cx: &mut Cutover) -> Result<()> {
-    phase::reached(Step::SwitchGoLive);
-    cx.record_with(Phase::Switched, |any| {
-        let pg = as_pg(any)?;
-        changelog::install_pg(pg)?;
-        changelog::clear_pg(pg)?;
-        let from = changelog::pg_position(pg)?;
-        super::state::start_way_back(pg, from)?;
-        maintenance::make_live(any)
-    })?;
-    phase::finished(Step::SwitchGoLive);
-    Ok(())
-}
-
-/// How a switch that did not go through leaves SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Writes {
-    /// Live: the switch paused it, so a failure must not leave the service refusing writes.
-    Accepted,
-    /// Paused, as the operator had it before the switch.
-    Paused,
-}
-
-/// A switch to PostgreSQL that failed before going live: SQLite live again
-/// (or paused, as the operator had it), then the phase back to `copied` with
-/// PostgreSQL's pause lifted, as before the switch. In that order: killed
-/// between the two, the intent is still recorded, and a rerun of either
-/// switch ends it. Never when the phase cannot be read or
-/// says PostgreSQL went live (a commit whose answer was lost): making SQLite
-/// live then could leave both sides taking writes.
-fn undo(cx: &mut Cutover, writes: Writes) {
-    match cx.reload() {
-        Ok(Phase::SwitchingToPostgres(step)) => {
-            if let Err(e) = restore_sqlite(cx, writes, step) {
-                log::error!(
-                    "the switch failed and undoing it failed too ({e}): run `migrate switch --to \
-                     postgres` to finish it, or `migrate switch --to sqlite` to undo it"
-                );
-            }
-        }
-        Ok(phase) => log::warn!("the switch failed; the cutover is {phase}"),
-        Err(e) => log::error!(
-            "the switch failed and its phase cannot be read ({e}); {} stays refusing writes: run \
-             `migrate status`, then `migrate switch --to postgres` to finish it",
-            cx.sqlite.display()
-        ),
-    }
-}
-
-fn restore_sqlite(cx: &mut Cutover, writes: Writes, step: Step) -> Result<()> {
-    maintenance::make_live(&mut cx.lite)?;
-    if writes == Writes::Paused {
-        maintenance::pause(&mut cx.lite)?;
-    }
-    cx.record_with(Phase::Copied, maintenance::make_live)?;
-    log::warn!(
-        "the switch to PostgreSQL was undone at {step}: {} is {} again",
-        cx.sqlite.display(),
-        match writes {
-            Writes::Accepted => "live",
-            Writes::Paused => "paused, not retired,",
-        }
-    );
-    Ok(())
-}
-
-/// `switch --to sqlite` while a switch to PostgreSQL stands interrupted at
-/// `step`: PostgreSQL never took a write, so SQLite becomes live again.
-pub(crate) fn undo_interrupted(cx: &mut Cutover, step: Step) -> Result<SwitchReport> {
-    restore_sqlite(cx, Writes::Accepted, step)?;
-    Ok(SwitchReport {
-        undid: Some(step),
-        ..SwitchReport::new(Backend::Sqlite)
-    })
-}
-
-/// The passes' result: the position applied, the rows compared, the entries applied.
-struct Checked {
-    upto: i64,
-    rows: u64,
-    entries: u64,
-}
-
-/// One sync pass that also compares the rows named past `from`, in the same
-/// snapshot. Refuses when any row differs.
-fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
-    let started = Instant::now();
-    let (sqlite, postgres) = (cx.sqlite, cx.postgres);
-    let src = &mut cx.src;
-    // PostgreSQL is paused from the switch's intent on: the pass's own
-    // writes go through the pause, every other writer's are refused.
-    let pass = maintenance::write_while_paused(&mut cx.pg, |any| {
-        super::sync::pass(as_pg(any)?, src, sqlite, postgres, true, Some(from))
-    })?;
-    let recheck = pass.recheck.unwrap_or_default();
-    log::info!(
-        "switch: {} entries applied, {} rows compared in {:?}",
-        pass.report.entries,
-        recheck.rows,
-        started.elapsed()
-    );
-    if !recheck.is_equal() {
-        return Err(Error::Refused(format!(
-            "the rows changed since the last full verify differ between the two sides, so the \
-             switch would lose or change data; SQLite is live as before. {}",
-            recheck.describe()
-        )));
-    }
-    cx.reload()?;
-    Ok(Checked {
-        upto: pass.report.change_seq,
-        rows: recheck.rows,
-        entries: pass.report.entries,
-    })
-}
-
-/// SQLite paused, and every entry of its log applied by sync.
-fn require_caught_up(cx: &mut Cutover) -> Result<()> {
-    if !maintenance::read(&mut cx.lite)?.paused {
-        return Err(Error::Refused(format!(
-            "{} is not paused: run `migrate pause --sqlite …`, then `migrate sync`, then switch",
-            cx.sqlite.display()
-        )));
-    }
-    let position = changelog::sqlite_position(cx.src.conn())?;
-    let mark = cx.state.mark_change_seq.unwrap_or(0);
-    if position > mark {
-        return Err(Error::Refused(format!(
-            "{} has changes PostgreSQL does not (change log at {position}, applied up to {mark}): \
-             run `migrate sync` first, then switch again",
-            cx.sqlite.display()
-        )));
-    }
-    Ok(())
-}
-
-/// The full verify, required equal.
-pub(crate) fn require_equal(cx: &mut Cutover) -> Result<VerifyReport> {
-    let report = verify_locked(cx.sqlite, cx.postgres)?;
-    require_is_equal(&report)?;
-    Ok(report)
-}
-
-pub(crate) fn require_is_equal(report: &VerifyReport) -> Result<()> {
-    if !report.is_equal() {
-        return Err(Error::Refused(format!(
-            "verify found {} difference(s) between the two sides, so the switch would lose or \
-             change data; run `migrate verify` to see them",
-            report.sessions.differences
-                + report.messages.differences
-                + report.drafts.differences
-                + report.idempotency_keys.differences
-        )));
-    }
-    Ok(())
 }

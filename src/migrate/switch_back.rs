@@ -14,39 +14,11 @@ use super::changelog;
 use super::cutover::{as_pg, Cutover};
 use super::phase::{self, Phase, Step};
 use super::rollback::{self, Reading};
-use super::switch::{
-    require_is_equal, undo_interrupted, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP,
-};
+use super::switch_report::{require_is_equal, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP};
 use super::verify::{verify_locked, VerifyReport};
 use crate::connection::{AnyConnection, Backend};
 use crate::error::{Error, Result};
 use crate::maintenance;
-
-pub(crate) fn to_sqlite(cx: &mut Cutover) -> Result<SwitchReport> {
-    match cx.phase()? {
-        Phase::Switched => start(cx),
-        Phase::SwitchingToSqlite(step) => {
-            log::warn!("a switch back to SQLite was interrupted at {step}: finishing it");
-            let mut report = finish(cx, step)?;
-            report.finished_from = Some(step);
-            Ok(report)
-        }
-        Phase::RolledBack => {
-            // The last step may not have run: the log only grows where it stays.
-            remove_log(cx);
-            Ok(SwitchReport {
-                already_switched: true,
-                since: cx.state.rolled_back_at,
-                ..SwitchReport::new(Backend::Sqlite)
-            })
-        }
-        Phase::SwitchingToPostgres(step) => undo_interrupted(cx, step),
-        Phase::Copying | Phase::Copied => Ok(SwitchReport {
-            already_switched: true,
-            ..SwitchReport::new(Backend::Sqlite)
-        }),
-    }
-}
 
 /// Which verify the switch back runs before retiring PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +31,7 @@ enum Verify {
 }
 
 /// A switch back from the phase `switched`.
-fn start(cx: &mut Cutover) -> Result<SwitchReport> {
+pub(crate) fn start(cx: &mut Cutover) -> Result<SwitchReport> {
     let operator_paused = maintenance::read(&mut cx.pg)?.paused;
     let writes = if operator_paused {
         Writes::Paused
@@ -98,7 +70,7 @@ fn start(cx: &mut Cutover) -> Result<SwitchReport> {
 }
 
 /// A rerun after a switch back was interrupted at `step`.
-fn finish(cx: &mut Cutover, step: Step) -> Result<SwitchReport> {
+pub(crate) fn finish(cx: &mut Cutover, step: Step) -> Result<SwitchReport> {
     if step == Step::BackPause || step == Step::BackLastEntries {
         // PostgreSQL was paused in the step's own transaction; pausing again
         // changes nothing, and the last pass is safe to repeat.
@@ -346,7 +318,7 @@ fn go_live(cx: &mut Cutover) -> Result<SwitchReport> {
 /// view, where its log would only grow. A new cutover starts with `copy
 /// --truncate --yes`, which installs it again. A failure is only a warning:
 /// SQLite is live, and a rerun of the switch removes it.
-fn remove_log(cx: &mut Cutover) {
+pub(crate) fn remove_log(cx: &mut Cutover) {
     phase::reached(Step::BackRemoveLog);
     let removed = match &mut cx.lite {
         AnyConnection::Sqlite(c) => changelog::uninstall_sqlite(c),
