@@ -11,28 +11,28 @@
 //! This file parses, dispatches, prints and picks the exit status.
 
 use std::fmt::Display;
-use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use interview_store::connection::DatabaseUrl;
-use interview_store::migrate::{self, CopyOptions, Progress, Selection, SyncOptions, Table};
+use interview_store::migrate::{self, CopyOptions, Selection, SyncOptions};
 use interview_store::Error;
 
 #[path = "support/checklist.rs"]
 mod checklist;
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/progress.rs"]
+mod progress;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, Out { json: cli.json }) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e}");
@@ -49,24 +49,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// How a report prints as JSON: one pretty object, or one line (a stream of them).
+/// Where reports go: their `Display` on stdout, or JSON with `--json`.
 #[derive(Clone, Copy)]
-enum Json {
-    Pretty,
-    Line,
+struct Out {
+    json: bool,
 }
 
-/// Prints a report: its `Display`, or JSON when asked.
-fn print<R: Display + serde::Serialize>(report: &R, as_json: bool, style: Json) {
-    if !as_json {
-        println!("{report}");
-        return;
+impl Out {
+    /// Prints a command's report (one pretty JSON object).
+    fn report<R: Display + serde::Serialize>(self, report: &R) {
+        self.print(report, serde_json::to_string_pretty)
     }
-    let shown = match style {
-        Json::Pretty => serde_json::to_string_pretty(report),
-        Json::Line => serde_json::to_string(report),
-    };
-    println!("{}", shown.expect("reports serialise"));
+
+    /// Prints one report of a stream (one JSON line).
+    fn line<R: Display + serde::Serialize>(self, report: &R) {
+        self.print(report, serde_json::to_string)
+    }
+
+    fn print<R: Display + serde::Serialize>(
+        self,
+        report: &R,
+        to_json: fn(&R) -> serde_json::Result<String>,
+    ) {
+        if self.json {
+            println!("{}", to_json(report).expect("reports serialise"));
+        } else {
+            println!("{report}");
+        }
+    }
+
+    /// Prints the report of a command that succeeded.
+    fn done<R: Display + serde::Serialize>(self, report: &R) -> interview_store::Result<ExitCode> {
+        self.report(report);
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// Exit 0 when `ok`, else `code`.
@@ -78,20 +94,19 @@ fn exit(ok: bool, code: u8) -> ExitCode {
     }
 }
 
-fn run(command: Command) -> interview_store::Result<ExitCode> {
+fn run(command: Command, out: Out) -> interview_store::Result<ExitCode> {
     match command {
-        Command::Check { sqlite, json } => {
+        Command::Check { sqlite } => {
             let report = migrate::check(&sqlite.path)?;
-            if json {
-                print(&report, true, Json::Pretty);
+            if out.json {
+                out.report(&report);
             } else {
                 println!("{}", report.of(&sqlite.path));
             }
             Ok(exit(report.is_clean(), 2))
         }
         Command::Setup { postgres, sqlite } => {
-            println!("{}", migrate::setup(&postgres.url(), sqlite.as_deref())?);
-            Ok(ExitCode::SUCCESS)
+            out.done(&migrate::setup(&postgres.url(), sqlite.as_deref())?)
         }
         Command::Copy {
             sqlite,
@@ -109,14 +124,13 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 reject_file,
                 truncate,
                 confirmed: yes,
-                progress: Some(progress_reporter()),
+                progress: Some(progress::reporter()),
                 rebuild_connections: rebuild_connections
                     .map_or(defaults.rebuild_connections, usize::from),
                 rebuild_memory_mb,
                 ..defaults
             };
-            println!("{}", migrate::copy(&sqlite.path, &postgres.url(), &opts)?);
-            Ok(ExitCode::SUCCESS)
+            out.done(&migrate::copy(&sqlite.path, &postgres.url(), &opts)?)
         }
         Command::Sync {
             sqlite,
@@ -124,14 +138,12 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             reject_file,
         } => {
             let opts = SyncOptions { reject_file };
-            println!("{}", migrate::sync(&sqlite.path, &postgres.url(), &opts)?);
-            Ok(ExitCode::SUCCESS)
+            out.done(&migrate::sync(&sqlite.path, &postgres.url(), &opts)?)
         }
         Command::Follow {
             sqlite,
             postgres,
             reverse,
-            json,
             report_secs,
             reject_file,
             metrics_addr,
@@ -144,17 +156,16 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 reject_file,
                 ..Default::default()
             },
-            json,
+            out,
             metrics_addr,
         ),
         Command::Verify {
             sqlite,
             postgres,
-            json,
             live,
         } => {
             let report = migrate::verify(&sqlite.path, &postgres.url())?;
-            print(&report, json, Json::Pretty);
+            out.report(&report);
             let ok = report.is_equal() || (live && report.is_equal_but_in_flight());
             Ok(exit(ok, 1))
         }
@@ -170,36 +181,24 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 Selection::Sessions(session)
             };
             let report = migrate::compare_databases(&sqlite.path, &postgres.url(), &selection)?;
-            println!("{report}");
+            out.report(&report);
             Ok(exit(report.is_equal(), 1))
         }
-        Command::Backup { sqlite, out } => {
-            println!("{}", migrate::backup(&sqlite.path, &out)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Backup { sqlite, out: file } => out.done(&migrate::backup(&sqlite.path, &file)?),
         Command::Switch {
             sqlite,
             postgres,
             to,
-        } => {
-            println!(
-                "{}",
-                migrate::switch(&sqlite.path, &postgres.url(), to.backend())?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => out.done(&migrate::switch(
+            &sqlite.path,
+            &postgres.url(),
+            to.backend(),
+        )?),
         Command::RollbackSync { postgres, sqlite } => {
-            println!("{}", migrate::rollback_sync(&sqlite.path, &postgres.url())?);
-            Ok(ExitCode::SUCCESS)
+            out.done(&migrate::rollback_sync(&sqlite.path, &postgres.url())?)
         }
-        Command::Pause { database } => {
-            println!("{}", migrate::pause(&database.url()?)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Resume { database } => {
-            println!("{}", migrate::resume(&database.url()?)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Pause { database } => out.done(&migrate::pause(&database.url()?)?),
+        Command::Resume { database } => out.done(&migrate::resume(&database.url()?)?),
         Command::Checklist {
             server,
             backend,
@@ -213,17 +212,11 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 steps.push(checklist::row_counts(&path, &url, backend));
             }
             let report = checklist::Checklist { steps };
-            println!("{report}");
+            out.report(&report);
             Ok(exit(report.failed() == 0, 1))
         }
-        Command::Status {
-            postgres,
-            sqlite,
-            json,
-        } => {
-            let status = migrate::status_of(&postgres.url(), sqlite.as_deref())?;
-            print(&status, json, Json::Pretty);
-            Ok(ExitCode::SUCCESS)
+        Command::Status { postgres, sqlite } => {
+            out.done(&migrate::status_of(&postgres.url(), sqlite.as_deref())?)
         }
     }
 }
@@ -266,7 +259,7 @@ fn follow(
     sqlite: &std::path::Path,
     postgres: &DatabaseUrl,
     opts: &migrate::FollowOptions,
-    as_json: bool,
+    out: Out,
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> interview_store::Result<ExitCode> {
     let export = follow_metrics(metrics_addr)?;
@@ -279,38 +272,9 @@ fn follow(
     }
     let end = migrate::follow(sqlite, postgres, opts, &stop, |s| {
         export(s);
-        print(s, as_json, Json::Line);
+        out.line(s);
     })?;
     let ended = migrate::FollowEnded::new(end, opts.reverse, sqlite, postgres);
-    print(&ended, as_json, Json::Line);
+    out.line(&ended);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Bars per table on a terminal; a log line per batch otherwise.
-fn progress_reporter() -> Arc<dyn Fn(&Progress) + Send + Sync> {
-    if !std::io::stderr().is_terminal() {
-        return Arc::new(|p: &Progress| log::info!("{}: {}/{} rows", p.table, p.done, p.total));
-    }
-    let multi = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix:>9} {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
-            .expect("valid template");
-    let bars: Mutex<Vec<(Table, ProgressBar)>> = Mutex::new(Vec::new());
-    Arc::new(move |p: &Progress| {
-        let mut bars = bars.lock().expect("progress lock");
-        if !bars.iter().any(|(t, _)| *t == p.table) {
-            let bar = multi.add(ProgressBar::new(p.total).with_style(style.clone()));
-            bar.set_prefix(p.table.as_str());
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bars.push((p.table, bar));
-        }
-        for (t, bar) in bars.iter() {
-            if *t == p.table {
-                bar.set_position(p.done);
-                if p.done >= p.total {
-                    bar.finish();
-                }
-            }
-        }
-    })
 }

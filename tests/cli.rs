@@ -429,6 +429,40 @@ fn pause_and_resume_hold_in_the_database_for_every_writer() {
 }
 
 #[test]
+fn every_command_prints_its_report_as_json_with_json() {
+    let src = Legacy::new(&clean_sql(2, 1));
+    let sqlite = src.path.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    // The flag goes before or after the command.
+    let v = json(&["--json", "pause", "--sqlite", sqlite]);
+    assert_eq!(v["state"]["paused"], true, "{v}");
+    let v = json(&["resume", "--sqlite", sqlite, "--json"]);
+    assert_eq!(v["state"]["paused"], false, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backup.db");
+    let v = json(&[
+        "backup",
+        "--sqlite",
+        sqlite,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["counts"]["sessions"], 2, "{v}");
+    // Without it, the same reports as text.
+    let o = run(&["pause", "--sqlite", sqlite]);
+    assert!(
+        text(&o).contains(": paused: writes refused"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn pause_needs_exactly_one_database_and_never_creates_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 pub const PROBE_TEXT: &str = "[checklist probe] interview-store validation, not an interview";
 
 /// One step's outcome.
+#[derive(serde::Serialize)]
 pub struct Step {
     pub name: &'static str,
     pub passed: bool,
@@ -40,6 +41,7 @@ impl fmt::Display for Step {
 }
 
 /// Every step's outcome, as `migrate checklist` prints it.
+#[derive(serde::Serialize)]
 pub struct Checklist {
     pub steps: Vec<Step>,
 }

@@ -14,6 +14,9 @@ use interview_store::{Backend, Error};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print the report as one JSON object (`follow`: one JSON line per report).
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -110,9 +113,6 @@ pub enum Command {
     Check {
         #[command(flatten)]
         sqlite: Sqlite,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
     },
     /// Create or upgrade the PostgreSQL schema; on the SQLite file install the change log and
     /// index messages and drafts by session (idempotent; the first index build holds the file's
@@ -174,9 +174,6 @@ pub enum Command {
         /// Follow PostgreSQL's change log into SQLite (after `switch`), for a rollback as quick as the cutover.
         #[arg(long)]
         reverse: bool,
-        /// Print each lag report as one JSON line.
-        #[arg(long)]
-        json: bool,
         /// Seconds between lag reports.
         #[arg(long, default_value_t = 2)]
         report_secs: u64,
@@ -197,9 +194,6 @@ pub enum Command {
         sqlite: Sqlite,
         #[command(flatten)]
         postgres: Postgres,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
         /// The service is writing (a follower runs): exit 0 when the only
         /// differences are rows written since the last applied change-log entry.
         #[arg(long)]
@@ -282,9 +276,6 @@ pub enum Command {
         /// Also report this SQLite file's pause.
         #[arg(long = "sqlite")]
         sqlite: Option<PathBuf>,
-        /// Print as one JSON object.
-        #[arg(long)]
-        json: bool,
     },
 }
 
