@@ -120,6 +120,41 @@ fn copy_then_verify_exits_0_and_1_once_the_sides_differ() {
 }
 
 #[test]
+fn setup_sync_and_backup_say_what_they_did() {
+    let src = Legacy::new(&clean_sql(3, 2));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = ok(&["setup", "--postgres", &db.url, "--sqlite", sqlite]);
+    assert!(out.contains("schema up to date ("), "{out}");
+    assert!(
+        out.contains(&format!("{sqlite}: change log installed")),
+        "{out}"
+    );
+    ok(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    src.exec("INSERT INTO messages (session_id, role, text, created_at) VALUES ('00000000-0000-4000-8000-000000000000', 'user', 'late', '2025-01-01T00:00:00Z')");
+    let out = ok(&["sync", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert!(out.contains("messages 1 written, 0 deleted"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.db");
+    let out = ok(&[
+        "backup",
+        "--sqlite",
+        sqlite,
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("integrity ok, 3 sessions, 7 messages, 3 drafts"),
+        "{out}"
+    );
+}
+
+#[test]
 fn copy_truncate_without_yes_prints_what_it_would_delete_and_exits_2() {
     let src = Legacy::new(&clean_sql(3, 2));
     let db = common::PgDatabase::create();
@@ -426,6 +461,40 @@ fn pause_and_resume_hold_in_the_database_for_every_writer() {
     assert_eq!(v["maintenance"]["paused"], true, "{v}");
     let o = run(&["resume", "--postgres", &db.url]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn every_command_prints_its_report_as_json_with_json() {
+    let src = Legacy::new(&clean_sql(2, 1));
+    let sqlite = src.path.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    // The flag goes before or after the command.
+    let v = json(&["--json", "pause", "--sqlite", sqlite]);
+    assert_eq!(v["state"]["paused"], true, "{v}");
+    let v = json(&["resume", "--sqlite", sqlite, "--json"]);
+    assert_eq!(v["state"]["paused"], false, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backup.db");
+    let v = json(&[
+        "backup",
+        "--sqlite",
+        sqlite,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["counts"]["sessions"], 2, "{v}");
+    // Without it, the same reports as text.
+    let o = run(&["pause", "--sqlite", sqlite]);
+    assert!(
+        text(&o).contains(": paused: writes refused"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

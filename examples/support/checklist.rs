@@ -5,7 +5,11 @@
 //! It writes one probe session whose chat text (and so its summary) says it is
 //! a probe, so it can be told from real interviews afterwards.
 
+use std::fmt;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use interview_store::{migrate, Backend, DatabaseUrl};
 
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
@@ -15,11 +19,64 @@ use serde_json::{json, Value};
 pub const PROBE_TEXT: &str = "[checklist probe] interview-store validation, not an interview";
 
 /// One step's outcome.
+#[derive(serde::Serialize)]
 pub struct Step {
     pub name: &'static str,
     pub passed: bool,
     pub detail: String,
     pub elapsed: Duration,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:<13} {} ({} ms)",
+            if self.passed { "PASS" } else { "FAIL" },
+            self.name,
+            self.detail,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Every step's outcome, as `migrate checklist` prints it.
+#[derive(serde::Serialize)]
+pub struct Checklist {
+    pub steps: Vec<Step>,
+}
+
+impl Checklist {
+    /// How many steps failed.
+    pub fn failed(&self) -> usize {
+        self.steps.iter().filter(|s| !s.passed).count()
+    }
+}
+
+impl fmt::Display for Checklist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            writeln!(f, "{s}")?;
+        }
+        let total = self.steps.len();
+        write!(f, "{} of {total} steps passed", total - self.failed())
+    }
+}
+
+/// The row-count step: the live side holds at least every row of the retired one.
+pub fn row_counts(sqlite: &Path, postgres: &DatabaseUrl, live: Backend) -> Step {
+    let started = Instant::now();
+    let (passed, detail) = match migrate::row_counts(sqlite, postgres, live) {
+        Ok(counts) if counts.holds_all() => (true, counts.to_string()),
+        Ok(counts) => (false, format!("rows missing on the live side: {counts}")),
+        Err(e) => (false, e.to_string()),
+    };
+    Step {
+        name: "row counts",
+        passed,
+        detail,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Runs every step in order against `base` (e.g. `http://127.0.0.1:8080`).

@@ -6,6 +6,7 @@
 //! same data), [`compare`] (dual read through the repository), [`backup`],
 //! [`rollback_sync`] (PostgreSQL back into SQLite) and [`status`].
 
+mod admin;
 mod backup;
 mod changelog;
 mod check;
@@ -22,6 +23,7 @@ mod phase;
 mod pipeline;
 mod rebuild;
 mod recheck;
+mod report;
 mod rollback;
 mod sample;
 mod source;
@@ -34,6 +36,10 @@ mod switch_there;
 mod sync;
 mod verify;
 
+pub use admin::{
+    compare_databases, pause, resume, row_counts, setup, FollowEnded, PauseReport, RowCounts,
+    SetupReport,
+};
 pub use backup::{backup, BackupReport};
 pub use changelog::{change_log_entries, install_change_log};
 pub use check::{check, CheckReport};
@@ -44,6 +50,7 @@ pub use keys::{KeyDifference, KeysApplied, KeysVerify};
 pub use lock::{MigrationLock, MIGRATION_LOCK_KEY};
 pub use normalize::Reject;
 pub use phase::{Phase, Step};
+pub use report::CheckOf;
 pub use rollback::{rollback_sync, ReverseFollower, RollbackReport};
 pub use sample::index_source;
 pub use source::{Marks, Table};
