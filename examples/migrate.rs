@@ -380,7 +380,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 let t = std::time::Instant::now();
                 if migrate::index_source(&path)? {
                     println!(
-                        "{}: indexes on messages(session_id) and drafts(session_id) made in {:.1?}",
+                        "{}: indexes on messages(session_id), drafts(session_id) and the UUID keys made in {:.1?}",
                         path.display(),
                         t.elapsed()
                     );

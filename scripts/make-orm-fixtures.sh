@@ -26,7 +26,7 @@ mkdir -p "$out"
 SQLALCHEMY_VERSION=2.0.36
 ALEMBIC_VERSION=1.14.0
 DJANGO_VERSION=5.1.4
-BETTER_SQLITE3_VERSION=12
+BETTER_SQLITE3_VERSION=12.11.1
 
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check \
