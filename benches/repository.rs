@@ -413,6 +413,15 @@ fn legacy_ids(c: &mut Criterion, dbs: &[BenchDb], sessions: usize) {
         "the hex-id file serves its sessions by canonical id"
     );
     let mut group = c.benchmark_group("get_session_legacy_ids");
+    // Today's query on the canonical file (by the primary key, no UUID key), as a yardstick.
+    let mut conn = canonical.concrete();
+    let mut rng = SmallRng::seed_from_u64(42);
+    group.bench_function(BenchmarkId::new("sqlite/canonical", "concrete"), |b| {
+        b.iter(|| {
+            let id = pick(canonical, Target::Read, &mut rng);
+            drop(black_box(baseline::get_session(&mut conn, id).unwrap()))
+        })
+    });
     for (name, db) in [("sqlite/canonical", canonical), ("sqlite/hex", &hex)] {
         let mut rng = SmallRng::seed_from_u64(42);
         group.bench_function(BenchmarkId::new(name, "store"), |b| {
