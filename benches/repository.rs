@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::schema::{drafts, messages, sessions};
-use interview_store::types::{DbTimestamp, DbUuid};
+use interview_store::types::{uuid_key, DbTimestamp, DbUuid, DbUuidKey};
 use interview_store::{
     timestamp, Draft, Message, Page, PoolConfig, Role, Session, SessionWithMessages, Store,
     StoreConfig,
@@ -422,6 +422,31 @@ fn legacy_ids(c: &mut Criterion, dbs: &[BenchDb], sessions: usize) {
             drop(black_box(baseline::get_session(&mut conn, id).unwrap()))
         })
     });
+    // The UUID-key query itself on a plain connection: the cost of the key, pool aside.
+    let mut conn = canonical.concrete();
+    let mut rng = SmallRng::seed_from_u64(42);
+    group.bench_function(
+        BenchmarkId::new("sqlite/canonical", "concrete_uuid_key"),
+        |b| {
+            b.iter(|| {
+                let id = pick(canonical, Target::Read, &mut rng);
+                let Concrete::Sqlite(c) = &mut conn else {
+                    unreachable!("a SQLite bench database")
+                };
+                let rows = sessions::table
+                    .left_join(
+                        messages::table
+                            .on(uuid_key(messages::session_id).eq(uuid_key(sessions::id))),
+                    )
+                    .filter(uuid_key(sessions::id).eq(DbUuidKey(id)))
+                    .order(messages::id.asc())
+                    .select((sessions::all_columns, messages::all_columns.nullable()))
+                    .load::<(SessionTuple, Option<MessageTuple>)>(c)
+                    .unwrap();
+                drop(black_box(rows))
+            })
+        },
+    );
     for (name, db) in [("sqlite/canonical", canonical), ("sqlite/hex", &hex)] {
         let mut rng = SmallRng::seed_from_u64(42);
         group.bench_function(BenchmarkId::new(name, "store"), |b| {
