@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::schema::{drafts, messages, sessions};
-use interview_store::types::{DbTimestamp, DbUuid};
+use interview_store::types::{uuid_key, DbTimestamp, DbUuid, DbUuidKey};
 use interview_store::{
     timestamp, Draft, Message, Page, PoolConfig, Role, Session, SessionWithMessages, Store,
     StoreConfig,
@@ -360,6 +360,8 @@ fn repository(c: &mut Criterion) {
         audit(db, conn);
     }
 
+    legacy_ids(c, &dbs, sessions);
+
     for op in ops() {
         let mut group = c.benchmark_group(op.name);
         for (db, conn) in dbs.iter().zip(conns.iter_mut()) {
@@ -379,6 +381,85 @@ fn repository(c: &mut Criterion) {
     // The stores close and the PostgreSQL database is dropped here.
     drop(conns);
     drop(dbs);
+}
+
+/// `get_session` on a SQLite file whose ids are stored as 32 hex digits (as SQLAlchemy 2's
+/// `Uuid` and Django's `UUIDField` write them) against the canonical file: both are found
+/// through the index on the UUID key (see `interview_store::types::uuid_key`).
+fn legacy_ids(c: &mut Criterion, dbs: &[BenchDb], sessions: usize) {
+    let Some(canonical) = dbs
+        .iter()
+        .find(|d| d.backend == interview_store::Backend::Sqlite)
+    else {
+        return;
+    };
+    let hex = BenchDb::new(interview_store::Backend::Sqlite, sessions);
+    match hex.concrete() {
+        Concrete::Sqlite(mut conn) => conn
+            .batch_execute(
+                "PRAGMA foreign_keys = OFF; BEGIN;
+                 UPDATE sessions SET id = replace(id, '-', '');
+                 UPDATE messages SET session_id = replace(session_id, '-', '');
+                 UPDATE drafts SET session_id = replace(session_id, '-', '');
+                 COMMIT; ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .expect("respell the ids as 32 hex digits"),
+        Concrete::Postgres(_) => unreachable!("a SQLite bench database"),
+    }
+    let probe = hex.read_ids[0];
+    assert_eq!(
+        hex.store.get_session(probe).unwrap().messages.len(),
+        common::MESSAGES_PER_SESSION,
+        "the hex-id file serves its sessions by canonical id"
+    );
+    let mut group = c.benchmark_group("get_session_legacy_ids");
+    // Today's query on the canonical file (by the primary key, no UUID key), as a yardstick.
+    let mut conn = canonical.concrete();
+    let mut rng = SmallRng::seed_from_u64(42);
+    group.bench_function(BenchmarkId::new("sqlite/canonical", "concrete"), |b| {
+        b.iter(|| {
+            let id = pick(canonical, Target::Read, &mut rng);
+            drop(black_box(baseline::get_session(&mut conn, id).unwrap()))
+        })
+    });
+    // The UUID-key query itself on a plain connection: the cost of the key, pool aside.
+    let mut conn = canonical.concrete();
+    let mut rng = SmallRng::seed_from_u64(42);
+    group.bench_function(
+        BenchmarkId::new("sqlite/canonical", "concrete_uuid_key"),
+        |b| {
+            b.iter(|| {
+                let id = pick(canonical, Target::Read, &mut rng);
+                let Concrete::Sqlite(c) = &mut conn else {
+                    unreachable!("a SQLite bench database")
+                };
+                let rows = sessions::table
+                    .left_join(
+                        messages::table
+                            .on(uuid_key(messages::session_id).eq(uuid_key(sessions::id))),
+                    )
+                    .filter(uuid_key(sessions::id).eq(DbUuidKey(id)))
+                    .order(messages::id.asc())
+                    .select((sessions::all_columns, messages::all_columns.nullable()))
+                    .load::<(SessionTuple, Option<MessageTuple>)>(c)
+                    .unwrap();
+                drop(black_box(rows))
+            })
+        },
+    );
+    for (name, db) in [("sqlite/canonical", canonical), ("sqlite/hex", &hex)] {
+        let mut rng = SmallRng::seed_from_u64(42);
+        group.bench_function(BenchmarkId::new(name, "store"), |b| {
+            b.iter(|| {
+                drop(black_box(
+                    db.store
+                        .get_session(pick(db, Target::Read, &mut rng))
+                        .unwrap(),
+                ))
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, repository);

@@ -59,8 +59,8 @@ fn legacy_file_opens_migrates_and_reads_back_unchanged() {
     let store = Store::connect(path, StoreConfig::default()).unwrap();
     assert_eq!(
         store.migrate().unwrap().len(),
-        3,
-        "the adopting migration, the idempotency-key table and the write pause, once each"
+        4,
+        "the adopting migration, the idempotency-key table, the write pause and the UUID-key indexes, once each"
     );
     assert_eq!(dump(path), before, "adopting the file changed no row");
 

@@ -2,7 +2,7 @@
 //!
 //! The rules (also in docs/design.md, "Normalisation rules"):
 //! - timestamps: see [`crate::timestamp`]; empty, NULL or numeric values are invalid;
-//! - UUIDs: any form `uuid::Uuid::parse_str` accepts, stored canonical; two
+//! - UUIDs: any form [`crate::types::read_legacy_uuid`] accepts, stored canonical; two
 //!   sessions whose ids are the same UUID are both invalid;
 //! - `role` is exactly `user` or `assistant`;
 //! - NULL `text`/`content` is invalid, empty is valid; text with a NUL byte
@@ -105,10 +105,8 @@ fn uuid(column: &'static str, raw: &Option<Vec<u8>>) -> Result<Uuid, Bad> {
     let Some(b) = raw else {
         return Err(bad(column, raw, "is NULL"));
     };
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| bad(column, raw, "is not a UUID"))
+    // The one reader of stored ids, shared with the store (see crate::types).
+    crate::types::read_legacy_uuid(b).map_err(|e| bad(column, raw, e.reason))
 }
 
 /// What the sessions of a source look like, from a first pass over them;

@@ -77,7 +77,7 @@ impl Display for SetupReport {
             if let Some(took) = self.indexed_in {
                 write!(
                     f,
-                    "\n{}: indexes on messages(session_id) and drafts(session_id) made in {took:.1?}",
+                    "\n{}: indexes on messages(session_id), drafts(session_id) and the UUID keys made in {took:.1?}",
                     path.display()
                 )?;
             }

@@ -20,7 +20,7 @@ use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
 use crate::store::{Draft, Message, Session, SessionWithMessages};
-use crate::types::DbUuid;
+use crate::types::{uuid_key, DbUuid, DbUuidKey, SQLITE_UUID_KEY};
 use crate::AnyConnection;
 
 /// Sessions read per pass on a file that must be scanned; their messages and
@@ -38,11 +38,28 @@ pub(crate) type SessionRead = Result<(SessionWithMessages, Option<Draft>)>;
 diesel::define_sql_function!(fn random() -> diesel::sql_types::Double);
 
 /// The indexes a session's reads need, as the store's SQLite migrations define them (so a
-/// store that adopts the file later finds them made).
-const CHILD_INDEXES: [&str; 2] = [
-    "CREATE INDEX IF NOT EXISTS messages_session_id_id_idx ON messages (session_id, id)",
-    "CREATE INDEX IF NOT EXISTS drafts_session_id_id_idx ON drafts (session_id, id)",
-];
+/// store that adopts the file later finds them made): the plain ones, which the change
+/// log's reads by stored key use, and the ones on the UUID key (see
+/// [`crate::types::uuid_key`]), which reads by UUID use.
+fn child_indexes() -> [String; 5] {
+    let key = |col: &str| format!("{}{col}{}", SQLITE_UUID_KEY.0, SQLITE_UUID_KEY.1);
+    [
+        "CREATE INDEX IF NOT EXISTS messages_session_id_id_idx ON messages (session_id, id)".into(),
+        "CREATE INDEX IF NOT EXISTS drafts_session_id_id_idx ON drafts (session_id, id)".into(),
+        format!(
+            "CREATE INDEX IF NOT EXISTS sessions_id_uuid_key_idx ON sessions ({})",
+            key("id")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS messages_session_uuid_key_id_idx ON messages ({}, id)",
+            key("session_id")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS drafts_session_uuid_key_id_idx ON drafts ({}, id)",
+            key("session_id")
+        ),
+    ]
+}
 
 /// Creates the indexes on `messages(session_id, id)` and `drafts(session_id, id)` in a legacy
 /// file, which the old service never made; returns whether any was missing.
@@ -59,11 +76,14 @@ const CHILD_INDEXES: [&str; 2] = [
 pub fn index_source(path: &Path) -> Result<bool> {
     let mut conn = crate::connection::open_existing_sqlite(path)?;
     diesel::connection::SimpleConnection::batch_execute(&mut conn, "PRAGMA busy_timeout = 10000")?;
-    let missing =
-        !has_child_index(&mut conn, "messages")? || !has_child_index(&mut conn, "drafts")?;
+    let missing = !has_child_index(&mut conn, "messages")?
+        || !has_child_index(&mut conn, "drafts")?
+        || !has_key_index(&mut conn, "sessions", "id")?
+        || !has_key_index(&mut conn, "messages", "session_id")?
+        || !has_key_index(&mut conn, "drafts", "session_id")?;
     if missing {
         conn.immediate_transaction(|c| {
-            CHILD_INDEXES
+            child_indexes()
                 .iter()
                 .try_for_each(|sql| diesel::connection::SimpleConnection::batch_execute(c, sql))
         })?;
@@ -88,6 +108,19 @@ fn has_child_index(conn: &mut SqliteConnection, table: &str) -> Result<bool> {
     .n > 0)
 }
 
+/// Whether some index of `table` starts with the UUID key of `column` (whatever its name).
+fn has_key_index(conn: &mut SqliteConnection, table: &str, column: &str) -> Result<bool> {
+    let start = format!("({}{column}{}", SQLITE_UUID_KEY.0, SQLITE_UUID_KEY.1);
+    Ok(diesel::sql_query(
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'index' AND tbl_name = ? \
+         AND instr(replace(sql, ' ', ''), replace(?, ' ', '')) > 0",
+    )
+    .bind::<diesel::sql_types::Text, _>(table)
+    .bind::<diesel::sql_types::Text, _>(start)
+    .get_result::<Found>(conn)?
+    .n > 0)
+}
+
 /// A SQLite file opened for sampled reads: never created, never written.
 pub(crate) struct SampleSource {
     conn: AnyConnection,
@@ -103,14 +136,17 @@ impl SampleSource {
             &mut conn,
             "PRAGMA busy_timeout = 10000",
         )?;
+        // Reads are by UUID key (a legacy file may spell ids in several ways), so only the
+        // indexes on the key serve them; the plain `session_id` ones do not.
         let mut indexed = true;
         for table in ["messages", "drafts"] {
-            indexed &= has_child_index(&mut conn, table)?;
+            indexed &= has_key_index(&mut conn, table, "session_id")?;
         }
         if !indexed {
             log::warn!(
-                "{} has no index on messages(session_id) or drafts(session_id): each 1,000 sampled \
-                 sessions cost a scan of both tables (`migrate setup --sqlite` creates the indexes)",
+                "{} has no index on the UUID key of messages(session_id) or drafts(session_id): \
+                 each 1,000 sampled sessions cost a scan of both tables (`migrate setup --sqlite` \
+                 creates the indexes)",
                 path.display()
             );
         }
@@ -179,16 +215,18 @@ pub(crate) fn read_sessions(conn: &mut AnyConnection, ids: &[Uuid]) -> HashMap<U
 }
 
 fn read_together(conn: &mut AnyConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, SessionRead>> {
-    let keys: Vec<DbUuid> = ids.iter().copied().map(DbUuid).collect();
+    // By UUID, not by spelling (see crate::types::uuid_key): a legacy file may store the
+    // sampled ids as 32 hex digits or in upper case, and children spelled unlike their session.
+    let keys: Vec<DbUuidKey> = ids.iter().copied().map(DbUuidKey).collect();
     let what = || format!("{} sampled sessions", ids.len());
     let found: Vec<SessionRow> = sessions::table
-        .filter(sessions::id.eq_any(&keys))
+        .filter(uuid_key(sessions::id).eq_any(&keys))
         .select(SessionRow::as_select())
         .load(conn)
         .map_err(|e| Error::from(e).reading(what))?;
     // One pass over each child table, in id order: the order get_session returns.
     let rows: Vec<MessageRow> = messages::table
-        .filter(messages::session_id.eq_any(&keys))
+        .filter(uuid_key(messages::session_id).eq_any(&keys))
         .order(messages::id)
         .select(MessageRow::as_select())
         .load(conn)
@@ -208,7 +246,7 @@ fn read_together(conn: &mut AnyConnection, ids: &[Uuid]) -> Result<HashMap<Uuid,
     }
     let mut latest: HashMap<Uuid, Draft> = HashMap::new();
     for row in drafts::table
-        .filter(drafts::session_id.eq_any(&keys))
+        .filter(uuid_key(drafts::session_id).eq_any(&keys))
         .order(drafts::id)
         .select(DraftRow::as_select())
         .load::<DraftRow>(conn)

@@ -23,6 +23,7 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::read_legacy_uuid;
 use crate::types::DbUuid;
 
 /// How a sync runs.
@@ -308,7 +309,7 @@ pub(super) fn read_changed(
     // text but present as a UUID: it must not be deleted.
     let deleted: BTreeSet<Uuid> = gone
         .iter()
-        .filter_map(|k| Uuid::parse_str(k).ok())
+        .filter_map(|k| read_legacy_uuid(k.as_bytes()).ok())
         .filter(|id| !kept.contains(id))
         .collect();
     out.deleted_sessions = deleted.iter().copied().map(DbUuid).collect();
@@ -385,8 +386,7 @@ fn know_sessions_in_postgres(
         .map(|r| &r.session_id)
         .chain(drafts.iter().map(|r| &r.session_id))
         .filter_map(|raw| raw.as_deref())
-        .filter_map(|b| std::str::from_utf8(b).ok())
-        .filter_map(|s| Uuid::parse_str(s).ok())
+        .filter_map(|b| read_legacy_uuid(b).ok())
         .filter(|id| !index.knows(id) && !deleted.contains(id))
         .collect();
     let unknown: Vec<DbUuid> = unknown.into_iter().map(DbUuid).collect();

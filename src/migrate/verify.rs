@@ -31,6 +31,7 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::read_legacy_uuid;
 use crate::types::{DbTimestamp, DbUuid};
 
 /// How many differences are listed (all are counted).
@@ -149,12 +150,14 @@ impl VerifyReport {
         let sessions: HashSet<Uuid> = named
             .sessions
             .iter()
-            .filter_map(|k| Uuid::parse_str(k).ok())
+            .filter_map(|k| read_legacy_uuid(k.as_bytes()).ok())
             .collect();
         let mut rows: HashSet<(Table, String)> = HashSet::new();
         for (table, id) in &self.differing {
             let named = match table {
-                Table::Sessions => Uuid::parse_str(id).is_ok_and(|u| sessions.contains(&u)),
+                Table::Sessions => {
+                    read_legacy_uuid(id.as_bytes()).is_ok_and(|u| sessions.contains(&u))
+                }
                 Table::Messages | Table::Drafts => id
                     .parse::<i64>()
                     .is_ok_and(|i| named.children(*table).contains(&i)),

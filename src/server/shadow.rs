@@ -191,7 +191,7 @@ mod caught_up {
     use crate::error::Result;
     use crate::schema::{drafts, messages};
     use crate::store::Store;
-    use crate::types::DbUuid;
+    use crate::types::{uuid_key, DbUuidKey};
 
     // The migration's tables, as far as this check reads them (the migration tool owns them).
     diesel::table! {
@@ -242,11 +242,11 @@ mod caught_up {
         live.with_connection(|c| {
             let ids = |v: Vec<i64>| v.into_iter().map(|n| n.to_string()).collect::<Vec<_>>();
             let message_ids = ids(messages::table
-                .filter(messages::session_id.eq(DbUuid(id)))
+                .filter(uuid_key(messages::session_id).eq(DbUuidKey(id)))
                 .select(messages::id)
                 .load(c)?);
             let draft_ids = ids(drafts::table
-                .filter(drafts::session_id.eq(DbUuid(id)))
+                .filter(uuid_key(drafts::session_id).eq(DbUuidKey(id)))
                 .select(drafts::id)
                 .load(c)?);
             use interview_change_log as log;

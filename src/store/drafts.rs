@@ -3,12 +3,14 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::Text;
 use uuid::Uuid;
 
 use super::Store;
 use crate::error::{Error, Result};
-use crate::schema::drafts;
-use crate::types::{DbTimestamp, DbUuid};
+use crate::schema::{drafts, sessions};
+use crate::types::sql::MultiTimestamp;
+use crate::types::{uuid_key, DbTimestamp, DbUuid, DbUuidKey};
 
 /// A written-up answer composed from a session.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +60,7 @@ impl Store {
     pub fn latest_draft(&self, session_id: Uuid) -> Result<Option<Draft>> {
         self.read(|conn| {
             Ok(drafts::table
-                .filter(drafts::session_id.eq(DbUuid(session_id)))
+                .filter(uuid_key(drafts::session_id).eq(DbUuidKey(session_id)))
                 .order(drafts::id.desc())
                 .select(DraftRow::as_select())
                 .first::<DraftRow>(conn)
@@ -76,14 +78,23 @@ pub(crate) fn save_draft_in(
     session_id: Uuid,
     content: &str,
 ) -> Result<Draft> {
-    let id = diesel::insert_into(drafts::table)
-        .values((
-            drafts::session_id.eq(DbUuid(session_id)),
-            drafts::content.eq(content),
-            drafts::created_at.eq(DbTimestamp(now)),
-        ))
+    // INSERT ... SELECT from the session found by UUID: the draft names its session
+    // the way the session's row spells it (a legacy file may use 32 hex digits, upper
+    // case...), which SQLite's foreign key and the legacy service both compare as text;
+    // and no row is inserted when there is no such session. One statement, as before.
+    let ids = diesel::insert_into(drafts::table)
+        .values(
+            sessions::table
+                .filter(uuid_key(sessions::id).eq(DbUuidKey(session_id)))
+                .select((
+                    sessions::id,
+                    content.into_sql::<Text>(),
+                    DbTimestamp(now).into_sql::<MultiTimestamp>(),
+                )),
+        )
+        .into_columns((drafts::session_id, drafts::content, drafts::created_at))
         .returning(drafts::id)
-        .get_result::<i64>(conn)
+        .get_results::<i64>(conn)
         .map_err(|e| match e {
             // Both backends enforce the foreign key (SQLite through PRAGMA foreign_keys).
             DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
@@ -91,6 +102,17 @@ pub(crate) fn save_draft_in(
             }
             other => Error::from(other),
         })?;
+    let id = match ids[..] {
+        [] => return Err(Error::not_found(format!("session {session_id}"))),
+        [id] => id,
+        // Only SQLite can hold them; the caller's transaction is rolled back.
+        _ => {
+            return Err(Error::Corrupt {
+                what: format!("session {session_id}"),
+                reason: "several sessions rows hold this UUID, spelled differently".into(),
+            })
+        }
+    };
     Ok(Draft {
         id,
         session_id,

@@ -8,7 +8,7 @@ use super::Store;
 use crate::error::{Error, Result};
 use crate::schema::{messages, sessions};
 use crate::timestamp;
-use crate::types::{DbTimestamp, DbUuid};
+use crate::types::{uuid_key, DbTimestamp, DbUuid, DbUuidKey, StoredUuid};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -165,7 +165,7 @@ pub(crate) fn append_turns_in(
         .map(|(role, text)| append_in(conn, session_id, *role, text))
         .collect::<Result<Vec<_>>>()?;
     if let Some(s) = summary {
-        diesel::update(sessions::table.find(DbUuid(session_id)))
+        diesel::update(sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(session_id))))
             .set(sessions::summary.eq(s))
             .execute(conn)?;
     }
@@ -182,25 +182,22 @@ pub(crate) fn append_in(
     // Lock the session row first (a no-op update): concurrent appends to
     // one session then queue here, and the time read after the lock
     // gives ids, created_at and updated_at all in commit order.
-    let touched = diesel::update(sessions::table.find(DbUuid(session_id)))
-        .set(sessions::updated_at.eq(sessions::updated_at))
-        .execute(conn)?;
-    if touched == 0 {
-        return Err(Error::not_found(format!("session {session_id}")));
-    }
+    // The session is found by UUID; the message then names it by the row's own
+    // spelling (see `StoredUuid`), and later statements use the primary key.
+    let stored = lock_session(conn, session_id)?;
     let now = timestamp::now();
     // Column tuple, not a derived `Insertable`, so PostgreSQL reuses the
     // prepared statement (see `start_session`).
     let id = diesel::insert_into(messages::table)
         .values((
-            messages::session_id.eq(DbUuid(session_id)),
+            messages::session_id.eq(&stored),
             messages::role.eq(role.as_str()),
             messages::text.eq(text),
             messages::created_at.eq(DbTimestamp(now)),
         ))
         .returning(messages::id)
         .get_result::<i64>(conn)?;
-    diesel::update(sessions::table.find(DbUuid(session_id)))
+    diesel::update(sessions::table.filter(sessions::id.eq(&stored)))
         .set(sessions::updated_at.eq(DbTimestamp(now)))
         .execute(conn)?;
     Ok(Message {
@@ -210,4 +207,23 @@ pub(crate) fn append_in(
         text: text.to_string(),
         created_at: now,
     })
+}
+
+/// Locks the session `id` for the caller's write transaction (a no-op update) and
+/// returns its id as stored; [`Error::NotFound`] when there is none.
+pub(crate) fn lock_session(conn: &mut crate::AnyConnection, id: Uuid) -> Result<StoredUuid> {
+    let mut rows: Vec<StoredUuid> =
+        diesel::update(sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(id))))
+            .set(sessions::updated_at.eq(sessions::updated_at))
+            .returning(sessions::id)
+            .get_results(conn)?;
+    match rows.len() {
+        0 => Err(Error::not_found(format!("session {id}"))),
+        1 => Ok(rows.remove(0)),
+        // Only SQLite can hold them; the caller's transaction is rolled back.
+        _ => Err(Error::Corrupt {
+            what: format!("session {id}"),
+            reason: "several sessions rows hold this UUID, spelled differently".into(),
+        }),
+    }
 }

@@ -8,7 +8,7 @@ use super::messages::{Message, MessageRow, Role};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::schema::{messages, sessions};
-use crate::types::{DbTimestamp, DbUuid};
+use crate::types::{uuid_key, DbTimestamp, DbUuid, DbUuidKey};
 
 /// One interview.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -114,13 +114,28 @@ impl Store {
         self.read(|conn| {
             // One statement: one round trip, and one snapshot, so the session's
             // `updated_at` is never older than the messages that come with it.
+            // By UUID on both sides of the join: a legacy file may spell a session's id one way
+            // and its messages' session_id another (see crate::types::uuid_key).
             let rows: Vec<(SessionRow, Option<MessageRow>)> = sessions::table
-                .left_join(messages::table)
-                .filter(sessions::id.eq(DbUuid(id)))
+                .left_join(
+                    messages::table.on(uuid_key(messages::session_id).eq(uuid_key(sessions::id))),
+                )
+                .filter(uuid_key(sessions::id).eq(DbUuidKey(id)))
                 .order(messages::id.asc())
                 .select((SessionRow::as_select(), Option::<MessageRow>::as_select()))
                 .load(conn)
                 .map_err(|e| Error::from(e).reading(|| format!("session {id} and its messages")))?;
+            // Two rows of one UUID in different spellings (only SQLite can hold them) join
+            // every message once per row: a message id seen twice, or two rows without any.
+            if rows
+                .windows(2)
+                .any(|w| w[0].1.as_ref().map(|m| m.id) == w[1].1.as_ref().map(|m| m.id))
+            {
+                return Err(Error::Corrupt {
+                    what: format!("session {id}"),
+                    reason: "several sessions rows hold this UUID, spelled differently".into(),
+                });
+            }
             let mut rows = rows.into_iter();
             let Some((session, first)) = rows.next() else {
                 return Err(Error::not_found(format!("session {id}")));
@@ -139,16 +154,17 @@ impl Store {
     pub fn update_summary(&self, id: Uuid, summary: &str) -> Result<Session> {
         self.check_text("summary", summary)?;
         self.write(|conn, now| {
-            let row = diesel::update(sessions::table.find(DbUuid(id)))
-                .set((
-                    sessions::summary.eq(summary),
-                    sessions::updated_at.eq(DbTimestamp(now)),
-                ))
-                // `as_returning()` cannot be rendered per backend inside a MultiConnection; a column tuple can.
-                .returning(sessions::all_columns)
-                .get_result::<SessionRow>(conn)
-                .optional()?
-                .ok_or_else(|| Error::not_found(format!("session {id}")))?;
+            let row =
+                diesel::update(sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(id))))
+                    .set((
+                        sessions::summary.eq(summary),
+                        sessions::updated_at.eq(DbTimestamp(now)),
+                    ))
+                    // `as_returning()` cannot be rendered per backend inside a MultiConnection; a column tuple can.
+                    .returning(sessions::all_columns)
+                    .get_result::<SessionRow>(conn)
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("session {id}")))?;
             Ok(row.into())
         })
     }
@@ -242,7 +258,7 @@ fn first_unreadable(conn: &mut crate::AnyConnection, ids: Vec<DbUuid>) -> Option
     ids.into_iter()
         .find(|id| {
             sessions::table
-                .find(*id)
+                .filter(uuid_key(sessions::id).eq(DbUuidKey(id.0)))
                 .select(SessionRow::as_select())
                 .first::<SessionRow>(conn)
                 .is_err()

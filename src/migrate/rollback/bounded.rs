@@ -24,6 +24,7 @@ use crate::migrate::verify::{TableVerify, VerifyReport, LISTED};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
+use crate::types::read_legacy_uuid;
 use crate::types::{DbTimestamp, DbUuid};
 
 /// Compares the rows named by PostgreSQL's log entries of transactions from
@@ -295,10 +296,7 @@ impl Named {
 fn parents<'a>(ids: impl Iterator<Item = &'a Option<Vec<u8>>>) -> SessionIndex {
     let mut index = SessionIndex::default();
     for id in ids.flatten() {
-        if let Some(u) = std::str::from_utf8(id)
-            .ok()
-            .and_then(|s| Uuid::parse_str(s).ok())
-        {
+        if let Ok(u) = read_legacy_uuid(id) {
             index.insert_valid(u);
         }
     }
