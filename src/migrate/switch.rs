@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 /// Back to SQLite: see `switch_back.rs`; the same rules the other way.
 ///
 /// Before each step that spans both databases the intent is recorded
-/// (`switching_to_*` at a [`Step`]), so a run killed at any instant is
+/// (`switching_to_*` at a [`Step`](crate::migrate::Step)), so a run killed at any instant is
 /// finished by running the same switch again, or undone by the switch the
 /// other way (until the point of no return: PostgreSQL going live on the way
 /// there, PostgreSQL retired on the way back). A switch that already happened

@@ -7,7 +7,7 @@ use super::verify::VerifyReport;
 use crate::connection::Backend;
 use crate::error::{Error, Result};
 
-/// What [`switch`] did.
+/// What [`switch`](crate::migrate::switch) did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SwitchReport {
     /// The backend now live.
