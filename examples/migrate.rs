@@ -729,7 +729,7 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     p.rows_total,
                     p.rows_copied,
                     p.rows_rejected,
-                    p.last_source_rowid,
+                    p.last_source_rowid.map_or("-".into(), |n| n.to_string()),
                     p.updated_at
                 );
             }

@@ -441,7 +441,7 @@ fn verify_snapshots(
             for table in [Table::Messages, Table::Drafts] {
                 let t = Instant::now();
                 cmp.waited = Duration::ZERO;
-                read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
+                read_batches(src, table, None, i64::MAX, SCAN_BATCH, &index, |batch| {
                     cmp.batch(table, &batch)
                 })?;
                 log::debug!(
@@ -484,9 +484,11 @@ impl<'a> Comparison<'a> {
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
         let pg_messages = Prefetch::spawn(scope, postgres, snapshot, 4, |pg, after| {
-            messages::table
-                .filter(messages::id.gt(after))
-                .order(messages::id)
+            let mut q = messages::table.into_boxed();
+            if let Some(after) = after {
+                q = q.filter(messages::id.gt(after));
+            }
+            q.order(messages::id)
                 .limit(SCAN_BATCH)
                 .select((
                     messages::id,
@@ -503,9 +505,11 @@ impl<'a> Comparison<'a> {
         // (64 bytes a row), so up to 64,000 of them wait, and the slow part on PostgreSQL's
         // side (TOAST, decompression) is done by the time SQLite reaches the drafts.
         let pg_drafts = Prefetch::spawn(scope, postgres, snapshot, 64, |pg, after| {
-            drafts::table
-                .filter(drafts::id.gt(after))
-                .order(drafts::id)
+            let mut q = drafts::table.into_boxed();
+            if let Some(after) = after {
+                q = q.filter(drafts::id.gt(after));
+            }
+            q.order(drafts::id)
                 .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
                 .select((
                     drafts::id,
@@ -767,13 +771,14 @@ struct Prefetch {
 
 impl Prefetch {
     /// Reads ahead on a thread of its own, at most `batches` loads, in the
-    /// exported `snapshot` (its transaction ends with the connection).
+    /// exported `snapshot` (its transaction ends with the connection). `load`
+    /// reads the rows after its cursor (None: from the first row).
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
         snapshot: &'scope str,
         batches: usize,
-        load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
+        load: impl Fn(&mut PgConnection, Option<i64>) -> QueryResult<Vec<Digest>> + Send + 'scope,
     ) -> Prefetch {
         let (tx, rx) = mpsc::sync_channel(batches);
         scope.spawn(move || {
@@ -781,13 +786,14 @@ impl Prefetch {
                 let mut pg = state::connect(url)?;
                 pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
                 pg.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))?;
-                let mut after = 0;
+                // A keyset cursor from before the first row: ids may be zero or negative.
+                let mut after = None;
                 loop {
                     let rows = load(&mut pg, after)?;
                     let Some(last) = rows.last() else {
                         return Ok(());
                     };
-                    after = last.id;
+                    after = Some(last.id);
                     if tx.send(Ok(rows)).is_err() {
                         return Ok(()); // the reader stopped early
                     }
