@@ -493,8 +493,8 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                     ("drafts", &report.drafts),
                 ] {
                     println!(
-                        "{t}: sqlite {} / postgres {} rows, {} rejected, {} differences, checksums {} / {}",
-                        v.sqlite_rows, v.postgres_rows, v.rejected, v.differences, v.sqlite_checksum, v.postgres_checksum
+                        "{t}: count(*) sqlite {} / postgres {}; compared sqlite {} / postgres {} rows, {} rejected, {} differences, checksums {} / {}",
+                        v.sqlite_count, v.postgres_count, v.sqlite_rows, v.postgres_rows, v.rejected, v.differences, v.sqlite_checksum, v.postgres_checksum
                     );
                 }
                 println!(
@@ -511,6 +511,12 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
                 );
                 for d in &k.listed {
                     println!("  {d}");
+                }
+                if let Some(n) = k.in_flight.filter(|n| *n > 0) {
+                    println!(
+                        "{n} of the key differences are in keys answered since the last applied \
+                         change-log entry (in flight)"
+                    );
                 }
                 if let Some(n) = report.in_flight.filter(|n| *n > 0) {
                     println!(

@@ -170,6 +170,16 @@ fn verify_reports_a_row_missing_on_postgres_whatever_its_key() {
             "{table} {k} not named: {:?}",
             v.differences
         );
+        // The counts alone tell it too, per table.
+        let counted = v
+            .differences
+            .iter()
+            .find(|d| d.table.as_str() == table && d.id == "count(*)")
+            .unwrap_or_else(|| panic!("no count(*) difference: {:?}", v.differences));
+        assert!(
+            counted.detail.contains("sqlite 5 (0 invalid), postgres 4"),
+            "{counted}"
+        );
         exec(&format!(
             "INSERT INTO {table} SELECT * FROM kept; DROP TABLE kept"
         ));

@@ -133,30 +133,9 @@ pub(crate) struct ReadTimes {
 }
 
 /// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
-/// for long rows) and normalises each batch; `after` None starts before the
-/// first row, whatever its rowid (see [`Source::rows`]).
-pub(crate) fn read_batches(
-    src: &mut Source,
-    table: Table,
-    after: Option<i64>,
-    upto: i64,
-    size: i64,
-    index: &SessionIndex,
-    each: impl FnMut(Batch) -> Result<()>,
-) -> Result<()> {
-    read_batches_timed(
-        src,
-        table,
-        after,
-        upto,
-        size,
-        index,
-        &mut ReadTimes::default(),
-        each,
-    )
-}
-
-/// [`read_batches`], adding where the time went to `times`.
+/// for long rows), normalises each batch, and adds where the time went to
+/// `times`; `after` None starts before the first row, whatever its rowid (see
+/// [`Source::rows`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_batches_timed(
     src: &mut Source,

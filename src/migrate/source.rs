@@ -341,19 +341,42 @@ impl Source {
         &mut self.conn
     }
 
-    /// Every session up to rowid `upto`, streamed in the order of the index on
-    /// `id` (the UUID order when the ids are spelled alike), one row in memory at a time.
-    pub fn sessions_by_id(
-        &mut self,
-        upto: i64,
-    ) -> Result<impl Iterator<Item = Result<RawSession>> + '_> {
+    /// Every session, streamed in the order of the index on `id` (the UUID
+    /// order when the ids are spelled alike), one row in memory at a time.
+    /// No bound and no cursor: verify's own read, independent of the copy's.
+    pub fn sessions_by_id(&mut self) -> Result<impl Iterator<Item = Result<RawSession>> + '_> {
         Ok(diesel::sql_query(format!(
-            "SELECT {} FROM sessions WHERE rowid <= ? ORDER BY id",
+            "SELECT {} FROM sessions ORDER BY id",
             Table::Sessions.columns()
         ))
-        .bind::<BigInt, _>(upto)
         .load_iter::<RawSession, diesel::connection::DefaultLoadingMode>(&mut self.conn)?
-        .map(|r| r.map_err(crate::error::Error::from)))
+        .map(|r| r.map_err(crate::error::Error::from))
+        .fuse())
+    }
+
+    /// Every row of `table` in rowid order, in one statement streamed a row
+    /// at a time: verify's own read, with no bound, cursor or filter shared
+    /// with the copy's pagination.
+    pub fn stream<R: QueryableByName<Sqlite> + 'static>(
+        &mut self,
+        table: Table,
+    ) -> Result<impl Iterator<Item = Result<R>> + '_> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {} FROM {table} ORDER BY rowid",
+            table.columns()
+        ))
+        .load_iter::<R, diesel::connection::DefaultLoadingMode>(&mut self.conn)?
+        .map(|r| r.map_err(crate::error::Error::from))
+        // SQLite runs a finished statement again when stepped once more: one pass only.
+        .fuse())
+    }
+
+    /// Every row of `table`, counted by SQLite (`count(*)`, no condition).
+    pub fn count_all(&mut self, table: Table) -> Result<u64> {
+        let n = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result::<One>(&mut self.conn)?
+            .n;
+        Ok(n as u64)
     }
 
     /// Every session, in rowid order, `batch` at a time.
