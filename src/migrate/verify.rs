@@ -592,11 +592,57 @@ fn verify_snapshots(
                 );
             }
             let mut report = cmp.finish(&counts)?;
+            // PostgreSQL is about to go live: its inserts must not collide with the rows copied.
+            if matches!(stands_at, Some(Position::Sqlite(_))) {
+                check_sequences(&mut report, pg)?;
+            }
             report.idempotency_keys = super::keys::verify(src.conn(), pg)?;
             settle(&mut report, stands_at, src, pg)?;
             Ok(report)
         })
     })
+}
+
+/// Checks that each id sequence hands out an id no row holds: past the largest
+/// id, or, when a row holds `i64::MAX` (see [`super::pipeline::bump_sequences`]),
+/// a free one. A sequence behind its rows is a difference of its table (id
+/// `sequence`): the service's next insert on PostgreSQL would fail.
+fn check_sequences(report: &mut VerifyReport, pg: &mut PgConnection) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Seq {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        top: Option<i64>,
+        /// None: the sequence handed out its last value.
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        next: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        taken: bool,
+    }
+    for table in [Table::Messages, Table::Drafts] {
+        let q = diesel::sql_query(format!(
+            "SELECT top, next, EXISTS (SELECT FROM {table} WHERE id = next) AS taken FROM              (SELECT (SELECT max(id) FROM {table}) AS top,                      (SELECT CASE WHEN NOT is_called THEN last_value                                   WHEN last_value < 9223372036854775807 THEN last_value + 1 END                       FROM {table}_id_seq) AS next) s"
+        ));
+        let seq: Seq = q.get_result(pg)?;
+        let Some(top) = seq.top else { continue };
+        let behind = match seq.next {
+            None => Some("has no id left".to_string()),
+            Some(next) if top < i64::MAX && next <= top => Some(format!(
+                "hands out {next} next, not past the largest id {top}"
+            )),
+            Some(next) if seq.taken => Some(format!("hands out {next} next, an id a row holds")),
+            Some(_) => None,
+        };
+        if let Some(why) = behind {
+            report.remember(
+                table,
+                "sequence".into(),
+                Kind::Scan,
+                "id",
+                format!("postgres's id sequence {why}: the service's next insert would fail"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Every row of each table by `count(*)` with no condition, on each side, in
