@@ -340,3 +340,68 @@ fn verify_names_each_seeded_difference_and_is_equal_once_undone() {
         );
     }
 }
+
+/// A copied file with one finished idempotency key, and its PostgreSQL copy.
+fn copied_with_a_key() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    common::PgDatabase,
+    DatabaseUrl,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("interview.db");
+    let lite = Store::connect(path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    lite.migrate().unwrap();
+    common::seed_identical(&lite, &[uuid::Uuid::now_v7()]);
+    drop(lite);
+    sqlite_exec(&path, &key_sql("k1", "{\"id\":1}"));
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    copy(&path, &url, &CopyOptions::default()).unwrap();
+    (dir, path, db, url)
+}
+
+fn key_sql(key: &str, body: &str) -> String {
+    format!(
+        "INSERT INTO idempotency_keys VALUES ('POST /sessions', '{key}', 'ab', \
+         '0190a5f0-0000-7000-8000-0000000000aa', 201, '{body}', \
+         '2025-03-01T12:00:00.000000Z', '2025-03-01T12:00:00.000000Z', '2025-03-01T12:00:01.000000Z')"
+    )
+}
+
+fn sqlite_exec(path: &std::path::Path, sql: &str) {
+    SqliteConnection::establish(path.to_str().unwrap())
+        .unwrap()
+        .batch_execute(sql)
+        .unwrap();
+}
+
+/// `verify --live`: a key answered on the live side after the position
+/// PostgreSQL stands at is in flight, as a row written then is, not a fault.
+#[test]
+fn a_key_answered_after_the_snapshot_is_in_flight() {
+    let (_dir, path, _db, url) = copied_with_a_key();
+    // The service answers a keyed request on SQLite; no sync has run since.
+    sqlite_exec(&path, &key_sql("k2", "{\"id\":2}"));
+    let v = verify(&path, &url).unwrap();
+    assert!(!v.is_equal(), "k2 is not on postgres yet");
+    assert_eq!(v.idempotency_keys.differences, 1, "{v:#?}");
+    assert_eq!(v.idempotency_keys.in_flight, Some(1), "{v:#?}");
+    assert!(v.is_equal_but_in_flight(), "{v:#?}");
+}
+
+/// A key that differs without a change-log entry past PostgreSQL's position
+/// is a real difference, in flight or not around it.
+#[test]
+fn a_key_differing_for_real_is_not_in_flight() {
+    let (_dir, path, db, url) = copied_with_a_key();
+    sqlite_exec(&path, &key_sql("k2", "{\"id\":2}"));
+    PgConnection::establish(&db.url)
+        .unwrap()
+        .batch_execute("UPDATE idempotency_keys SET response_body = '{\"id\":9}' WHERE key = 'k1'")
+        .unwrap();
+    let v = verify(&path, &url).unwrap();
+    assert_eq!(v.idempotency_keys.differences, 2, "{v:#?}");
+    assert_eq!(v.idempotency_keys.in_flight, Some(1), "{v:#?}");
+    assert!(!v.is_equal_but_in_flight(), "{v:#?}");
+}
