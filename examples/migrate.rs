@@ -332,9 +332,20 @@ fn json(value: &impl serde::Serialize) {
     );
 }
 
+/// A store for one command: it opens connections only when asked for one
+/// (no idle ones kept, so no pool thread opens one in the background), and
+/// the command closes it ([`Store::close`]) before the process exits.
 fn open(url: &DatabaseUrl) -> interview_store::Result<Store> {
     log::info!("opening {}", url.masked());
-    Store::open(url.clone(), StoreConfig::default())
+    let config = StoreConfig {
+        pool: interview_store::PoolConfig {
+            max_size: 2,
+            min_idle: Some(0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Store::open(url.clone(), config)
 }
 
 fn run(command: Command) -> interview_store::Result<ExitCode> {
@@ -368,7 +379,9 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
         }
         Command::Setup { postgres, sqlite } => {
             let store = open(&postgres.url())?;
-            let applied = store.migrate()?;
+            let applied = store.migrate();
+            store.close();
+            let applied = applied?;
             println!(
                 "{}: schema up to date ({} migration(s) applied)",
                 postgres.url().masked(),
@@ -564,7 +577,9 @@ fn run(command: Command) -> interview_store::Result<ExitCode> {
             } else {
                 Selection::Sessions(session)
             };
-            let report = migrate::compare_file(&sqlite.path, &right, &selection)?;
+            let report = migrate::compare_file(&sqlite.path, &right, &selection);
+            right.close();
+            let report = report?;
             for d in &report.differences {
                 println!("{} {}", d.session, d.what);
             }
@@ -832,8 +847,13 @@ fn set_pause(url: DatabaseUrl, on: bool) -> interview_store::Result<ExitCode> {
 fn row_counts(sqlite: &std::path::Path, postgres: &DatabaseUrl, live: Backend) -> checklist::Step {
     let started = std::time::Instant::now();
     let outcome = (|| -> interview_store::Result<Result<String, String>> {
-        let lite = open(&DatabaseUrl::existing_sqlite(sqlite)?)?.counts()?;
-        let pg = open(postgres)?.counts()?;
+        let counts = |store: Store| {
+            let counts = store.counts();
+            store.close();
+            counts
+        };
+        let lite = counts(open(&DatabaseUrl::existing_sqlite(sqlite)?)?)?;
+        let pg = counts(open(postgres)?)?;
         let (live_counts, other) = match live {
             Backend::Postgres => (pg, lite),
             Backend::Sqlite => (lite, pg),
