@@ -405,3 +405,43 @@ fn a_key_differing_for_real_is_not_in_flight() {
     assert_eq!(v.idempotency_keys.in_flight, Some(1), "{v:#?}");
     assert!(!v.is_equal_but_in_flight(), "{v:#?}");
 }
+
+/// Published checksums are XXH3-64 over a fixed layout (see `verify`): the
+/// same rows give the same figures in any process, Rust release or machine,
+/// so operators can compare the ones two runs print.
+#[test]
+fn checksums_are_pinned() {
+    let src = common::legacy::Legacy::new(&common::legacy::clean_sql(2, 2));
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    copy(&src.path, &url, &CopyOptions::default()).unwrap();
+    let v = verify(&src.path, &url).unwrap();
+    let sums = |t: &interview_store::migrate::TableVerify| {
+        (t.sqlite_checksum.clone(), t.postgres_checksum.clone())
+    };
+    for (t, want) in [
+        (&v.sessions, "48cdb4761a433413"),
+        (&v.messages, "4a01e59f0b526ed2"),
+        (&v.drafts, "25a2627e233b3688"),
+    ] {
+        assert_eq!(sums(t), (want.to_string(), want.to_string()), "{v:#?}");
+    }
+    // The drafts' figure from the documented layout, computed here apart:
+    // id ‖ session ‖ XXH3-128 of the role ('' for drafts) ‖ of the body ‖ created_at µs.
+    use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+    let created = chrono::DateTime::parse_from_rfc3339("2025-01-03T00:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    let mut sum = 0u64;
+    for (id, s) in [(1i64, 0), (2, 1)] {
+        let session = uuid::Uuid::parse_str(&format!("00000000-0000-4000-8000-{s:012}")).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend(id.to_le_bytes());
+        bytes.extend(session.as_bytes());
+        bytes.extend(xxh3_128(b"").to_le_bytes());
+        bytes.extend(xxh3_128(format!("draft of {s}").as_bytes()).to_le_bytes());
+        bytes.extend(created.to_le_bytes());
+        sum = sum.wrapping_add(xxh3_64(&bytes));
+    }
+    assert_eq!(format!("{sum:016x}"), v.drafts.sqlite_checksum);
+}
