@@ -371,6 +371,28 @@ impl Source {
         .fuse())
     }
 
+    /// Up to `limit` rows of `table` after the keyset cursor `after` (None:
+    /// from the first row, whatever its rowid), in rowid order, with no upper
+    /// bound: verify's own pages, apart from the copy's bounded ones.
+    pub fn page<R: QueryableByName<Sqlite> + 'static>(
+        &mut self,
+        table: Table,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<R>> {
+        let cols = table.columns();
+        let q = match after {
+            Some(after) => diesel::sql_query(format!(
+                "SELECT {cols} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+            ))
+            .into_boxed::<Sqlite>()
+            .bind::<BigInt, _>(after),
+            None => diesel::sql_query(format!("SELECT {cols} FROM {table} ORDER BY rowid LIMIT ?"))
+                .into_boxed(),
+        };
+        Ok(q.bind::<BigInt, _>(limit).load(&mut self.conn)?)
+    }
+
     /// Every row of `table`, counted by SQLite (`count(*)`, no condition).
     pub fn count_all(&mut self, table: Table) -> Result<u64> {
         let n = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))

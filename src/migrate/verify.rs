@@ -680,8 +680,9 @@ fn index_sessions(src: &mut Source) -> Result<SessionIndex> {
     Ok(index)
 }
 
-/// SQLite's rows of a child table, normalised, in batches of [`SCAN_BATCH`],
-/// from one streamed statement over the whole table (no cursor, no bound).
+/// SQLite's rows of a child table, normalised, in batches of [`SCAN_BATCH`]:
+/// verify's own keyset pages over the whole table (from before the first
+/// row, no upper bound, no mark), apart from the copy's reader.
 fn each_batch(
     src: &mut Source,
     table: Table,
@@ -696,22 +697,23 @@ fn each_batch(
         wrap: fn(Vec<T>) -> Rows,
         each: &mut dyn FnMut(Batch) -> Result<()>,
     ) -> Result<()> {
-        let mut rows = src.stream::<R>(table)?;
+        // Keyset pages (one statement each, cached): measured faster than one
+        // statement streamed a row at a time through diesel's row iterator.
+        let mut after = None;
         loop {
-            let mut ok = Vec::with_capacity(SCAN_BATCH as usize);
+            let page: Vec<R> = src.page(table, after, SCAN_BATCH)?;
+            let Some(last_rowid) = page.last().map(id) else {
+                return Ok(());
+            };
+            after = Some(last_rowid);
+            let mut ok = Vec::with_capacity(page.len());
             let mut rejects = Vec::new();
-            let mut last = None;
-            for raw in rows.by_ref().take(SCAN_BATCH as usize) {
-                let raw = raw?;
-                last = Some(id(&raw));
+            for raw in page {
                 match normalise(raw) {
                     Ok(v) => ok.push(v),
                     Err(e) => rejects.push(e),
                 }
             }
-            let Some(last_rowid) = last else {
-                return Ok(());
-            };
             each(Batch {
                 last_rowid,
                 rows: wrap(ok),
