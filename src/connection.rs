@@ -521,6 +521,50 @@ impl ConnectionSetup {
 #[derive(Debug)]
 pub(crate) struct Manager {
     pub url: DatabaseUrl,
+    /// The pool's connections, open or being opened (see [`Alive`]).
+    pub alive: std::sync::Arc<Alive>,
+}
+
+/// How many connections of a pool are open or being opened, on any thread:
+/// r2d2 opens them on threads of its own and has no join, so this is what a
+/// closing store waits on (see [`crate::Store::close`]).
+#[derive(Debug, Default)]
+pub(crate) struct Alive {
+    n: parking_lot::Mutex<usize>,
+    gone: parking_lot::Condvar,
+}
+
+impl Alive {
+    fn enter(self: &std::sync::Arc<Self>) -> AliveGuard {
+        *self.n.lock() += 1;
+        AliveGuard(self.clone())
+    }
+
+    /// Waits until no connection is open or being opened; false after `within`.
+    pub(crate) fn wait_none(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut n = self.n.lock();
+        while *n > 0 {
+            if self.gone.wait_until(&mut n, deadline).timed_out() {
+                return *n == 0;
+            }
+        }
+        true
+    }
+}
+
+/// One connection counted by [`Alive`] from before it is opened until it is closed.
+#[derive(Debug)]
+pub(crate) struct AliveGuard(std::sync::Arc<Alive>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.n.lock();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.gone.notify_all();
+        }
+    }
 }
 
 /// A pooled connection, plus whether an operation saw it die.
@@ -531,6 +575,8 @@ pub(crate) struct Manager {
 pub struct PoolConnection {
     pub(crate) conn: AnyConnection,
     pub(crate) lost: bool,
+    /// Last, so that it is released after the connection closed.
+    _alive: AliveGuard,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -538,9 +584,13 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<PoolConnection> {
+        // Counted from before the attempt: a handshake in progress is what a
+        // closing store must not leave behind.
+        let alive = self.alive.enter();
         Ok(PoolConnection {
             conn: self.url.establish()?,
             lost: false,
+            _alive: alive,
         })
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::breaker::Breaker;
-use crate::connection::{AnyConnection, ConnectionSetup, Customizer, DatabaseUrl, Manager};
+use crate::connection::{Alive, AnyConnection, ConnectionSetup, Customizer, DatabaseUrl, Manager};
 use crate::error::{Error, Result};
 
 /// Pool sizing and time limits.
@@ -79,6 +79,7 @@ pub(crate) struct Pool {
     timeouts: AtomicU64,
     waits: AtomicU64,
     breaker: Arc<Breaker>,
+    alive: Arc<Alive>,
 }
 
 impl Pool {
@@ -100,6 +101,7 @@ impl Pool {
         let mut probe = connect_url.establish()?;
         setup.apply(&mut probe)?;
         let breaker = Breaker::new(connect_url.clone());
+        let alive = Arc::new(Alive::default());
         let inner = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(config.min_idle.map(|m| m.min(max_size)))
@@ -109,7 +111,10 @@ impl Pool {
             .test_on_check_out(false)
             .connection_customizer(Box::new(Customizer(setup)))
             .error_handler(Box::new(LogErrors(breaker.clone())))
-            .build_unchecked(Manager { url: connect_url });
+            .build_unchecked(Manager {
+                url: connect_url,
+                alive: alive.clone(),
+            });
         let pool = Pool {
             inner,
             url,
@@ -117,6 +122,7 @@ impl Pool {
             timeouts: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             breaker,
+            alive,
         };
         Ok(pool)
     }
@@ -180,6 +186,11 @@ impl Pool {
 
     pub(crate) fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// The count of this pool's connections, open or being opened.
+    pub(crate) fn alive(&self) -> Arc<Alive> {
+        self.alive.clone()
     }
 }
 

@@ -37,7 +37,10 @@ pub struct SetupReport {
 /// Creates or upgrades the PostgreSQL schema; with a SQLite file, installs its
 /// change log and indexes its messages and drafts by session. Idempotent.
 pub fn setup(postgres: &DatabaseUrl, sqlite: Option<&Path>) -> Result<SetupReport> {
-    let applied = Store::open(postgres.clone(), StoreConfig::default())?.migrate()?;
+    let store = command_store(postgres)?;
+    let applied = store.migrate();
+    store.close();
+    let applied = applied?;
     let mut report = SetupReport {
         postgres: postgres.masked(),
         applied,
@@ -103,8 +106,26 @@ pub fn compare_databases(
     selection: &Selection,
 ) -> Result<CompareReport> {
     require_sqlite_file(sqlite)?;
-    let right = Store::open(postgres.clone(), StoreConfig::default())?;
-    compare_file(sqlite, &right, selection)
+    let right = command_store(postgres)?;
+    let report = compare_file(sqlite, &right, selection);
+    right.close();
+    report
+}
+
+/// A store for one command: it opens connections only when asked for one
+/// (no idle ones kept, so no pool thread opens one in the background), and
+/// the command closes it ([`Store::close`]) before the process exits, so no
+/// thread is in a TLS handshake while the exit handlers run.
+fn command_store(url: &DatabaseUrl) -> Result<Store> {
+    let config = StoreConfig {
+        pool: crate::PoolConfig {
+            max_size: 2,
+            min_idle: Some(0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Store::open(url.clone(), config)
 }
 
 /// Row counts of the live side and the other one (the checklist's last step).
@@ -129,9 +150,14 @@ impl RowCounts {
 
 /// Counts the rows of both sides, `live` being the one the service runs on.
 pub fn row_counts(sqlite: &Path, postgres: &DatabaseUrl, live: Backend) -> Result<RowCounts> {
-    let open = |url: DatabaseUrl| Store::open(url, StoreConfig::default());
-    let lite = open(DatabaseUrl::existing_sqlite(sqlite)?)?.counts()?;
-    let pg = open(postgres.clone())?.counts()?;
+    let counts = |url: &DatabaseUrl| {
+        let store = command_store(url)?;
+        let counts = store.counts();
+        store.close();
+        counts
+    };
+    let lite = counts(&DatabaseUrl::existing_sqlite(sqlite)?)?;
+    let pg = counts(postgres)?;
     let (live_counts, other) = match live {
         Backend::Postgres => (pg, lite),
         Backend::Sqlite => (lite, pg),

@@ -48,7 +48,7 @@ pub fn check(sqlite: &Path) -> Result<CheckReport> {
             wal,
             ..Default::default()
         };
-        scan(src, &index, marks, Marks::default(), &mut report)?;
+        scan(src, &index, marks, &mut report)?;
         Ok(report)
     })
 }
@@ -68,16 +68,16 @@ pub(crate) fn index_sessions(
     Ok((index, latest))
 }
 
-/// Validates every row in `(after, upto]` of each table into `report`.
+/// Validates every row up to `upto` of each table into `report`, from the
+/// first row on, whatever its rowid (zero and negative ones included).
 pub(crate) fn scan(
     src: &mut Source,
     index: &SessionIndex,
     upto: Marks,
-    after: Marks,
     report: &mut CheckReport,
 ) -> Result<()> {
     for table in Table::ALL {
-        let mut from = after.of(table);
+        let mut from = None;
         let n = &mut report.rows[table as usize];
         loop {
             let last = match table {
@@ -116,7 +116,7 @@ pub(crate) fn scan(
                 }
             };
             match last {
-                Some(l) => from = l,
+                Some(l) => from = Some(l),
                 None => break,
             }
         }

@@ -228,7 +228,7 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         // runs, so it checks first.
         if opts.reject_file.is_none() && existing.is_some() {
             let mut report = CheckReport::default();
-            check::scan(src, &index, marks, Marks::default(), &mut report)?;
+            check::scan(src, &index, marks, &mut report)?;
             if !report.is_clean() {
                 return Err(Error::InvalidSource {
                     count: report.rejects.len(),
@@ -238,9 +238,9 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
         }
         if existing.is_none() {
             let totals = [
-                src.count(Table::Sessions, 0, marks.session_rowid)?,
-                src.count(Table::Messages, 0, marks.message_id)?,
-                src.count(Table::Drafts, 0, marks.draft_id)?,
+                src.count(Table::Sessions, None, marks.session_rowid)?,
+                src.count(Table::Messages, None, marks.message_id)?,
+                src.count(Table::Drafts, None, marks.draft_id)?,
             ];
             // Read in the same snapshot as the rows: sync starts exactly here.
             let change_seq = changelog::sqlite_position(src.conn())?;
@@ -472,10 +472,12 @@ fn load(
         let writer = scope.spawn(move || write(pg, rx, progress, strict, opts));
         let read = (|| {
             for table in Table::ALL {
+                // None until a batch of the table committed: the first
+                // batch starts before the first row, whatever its rowid.
                 let after = progress
                     .iter()
                     .find(|p| p.table_name == table.as_str())
-                    .map_or(0, |p| p.last_source_rowid);
+                    .and_then(|p| p.last_source_rowid);
                 let mut times = ReadTimes::default();
                 let mut encoding = Duration::ZERO;
                 read_batches_timed(
@@ -555,7 +557,7 @@ fn write(
             state::record_batch(
                 pg,
                 batch.table(),
-                batch.last_rowid,
+                Some(batch.last_rowid),
                 batch.rows as i64,
                 &batch.rejects,
                 batch.null_summaries,

@@ -312,11 +312,22 @@ pub struct KeysVerify {
     pub differences: u64,
     /// The first `verify::LISTED` of them.
     pub listed: Vec<KeyDifference>,
+    /// Of the differences, those in keys the change log names past the
+    /// position the other side stands at: answered while the verify ran (or
+    /// not applied yet), so in flight, as rows are. `None` until settled, or
+    /// when too many keys differ to tell.
+    pub in_flight: Option<u64>,
+    /// The keys that differ, up to [`super::verify::TRACKED`], to tell the ones in flight.
+    #[serde(skip)]
+    pub(crate) differing: Vec<(String, String)>,
 }
 
 impl KeysVerify {
-    fn differ(&mut self, scope: &str, key: &str, column: &str, detail: &str) {
+    pub(crate) fn differ(&mut self, scope: &str, key: &str, column: &str, detail: &str) {
         self.differences += 1;
+        if self.differing.len() < super::verify::TRACKED {
+            self.differing.push((scope.into(), key.into()));
+        }
         if self.listed.len() < super::verify::LISTED {
             self.listed.push(KeyDifference {
                 scope: scope.into(),
@@ -325,6 +336,23 @@ impl KeysVerify {
                 detail: detail.into(),
             });
         }
+    }
+
+    /// Counts the differences in keys `named` names (every key when `all`):
+    /// change-log entries past the position the compared side stands at.
+    pub(crate) fn settle_in_flight(&mut self, named: &BTreeSet<(String, String)>, all: bool) {
+        self.in_flight = if self.differences as usize > self.differing.len() {
+            None
+        } else if all {
+            Some(self.differences)
+        } else {
+            Some(self.differing.iter().filter(|k| named.contains(*k)).count() as u64)
+        };
+    }
+
+    /// Whether every difference is in a key in flight (or there is none).
+    pub fn is_equal_but_in_flight(&self) -> bool {
+        self.differences == 0 || self.in_flight == Some(self.differences)
     }
 
     fn compare(&mut self, a: &KeyRow, b: &KeyRow) {

@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
 use diesel::pg::CopyFormat;
 use diesel::prelude::*;
 
@@ -19,12 +18,56 @@ use crate::store::sessions::SessionRow;
 use crate::types::{DbTimestamp, DbUuid};
 
 /// Moves each id sequence past the largest id, so that the service's own
-/// inserts never collide with copied rows.
+/// inserts never collide with copied rows. Never moves a sequence back.
+///
+/// SQLite allows any `i64` id. Negative and zero ids need nothing (the
+/// sequence starts at 1). A table holding `i64::MAX` (9223372036854775807)
+/// leaves no id past it, and a sequence set there could never hand out
+/// another: the service's next insert would fail. The sequence goes instead
+/// just past the largest id whose successor is free, below the top one, so
+/// new rows fill the gap below `i64::MAX` (SQLite itself picks unused rowids
+/// once the largest is taken); a warning names the table.
 pub(crate) fn bump_sequences(pg: &mut PgConnection) -> Result<()> {
-    pg.batch_execute(
-        "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('messages', 'id'))), false) FROM messages; \
-         SELECT setval(pg_get_serial_sequence('drafts', 'id'), GREATEST(COALESCE(max(id), 0) + 1, nextval(pg_get_serial_sequence('drafts', 'id'))), false) FROM drafts",
-    )?;
+    #[derive(QueryableByName)]
+    struct Next {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        next: Option<i64>,
+    }
+    for table in ["messages", "drafts"] {
+        let top: Option<i64> = match table {
+            "messages" => messages::table
+                .select(diesel::dsl::max(messages::id))
+                .get_result(pg)?,
+            _ => drafts::table
+                .select(diesel::dsl::max(drafts::id))
+                .get_result(pg)?,
+        };
+        let next = match top {
+            None => continue,
+            Some(top) if top < i64::MAX => top + 1,
+            Some(_) => {
+                // The rare case: one scan for the largest id with a free successor.
+                let gap = diesel::sql_query(format!(
+                    "SELECT max(id) + 1 AS next FROM {table} a WHERE id < 9223372036854775807                      AND NOT EXISTS (SELECT FROM {table} b WHERE b.id = a.id + 1)"
+                ))
+                .get_result::<Next>(pg)?
+                .next
+                .unwrap_or(1);
+                log::warn!(
+                    "{table} holds the id 9223372036854775807, the largest PostgreSQL can store:                      its id sequence cannot go past it, so new {table} get ids from {gap} on"
+                );
+                gap
+            }
+        };
+        // setval with is_called false: the next nextval returns `next` itself.
+        // The sequence's own position wins when it is ahead (sync runs again
+        // after the service wrote on PostgreSQL); a sequence starts at 1.
+        diesel::sql_query(format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),              GREATEST($1, 1, (SELECT CASE WHEN is_called AND last_value < 9223372036854775807 THEN last_value + 1 ELSE last_value END                  FROM {table}_id_seq)), false)"
+        ))
+        .bind::<diesel::sql_types::BigInt, _>(next)
+        .execute(pg)?;
+    }
     Ok(())
 }
 
@@ -90,34 +133,14 @@ pub(crate) struct ReadTimes {
 }
 
 /// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
-/// for long rows) and normalises each batch.
-pub(crate) fn read_batches(
-    src: &mut Source,
-    table: Table,
-    after: i64,
-    upto: i64,
-    size: i64,
-    index: &SessionIndex,
-    each: impl FnMut(Batch) -> Result<()>,
-) -> Result<()> {
-    read_batches_timed(
-        src,
-        table,
-        after,
-        upto,
-        size,
-        index,
-        &mut ReadTimes::default(),
-        each,
-    )
-}
-
-/// [`read_batches`], adding where the time went to `times`.
+/// for long rows), normalises each batch, and adds where the time went to
+/// `times`; `after` None starts before the first row, whatever its rowid (see
+/// [`Source::rows`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_batches_timed(
     src: &mut Source,
     table: Table,
-    after: i64,
+    after: Option<i64>,
     upto: i64,
     size: i64,
     index: &SessionIndex,
@@ -200,7 +223,7 @@ pub(crate) fn read_batches_timed(
         // long drafts must fit the same memory as of short messages.
         let rows = (batch.len() + batch.rejects.len()).max(1);
         limit = (BATCH_BYTES * rows / bytes.max(1)).clamp(1, size as usize) as i64;
-        after = batch.last_rowid;
+        after = Some(batch.last_rowid);
         let t = times.lap(t, |t| &mut t.normalise);
         each(batch)?;
         times.lap(t, |t| &mut t.handed_on);

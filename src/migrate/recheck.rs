@@ -100,13 +100,16 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
             .filter(sessions::id.eq_any(chunk))
             .select(SessionRow::as_select())
             .load(pg)?;
-        theirs.extend(rows.iter().map(|r| (r.id.0, hash_of(SessionDigest::of(r)))));
+        theirs.extend(
+            rows.iter()
+                .map(|r| (r.id.0, hash_of(&SessionDigest::of(r)))),
+        );
     }
     for r in &changed.sessions {
         out.rows += 1;
         match theirs.get(&r.id.0) {
             None => out.differ(Table::Sessions, r.id.0.to_string(), "missing on postgres"),
-            Some(h) if *h != hash_of(SessionDigest::of(r)) => {
+            Some(h) if *h != hash_of(&SessionDigest::of(r)) => {
                 out.differ(Table::Sessions, r.id.0.to_string(), "differs")
             }
             Some(_) => {}
@@ -125,7 +128,7 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
     let ours: Vec<(i64, u64)> = changed
         .messages
         .iter()
-        .map(|r| (r.id, hash_of(Digest::of_message(r))))
+        .map(|r| (r.id, hash_of(&Digest::of_message(r))))
         .collect();
     let theirs = digests_of(pg, &ours, &changed.deleted_messages, message_digests)?;
     children(
@@ -138,7 +141,7 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
     let ours: Vec<(i64, u64)> = changed
         .drafts
         .iter()
-        .map(|r| (r.id, hash_of(Digest::of_draft(r))))
+        .map(|r| (r.id, hash_of(&Digest::of_draft(r))))
         .collect();
     let theirs = digests_of(pg, &ours, &changed.deleted_drafts, draft_digests)?;
     children(
@@ -179,7 +182,7 @@ fn message_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, 
         .load(pg)?;
     Ok(rows
         .iter()
-        .map(|r| (r.id, hash_of(Digest::of_message(r))))
+        .map(|r| (r.id, hash_of(&Digest::of_message(r))))
         .collect())
 }
 
@@ -190,7 +193,7 @@ fn draft_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u6
         .load(pg)?;
     Ok(rows
         .iter()
-        .map(|r| (r.id, hash_of(Digest::of_draft(r))))
+        .map(|r| (r.id, hash_of(&Digest::of_draft(r))))
         .collect())
 }
 

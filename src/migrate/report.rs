@@ -156,7 +156,10 @@ impl Display for TableVerify {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sqlite {} / postgres {} rows, {} rejected, {} differences, checksums {} / {}",
+            "count(*) sqlite {} / postgres {}; compared sqlite {} / postgres {} rows, {} rejected, \
+             {} differences, checksums {} / {}",
+            self.sqlite_count,
+            self.postgres_count,
             self.sqlite_rows,
             self.postgres_rows,
             self.rejected,
@@ -192,6 +195,13 @@ impl Display for VerifyReport {
         )?;
         for d in &k.listed {
             writeln!(f, "  {d}")?;
+        }
+        if let Some(n) = k.in_flight.filter(|n| *n > 0) {
+            writeln!(
+                f,
+                "{n} of the key differences are in keys answered since the last applied \
+                 change-log entry (in flight)"
+            )?;
         }
         if let Some(n) = self.in_flight.filter(|n| *n > 0) {
             writeln!(

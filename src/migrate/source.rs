@@ -119,6 +119,11 @@ impl RawDraft {
 }
 
 /// Where a source stood at one snapshot: the largest rowid of each table.
+///
+/// Marks are inclusive upper bounds only; every reader starts before the
+/// first row (see [`Source::rows`]). An empty table's mark is 0: the copy
+/// then reads nothing from it, and what is written later, at any rowid,
+/// reaches PostgreSQL through the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Marks {
     /// Largest `sessions` rowid.
@@ -220,33 +225,55 @@ impl Source {
         })
     }
 
-    /// How many rows of `table` have a rowid in `(after, upto]`.
-    pub fn count(&mut self, table: Table, after: i64, upto: i64) -> Result<i64> {
-        Ok(diesel::sql_query(format!(
-            "SELECT count(*) AS n FROM {table} WHERE rowid > ? AND rowid <= ?"
-        ))
-        .bind::<BigInt, _>(after)
-        .bind::<BigInt, _>(upto)
-        .get_result::<One>(&mut self.conn)?
-        .n)
+    /// How many rows of `table` have a rowid in `(after, upto]`; `after` None
+    /// counts from the very first row (SQLite allows any `i64` rowid, zero and
+    /// negative ones included).
+    pub fn count(&mut self, table: Table, after: Option<i64>, upto: i64) -> Result<i64> {
+        let q = match after {
+            Some(after) => diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM {table} WHERE rowid > ? AND rowid <= ?"
+            ))
+            .into_boxed::<Sqlite>()
+            .bind::<BigInt, _>(after),
+            None => diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM {table} WHERE rowid <= ?"
+            ))
+            .into_boxed(),
+        };
+        Ok(q.bind::<BigInt, _>(upto)
+            .get_result::<One>(&mut self.conn)?
+            .n)
     }
 
-    /// Up to `limit` rows of `table` with a rowid in `(after, upto]`, in rowid order.
+    /// Up to `limit` rows of `table` with a rowid in `(after, upto]`, in rowid
+    /// order. `after` is a keyset cursor: None starts before the first row,
+    /// whatever its rowid (down to `i64::MIN`), `Some(last)` goes on after the
+    /// last row read, so no `last + 1` can overflow at `i64::MAX`.
     pub fn rows<R: QueryableByName<Sqlite> + 'static>(
         &mut self,
         table: Table,
-        after: i64,
+        after: Option<i64>,
         upto: i64,
         limit: i64,
     ) -> Result<Vec<R>> {
-        Ok(diesel::sql_query(format!(
-            "SELECT {} FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
-            table.columns()
-        ))
-        .bind::<BigInt, _>(after)
-        .bind::<BigInt, _>(upto)
-        .bind::<BigInt, _>(limit)
-        .load(&mut self.conn)?)
+        // Two statements rather than `? IS NULL OR rowid > ?`, which would keep
+        // SQLite from seeking the rowid and make every page a scan from the start.
+        let q = match after {
+            Some(after) => diesel::sql_query(format!(
+                "SELECT {} FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+                table.columns()
+            ))
+            .into_boxed::<Sqlite>()
+            .bind::<BigInt, _>(after),
+            None => diesel::sql_query(format!(
+                "SELECT {} FROM {table} WHERE rowid <= ? ORDER BY rowid LIMIT ?",
+                table.columns()
+            ))
+            .into_boxed(),
+        };
+        Ok(q.bind::<BigInt, _>(upto)
+            .bind::<BigInt, _>(limit)
+            .load(&mut self.conn)?)
     }
 
     /// The sessions whose stored id is one of `keys` (ids as stored, the change log's keys).
@@ -314,19 +341,64 @@ impl Source {
         &mut self.conn
     }
 
-    /// Every session up to rowid `upto`, streamed in the order of the index on
-    /// `id` (the UUID order when the ids are spelled alike), one row in memory at a time.
-    pub fn sessions_by_id(
-        &mut self,
-        upto: i64,
-    ) -> Result<impl Iterator<Item = Result<RawSession>> + '_> {
+    /// Every session, streamed in the order of the index on `id` (the UUID
+    /// order when the ids are spelled alike), one row in memory at a time.
+    /// No bound and no cursor: verify's own read, independent of the copy's.
+    pub fn sessions_by_id(&mut self) -> Result<impl Iterator<Item = Result<RawSession>> + '_> {
         Ok(diesel::sql_query(format!(
-            "SELECT {} FROM sessions WHERE rowid <= ? ORDER BY id",
+            "SELECT {} FROM sessions ORDER BY id",
             Table::Sessions.columns()
         ))
-        .bind::<BigInt, _>(upto)
         .load_iter::<RawSession, diesel::connection::DefaultLoadingMode>(&mut self.conn)?
-        .map(|r| r.map_err(crate::error::Error::from)))
+        .map(|r| r.map_err(crate::error::Error::from))
+        .fuse())
+    }
+
+    /// Every row of `table` in rowid order, in one statement streamed a row
+    /// at a time: verify's own read, with no bound, cursor or filter shared
+    /// with the copy's pagination.
+    pub fn stream<R: QueryableByName<Sqlite> + 'static>(
+        &mut self,
+        table: Table,
+    ) -> Result<impl Iterator<Item = Result<R>> + '_> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {} FROM {table} ORDER BY rowid",
+            table.columns()
+        ))
+        .load_iter::<R, diesel::connection::DefaultLoadingMode>(&mut self.conn)?
+        .map(|r| r.map_err(crate::error::Error::from))
+        // SQLite runs a finished statement again when stepped once more: one pass only.
+        .fuse())
+    }
+
+    /// Up to `limit` rows of `table` after the keyset cursor `after` (None:
+    /// from the first row, whatever its rowid), in rowid order, with no upper
+    /// bound: verify's own pages, apart from the copy's bounded ones.
+    pub fn page<R: QueryableByName<Sqlite> + 'static>(
+        &mut self,
+        table: Table,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<R>> {
+        let cols = table.columns();
+        let q = match after {
+            Some(after) => diesel::sql_query(format!(
+                "SELECT {cols} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+            ))
+            .into_boxed::<Sqlite>()
+            .bind::<BigInt, _>(after),
+            None => diesel::sql_query(format!("SELECT {cols} FROM {table} ORDER BY rowid LIMIT ?"))
+                .into_boxed(),
+        };
+        Ok(q.bind::<BigInt, _>(limit).load(&mut self.conn)?)
+    }
+
+    /// Every row of `table`, counted by SQLite (`count(*)`, no condition).
+    pub fn count_all(&mut self, table: Table) -> Result<u64> {
+        let n = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result::<One>(&mut self.conn)?
+            .n;
+        Ok(n as u64)
     }
 
     /// Every session, in rowid order, `batch` at a time.
@@ -336,13 +408,13 @@ impl Source {
         batch: i64,
         mut f: impl FnMut(&RawSession) -> Result<()>,
     ) -> Result<()> {
-        let mut after = 0;
+        let mut after = None;
         loop {
             let rows: Vec<RawSession> = self.rows(Table::Sessions, after, upto, batch)?;
             let Some(last) = rows.last() else {
                 return Ok(());
             };
-            after = last.rowid;
+            after = Some(last.rowid);
             for r in &rows {
                 f(r)?;
             }

@@ -96,9 +96,10 @@ pub struct TableProgress {
     /// The table.
     #[diesel(sql_type = Text)]
     pub table_name: String,
-    /// The last source rowid handled (copied or rejected).
-    #[diesel(sql_type = BigInt)]
-    pub last_source_rowid: i64,
+    /// The last source rowid handled (copied or rejected); `None` before the
+    /// first batch (rowids may be zero or negative, so no number can mean "none").
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub last_source_rowid: Option<i64>,
     /// Source rows up to the snapshot mark.
     #[diesel(sql_type = BigInt)]
     pub rows_total: i64,
@@ -237,7 +238,7 @@ pub(crate) fn start(
 pub(crate) fn record_batch(
     pg: &mut PgConnection,
     table: Table,
-    last_rowid: i64,
+    last_rowid: Option<i64>,
     copied: i64,
     rejected: &[Reject],
     null_summaries: i64,
@@ -267,7 +268,7 @@ pub(crate) fn record_batch(
          null_summaries = null_summaries + $5, updated_at = now() WHERE table_name = $1",
     )
     .bind::<Text, _>(table.as_str())
-    .bind::<BigInt, _>(last_rowid)
+    .bind::<Nullable<BigInt>, _>(last_rowid)
     .bind::<BigInt, _>(copied)
     .bind::<BigInt, _>(rejected.len() as i64)
     .bind::<BigInt, _>(null_summaries)
@@ -352,7 +353,7 @@ pub(crate) fn record_reject(
     reject: Option<&Reject>,
 ) -> Result<()> {
     match reject {
-        Some(r) => record_batch(pg, table, 0, 0, std::slice::from_ref(r), 0, "sync"),
+        Some(r) => record_batch(pg, table, None, 0, std::slice::from_ref(r), 0, "sync"),
         None => {
             diesel::sql_query(
                 "DELETE FROM interview_migration_rejects WHERE table_name = $1 AND source_id = $2",

@@ -256,7 +256,7 @@ impl fmt::Display for Status {
                 p.rows_total,
                 p.rows_copied,
                 p.rows_rejected,
-                p.last_source_rowid,
+                p.last_source_rowid.map_or("-".into(), |n| n.to_string()),
                 timestamp::format(p.updated_at)
             )?;
         }

@@ -1,7 +1,6 @@
 //! Verification: both sides hold the same normalised rows, checked row by row and by checksum.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -11,19 +10,20 @@ use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use diesel::sqlite::Sqlite;
 use uuid::Uuid;
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::changelog::Changes;
-use super::check::{self, SCAN_BATCH};
+use super::check::SCAN_BATCH;
 use super::id_merge::{self, Pair};
 use super::keys::KeysVerify;
 use super::lock::MigrationLock;
 use super::normalize::Reject;
 use super::normalize::{self, SessionIndex};
 use super::phase::Phase;
-use super::pipeline::{read_batches, Batch, Rows};
-use super::source::{Source, Table};
+use super::pipeline::{Batch, Rows};
+use super::source::{RawDraft, RawMessage, RawSession, Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub const LISTED: usize = 50;
 
 /// How many differing rows are remembered to tell which are in flight: more
 /// than writes in flight ever amount to, few enough to stay small in memory.
-const TRACKED: usize = 200_000;
+pub(super) const TRACKED: usize = 200_000;
 
 /// One row that differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,9 +67,13 @@ impl std::fmt::Display for RowDifference {
 /// One table's side-by-side figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableVerify {
-    /// Valid rows in SQLite.
+    /// Every row in SQLite, by `count(*)` with no condition (invalid ones included).
+    pub sqlite_count: u64,
+    /// Every row in PostgreSQL, by `count(*)` with no condition.
+    pub postgres_count: u64,
+    /// Valid rows in SQLite, as the row comparison read them.
     pub sqlite_rows: u64,
-    /// Rows in PostgreSQL.
+    /// Rows in PostgreSQL, as the row comparison read them.
     pub postgres_rows: u64,
     /// SQLite rows recorded as rejected by copy or sync (not differences).
     pub rejected: u64,
@@ -113,7 +117,29 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
     /// The rows that differ, up to [`TRACKED`], to tell the ones in flight.
     #[serde(skip)]
-    differing: Vec<(Table, String)>,
+    differing: Vec<Differing>,
+}
+
+/// What kind of difference a [`VerifyReport`] remembers, to tell the ones in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A column of a row on both sides.
+    Column,
+    /// A row on one side only.
+    OneSided,
+    /// The tables' `count(*)` differ: in flight only when every row on one
+    /// side only is (the comparison read every row, so they make up the gap).
+    Count,
+    /// The row comparison read other rows than `count(*)` counts: a fault of
+    /// the reader, never in flight.
+    Scan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Differing {
+    table: Table,
+    id: String,
+    kind: Kind,
 }
 
 impl VerifyReport {
@@ -137,11 +163,14 @@ impl VerifyReport {
     /// PostgreSQL applied (a follower is behind by those rows, nothing else).
     pub fn is_equal_but_in_flight(&self) -> bool {
         let all = self.sessions.differences + self.messages.differences + self.drafts.differences;
-        self.idempotency_keys.differences == 0 && self.in_flight == Some(all)
+        self.idempotency_keys.is_equal_but_in_flight() && self.in_flight == Some(all)
     }
 
     /// Counts the differences in rows named by `named` (log entries past the applied mark).
     pub(crate) fn settle_in_flight(&mut self, named: &Changes) {
+        // Keys in flight are excused as rows are: an answered retry is a write.
+        self.idempotency_keys
+            .settle_in_flight(&named.keys, named.all_keys);
         let all = self.sessions.differences + self.messages.differences + self.drafts.differences;
         if all as usize > self.differing.len() {
             self.in_flight = None;
@@ -152,22 +181,30 @@ impl VerifyReport {
             .iter()
             .filter_map(|k| read_legacy_uuid(k.as_bytes()).ok())
             .collect();
-        let mut rows: HashSet<(Table, String)> = HashSet::new();
-        for (table, id) in &self.differing {
-            let named = match table {
-                Table::Sessions => {
-                    read_legacy_uuid(id.as_bytes()).is_ok_and(|u| sessions.contains(&u))
-                }
-                Table::Messages | Table::Drafts => id
-                    .parse::<i64>()
-                    .is_ok_and(|i| named.children(*table).contains(&i)),
-            };
-            if named {
-                rows.insert((*table, id.clone()));
+        let is_named = |d: &Differing| match d.table {
+            Table::Sessions => {
+                read_legacy_uuid(d.id.as_bytes()).is_ok_and(|u| sessions.contains(&u))
+            }
+            Table::Messages | Table::Drafts => {
+                d.id.parse::<i64>()
+                    .is_ok_and(|i| named.children(d.table).contains(&i))
+            }
+        };
+        // A row differing in two columns is one difference per column.
+        let mut in_flight = 0u64;
+        let mut settled_one_sided = [true; 3];
+        for d in &self.differing {
+            match d.kind {
+                Kind::Column | Kind::OneSided if is_named(d) => in_flight += 1,
+                Kind::OneSided => settled_one_sided[d.table as usize] = false,
+                _ => {}
             }
         }
-        // A row differing in two columns is one difference per column.
-        let in_flight = self.differing.iter().filter(|d| rows.contains(*d)).count() as u64;
+        in_flight += self
+            .differing
+            .iter()
+            .filter(|d| d.kind == Kind::Count && settled_one_sided[d.table as usize])
+            .count() as u64;
         self.in_flight = Some(in_flight);
     }
 
@@ -178,17 +215,73 @@ impl VerifyReport {
         column: &str,
         detail: impl Into<String>,
     ) {
+        let kind = if column == "*" {
+            Kind::OneSided
+        } else {
+            Kind::Column
+        };
+        self.remember(table, id, kind, column, detail.into());
+    }
+
+    fn remember(&mut self, table: Table, id: String, kind: Kind, column: &str, detail: String) {
         self.table(table).differences += 1;
         if self.differing.len() < TRACKED {
-            self.differing.push((table, id.clone()));
+            self.differing.push(Differing {
+                table,
+                id: id.clone(),
+                kind,
+            });
         }
         if self.differences.len() < LISTED {
             self.differences.push(RowDifference {
                 table,
                 id,
                 column: column.into(),
-                detail: detail.into(),
+                detail,
             });
+        }
+    }
+
+    /// Compares the row comparison's figures of one table with `count(*)` on
+    /// each side; `invalid` SQLite rows are not expected on PostgreSQL.
+    fn check_counts(&mut self, table: Table, invalid: u64) {
+        let t = self.table(table).clone();
+        if t.sqlite_rows + invalid != t.sqlite_count {
+            self.remember(
+                table,
+                "count(*)".into(),
+                Kind::Scan,
+                "*",
+                format!(
+                    "the row comparison read {} of sqlite's {} rows",
+                    t.sqlite_rows + invalid,
+                    t.sqlite_count
+                ),
+            );
+        }
+        if t.postgres_rows != t.postgres_count {
+            self.remember(
+                table,
+                "count(*)".into(),
+                Kind::Scan,
+                "*",
+                format!(
+                    "the row comparison read {} of postgres's {} rows",
+                    t.postgres_rows, t.postgres_count
+                ),
+            );
+        }
+        if t.sqlite_count.saturating_sub(invalid) != t.postgres_count {
+            self.remember(
+                table,
+                "count(*)".into(),
+                Kind::Count,
+                "*",
+                format!(
+                    "count(*): sqlite {} ({invalid} invalid), postgres {}",
+                    t.sqlite_count, t.postgres_count
+                ),
+            );
         }
     }
 }
@@ -206,15 +299,64 @@ impl Checksum {
     }
 }
 
-pub(super) fn hash_of(row: impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    row.hash(&mut h);
-    h.finish()
+/// A row's share of a published checksum: XXH3-64 over a fixed layout of
+/// the fields compared (little-endian integers, UUIDs as their 16 bytes, the
+/// text columns as their XXH3-128 hashes). Stable across Rust releases,
+/// processes and machines, unlike `std`'s `DefaultHasher`, so checksums
+/// printed by two runs, or by two versions of the tool, can be compared.
+pub(super) fn hash_of(row: &impl RowBytes) -> u64 {
+    let mut buf = [0u8; 72];
+    let n = row.write(&mut buf);
+    xxh3_64(&buf[..n])
+}
+
+/// The fixed layout [`hash_of`] hashes.
+pub(super) trait RowBytes {
+    /// Writes the layout into `buf`; returns its length.
+    fn write(&self, buf: &mut [u8; 72]) -> usize;
+}
+
+/// Appends fields into a fixed buffer.
+struct Layout<'a> {
+    buf: &'a mut [u8; 72],
+    at: usize,
+}
+
+impl Layout<'_> {
+    fn put(mut self, bytes: &[u8]) -> Self {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+        self
+    }
+}
+
+impl RowBytes for SessionDigest {
+    /// id (16) ‖ created_at µs (8) ‖ updated_at µs (8) ‖ summary XXH3-128 (16).
+    fn write(&self, buf: &mut [u8; 72]) -> usize {
+        Layout { buf, at: 0 }
+            .put(self.id.as_bytes())
+            .put(&self.created_at.to_le_bytes())
+            .put(&self.updated_at.to_le_bytes())
+            .put(&self.summary_hash.to_le_bytes())
+            .at
+    }
+}
+
+impl RowBytes for Digest {
+    /// id (8) ‖ session_id (16) ‖ role XXH3-128 (16) ‖ body XXH3-128 (16) ‖ created_at µs (8).
+    fn write(&self, buf: &mut [u8; 72]) -> usize {
+        Layout { buf, at: 0 }
+            .put(&self.id.to_le_bytes())
+            .put(self.session_id.as_bytes())
+            .put(&self.role_hash.to_le_bytes())
+            .put(&self.body_hash.to_le_bytes())
+            .put(&self.created_at.to_le_bytes())
+            .at
+    }
 }
 
 /// A session as compared: the summary by a 128-bit XXH3 hash, so that the
 /// sessions one side holds while the other catches up stay small.
-#[derive(Hash)]
 pub(super) struct SessionDigest {
     id: Uuid,
     created_at: i64,
@@ -237,7 +379,6 @@ impl SessionDigest {
 /// computed on the reading threads, so that batches in flight stay small.
 /// (Hashing in PostgreSQL, `md5(text)`, measured four times slower than
 /// shipping the text.)
-#[derive(Hash)]
 pub(super) struct Digest {
     id: i64,
     session_id: Uuid,
@@ -442,31 +583,175 @@ fn verify_snapshots(
     std::thread::scope(|scope| {
         src.snapshot(|src| {
             // SQLite's first read fixes its snapshot; the lock can go after it.
-            let marks = src.marks()?;
+            // The counts come first, by `count(*)` with no condition on each
+            // side: whatever the row comparison reads must add up to them.
+            let counts = Counts::read(src, pg)?;
             drop(release);
-            let (index, _) = check::index_sessions(src, marks.session_rowid)?;
+            let index = index_sessions(src)?;
             let mut cmp = Comparison::start(scope, postgres, &snapshot, &recorded);
             let t = Instant::now();
-            cmp.sessions(src, &index, marks.session_rowid, pg)?;
+            cmp.sessions(src, &index, pg)?;
             log::debug!("verify: sessions in {:.1?}", t.elapsed());
             for table in [Table::Messages, Table::Drafts] {
                 let t = Instant::now();
                 cmp.waited = Duration::ZERO;
-                read_batches(src, table, 0, i64::MAX, SCAN_BATCH, &index, |batch| {
-                    cmp.batch(table, &batch)
-                })?;
+                each_batch(src, table, &index, |batch| cmp.batch(table, &batch))?;
                 log::debug!(
                     "verify: {table} in {:.1?}, {:.1?} of it waiting for postgres",
                     t.elapsed(),
                     cmp.waited
                 );
             }
-            let mut report = cmp.finish()?;
+            let mut report = cmp.finish(&counts)?;
+            // PostgreSQL is about to go live: its inserts must not collide with the rows copied.
+            if matches!(stands_at, Some(Position::Sqlite(_))) {
+                check_sequences(&mut report, pg)?;
+            }
             report.idempotency_keys = super::keys::verify(src.conn(), pg)?;
             settle(&mut report, stands_at, src, pg)?;
             Ok(report)
         })
     })
+}
+
+/// Checks that each id sequence hands out an id no row holds: past the largest
+/// id, or, when a row holds `i64::MAX` (see [`super::pipeline::bump_sequences`]),
+/// a free one. A sequence behind its rows is a difference of its table (id
+/// `sequence`): the service's next insert on PostgreSQL would fail.
+fn check_sequences(report: &mut VerifyReport, pg: &mut PgConnection) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Seq {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        top: Option<i64>,
+        /// None: the sequence handed out its last value.
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        next: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        taken: bool,
+    }
+    for table in [Table::Messages, Table::Drafts] {
+        let q = diesel::sql_query(format!(
+            "SELECT top, next, EXISTS (SELECT FROM {table} WHERE id = next) AS taken FROM              (SELECT (SELECT max(id) FROM {table}) AS top,                      (SELECT CASE WHEN NOT is_called THEN last_value                                   WHEN last_value < 9223372036854775807 THEN last_value + 1 END                       FROM {table}_id_seq) AS next) s"
+        ));
+        let seq: Seq = q.get_result(pg)?;
+        let Some(top) = seq.top else { continue };
+        let behind = match seq.next {
+            None => Some("has no id left".to_string()),
+            Some(next) if top < i64::MAX && next <= top => Some(format!(
+                "hands out {next} next, not past the largest id {top}"
+            )),
+            Some(next) if seq.taken => Some(format!("hands out {next} next, an id a row holds")),
+            Some(_) => None,
+        };
+        if let Some(why) = behind {
+            report.remember(
+                table,
+                "sequence".into(),
+                Kind::Scan,
+                "id",
+                format!("postgres's id sequence {why}: the service's next insert would fail"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every row of each table by `count(*)` with no condition, on each side, in
+/// the snapshots compared.
+struct Counts {
+    sqlite: [u64; 3],
+    postgres: [u64; 3],
+}
+
+impl Counts {
+    fn read(src: &mut Source, pg: &mut PgConnection) -> Result<Counts> {
+        let mut out = Counts {
+            sqlite: [0; 3],
+            postgres: [0; 3],
+        };
+        for t in Table::ALL {
+            out.sqlite[t as usize] = src.count_all(t)?;
+            let n: i64 = match t {
+                Table::Sessions => sessions::table.count().get_result(pg)?,
+                Table::Messages => messages::table.count().get_result(pg)?,
+                Table::Drafts => drafts::table.count().get_result(pg)?,
+            };
+            out.postgres[t as usize] = n as u64;
+        }
+        Ok(out)
+    }
+}
+
+/// The index children are judged against, from verify's own read of every session.
+fn index_sessions(src: &mut Source) -> Result<SessionIndex> {
+    let mut index = SessionIndex::default();
+    for raw in src.stream::<RawSession>(Table::Sessions)? {
+        index.add(&raw?);
+    }
+    Ok(index)
+}
+
+/// SQLite's rows of a child table, normalised, in batches of [`SCAN_BATCH`]:
+/// verify's own keyset pages over the whole table (from before the first
+/// row, no upper bound, no mark), apart from the copy's reader.
+fn each_batch(
+    src: &mut Source,
+    table: Table,
+    index: &SessionIndex,
+    mut each: impl FnMut(Batch) -> Result<()>,
+) -> Result<()> {
+    fn batches<R: QueryableByName<Sqlite> + 'static, T>(
+        src: &mut Source,
+        table: Table,
+        id: fn(&R) -> i64,
+        mut normalise: impl FnMut(R) -> std::result::Result<T, Reject>,
+        wrap: fn(Vec<T>) -> Rows,
+        each: &mut dyn FnMut(Batch) -> Result<()>,
+    ) -> Result<()> {
+        // Keyset pages (one statement each, cached): measured faster than one
+        // statement streamed a row at a time through diesel's row iterator.
+        let mut after = None;
+        loop {
+            let page: Vec<R> = src.page(table, after, SCAN_BATCH)?;
+            let Some(last_rowid) = page.last().map(id) else {
+                return Ok(());
+            };
+            after = Some(last_rowid);
+            let mut ok = Vec::with_capacity(page.len());
+            let mut rejects = Vec::new();
+            for raw in page {
+                match normalise(raw) {
+                    Ok(v) => ok.push(v),
+                    Err(e) => rejects.push(e),
+                }
+            }
+            each(Batch {
+                last_rowid,
+                rows: wrap(ok),
+                rejects,
+                null_summaries: 0,
+            })?;
+        }
+    }
+    match table {
+        Table::Messages => batches(
+            src,
+            table,
+            |r: &RawMessage| r.id,
+            |r| normalize::message(r, index),
+            Rows::Messages,
+            &mut each,
+        ),
+        Table::Drafts => batches(
+            src,
+            table,
+            |r: &RawDraft| r.id,
+            |r| normalize::draft(r, index),
+            Rows::Drafts,
+            &mut each,
+        ),
+        Table::Sessions => Ok(()),
+    }
 }
 
 /// One verification in progress: both sides' sessions stream past each other
@@ -483,6 +768,8 @@ struct Comparison<'a> {
     pg_drafts: Prefetch,
     /// Time spent waiting for PostgreSQL's read-ahead (for the debug log).
     waited: Duration,
+    /// Invalid SQLite rows per table (recorded as rejected or not).
+    invalid: [u64; 3],
 }
 
 impl<'a> Comparison<'a> {
@@ -495,9 +782,11 @@ impl<'a> Comparison<'a> {
         recorded: &'a HashSet<(String, String)>,
     ) -> Self {
         let pg_messages = Prefetch::spawn(scope, postgres, snapshot, 4, |pg, after| {
-            messages::table
-                .filter(messages::id.gt(after))
-                .order(messages::id)
+            let mut q = messages::table.into_boxed();
+            if let Some(after) = after {
+                q = q.filter(messages::id.gt(after));
+            }
+            q.order(messages::id)
                 .limit(SCAN_BATCH)
                 .select((
                     messages::id,
@@ -514,9 +803,11 @@ impl<'a> Comparison<'a> {
         // (64 bytes a row), so up to 64,000 of them wait, and the slow part on PostgreSQL's
         // side (TOAST, decompression) is done by the time SQLite reaches the drafts.
         let pg_drafts = Prefetch::spawn(scope, postgres, snapshot, 64, |pg, after| {
-            drafts::table
-                .filter(drafts::id.gt(after))
-                .order(drafts::id)
+            let mut q = drafts::table.into_boxed();
+            if let Some(after) = after {
+                q = q.filter(drafts::id.gt(after));
+            }
+            q.order(drafts::id)
                 .limit(SCAN_BATCH / 5) // drafts run to kilobytes: keep memory flat
                 .select((
                     drafts::id,
@@ -537,6 +828,7 @@ impl<'a> Comparison<'a> {
             pg_messages,
             pg_drafts,
             waited: Duration::ZERO,
+            invalid: [0; 3],
         }
     }
 
@@ -547,11 +839,10 @@ impl<'a> Comparison<'a> {
         &mut self,
         src: &mut Source,
         index: &SessionIndex,
-        upto: i64,
         pg: &mut PgConnection,
     ) -> Result<()> {
         let mut rejects = Vec::new();
-        let ours = src.sessions_by_id(upto)?.filter_map(|raw| match raw {
+        let ours = src.sessions_by_id()?.filter_map(|raw| match raw {
             Err(e) => Some(Err(e)),
             Ok(raw) => match normalize::session(&raw, index) {
                 Ok(s) => Some(Ok(SessionDigest::of(&s.row))),
@@ -595,6 +886,7 @@ impl<'a> Comparison<'a> {
     }
 
     fn reject(&mut self, table: Table, r: &Reject) {
+        self.invalid[table as usize] += 1;
         if self.recorded.contains(&(r.table.clone(), r.id.clone())) {
             self.report.table(table).rejected += 1;
         } else {
@@ -687,14 +979,19 @@ impl<'a> Comparison<'a> {
         Ok(())
     }
 
-    /// What is left on PostgreSQL has ids the source never had; then the checksums.
-    fn finish(mut self) -> Result<VerifyReport> {
+    /// What is left on PostgreSQL has ids the source never had; then the
+    /// checksums, and the figures against `count(*)`.
+    fn finish(mut self, counts: &Counts) -> Result<VerifyReport> {
         self.children(Table::Messages, &[], i64::MAX)?;
         self.children(Table::Drafts, &[], i64::MAX)?;
         self.report.sessions_with_message_differences = self.uneven.len() as u64;
         for (i, t) in Table::ALL.into_iter().enumerate() {
-            self.report.table(t).sqlite_checksum = self.sums[i].0.hex();
-            self.report.table(t).postgres_checksum = self.sums[i].1.hex();
+            let v = self.report.table(t);
+            v.sqlite_checksum = self.sums[i].0.hex();
+            v.postgres_checksum = self.sums[i].1.hex();
+            v.sqlite_count = counts.sqlite[i];
+            v.postgres_count = counts.postgres[i];
+            self.report.check_counts(t, self.invalid[i]);
         }
         Ok(self.report)
     }
@@ -778,13 +1075,14 @@ struct Prefetch {
 
 impl Prefetch {
     /// Reads ahead on a thread of its own, at most `batches` loads, in the
-    /// exported `snapshot` (its transaction ends with the connection).
+    /// exported `snapshot` (its transaction ends with the connection). `load`
+    /// reads the rows after its cursor (None: from the first row).
     fn spawn<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         url: &'scope DatabaseUrl,
         snapshot: &'scope str,
         batches: usize,
-        load: impl Fn(&mut PgConnection, i64) -> QueryResult<Vec<Digest>> + Send + 'scope,
+        load: impl Fn(&mut PgConnection, Option<i64>) -> QueryResult<Vec<Digest>> + Send + 'scope,
     ) -> Prefetch {
         let (tx, rx) = mpsc::sync_channel(batches);
         scope.spawn(move || {
@@ -792,13 +1090,14 @@ impl Prefetch {
                 let mut pg = state::connect(url)?;
                 pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
                 pg.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))?;
-                let mut after = 0;
+                // A keyset cursor from before the first row: ids may be zero or negative.
+                let mut after = None;
                 loop {
                     let rows = load(&mut pg, after)?;
                     let Some(last) = rows.last() else {
                         return Ok(());
                     };
-                    after = last.id;
+                    after = Some(last.id);
                     if tx.send(Ok(rows)).is_err() {
                         return Ok(()); // the reader stopped early
                     }

@@ -154,6 +154,22 @@ impl Store {
         })
     }
 
+    /// Closes this handle. When it is the last one, waits until every
+    /// connection of its pool is closed, one a pool thread was still opening
+    /// included (up to the connect timeout and a second): a process that exits
+    /// right after (a command-line tool) then has no thread in a TLS handshake
+    /// while its exit handlers run, which crashed it. With other handles
+    /// alive it only drops this one.
+    pub fn close(self) {
+        let last = Arc::strong_count(&self.inner) == 1;
+        let alive = self.inner.pool.alive();
+        let within = self.inner.config.pool.connect_timeout + std::time::Duration::from_secs(1);
+        drop(self);
+        if last && !alive.wait_none(within) {
+            log::warn!("a connection of the store was still open {within:?} after it closed");
+        }
+    }
+
     /// The backend this store talks to.
     pub fn backend(&self) -> Backend {
         self.inner.pool.url().backend()

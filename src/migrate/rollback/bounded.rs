@@ -20,7 +20,7 @@ use crate::migrate::changelog;
 use crate::migrate::keys::{self, KeyRow, KeysVerify};
 use crate::migrate::normalize::{self, Reject, SessionIndex};
 use crate::migrate::source::{RawDraft, RawMessage, Source, Table};
-use crate::migrate::verify::{TableVerify, VerifyReport, LISTED};
+use crate::migrate::verify::{TableVerify, VerifyReport};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
@@ -276,15 +276,7 @@ impl Named {
                     None => continue,
                 },
             };
-            out.differences += 1;
-            if out.listed.len() < LISTED {
-                out.listed.push(keys::KeyDifference {
-                    scope: id.0.clone(),
-                    key: id.1.clone(),
-                    column: detail.0.into(),
-                    detail: detail.1.into(),
-                });
-            }
+            out.differ(&id.0, &id.1, detail.0, detail.1);
         }
         self.report.idempotency_keys = out;
         Ok(())
