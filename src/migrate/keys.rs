@@ -19,6 +19,10 @@ use crate::error::Result;
 use crate::schema::idempotency_keys as keys;
 use crate::types::{DbTimestamp, DbUuid};
 
+/// How many differences a witness lists (all are counted): verify, its key
+/// comparison and the switch's bounded checks.
+pub const LISTED: usize = 50;
+
 /// The change log's table name for the keys.
 pub(crate) const TABLE: &str = "idempotency_keys";
 
@@ -310,7 +314,7 @@ pub struct KeysVerify {
     pub postgres_keys: u64,
     /// Keys that differ or are on one side only.
     pub differences: u64,
-    /// The first `verify::LISTED` of them.
+    /// The first [`LISTED`] of them.
     pub listed: Vec<KeyDifference>,
     /// Of the differences, those in keys the change log names past the
     /// position the other side stands at: answered while the verify ran (or
@@ -328,7 +332,7 @@ impl KeysVerify {
         if self.differing.len() < super::verify::TRACKED {
             self.differing.push((scope.into(), key.into()));
         }
-        if self.listed.len() < super::verify::LISTED {
+        if self.listed.len() < LISTED {
             self.listed.push(KeyDifference {
                 scope: scope.into(),
                 key: key.into(),

@@ -8,6 +8,7 @@
 
 mod admin;
 mod backup;
+mod changed;
 mod changelog;
 mod check;
 mod compare;

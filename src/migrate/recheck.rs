@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use super::changed::{read_changed, Changed};
 use super::changelog;
 use super::keys::KeysVerify;
+use super::keys::LISTED;
 use super::source::{Source, Table};
-use super::sync::{read_changed, Changed};
-use super::verify::{hash_of, Digest, RowDifference, SessionDigest, LISTED};
+use super::verify::{hash_of, Digest, RowDifference, SessionDigest};
 use crate::error::Result;
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
