@@ -23,6 +23,10 @@ use crate::types::{DbTimestamp, DbUuid};
 /// comparison and the switch's bounded checks.
 pub const LISTED: usize = 50;
 
+/// How many differing rows are remembered to tell which are in flight: more
+/// than writes in flight ever amount to, few enough to stay small in memory.
+pub(super) const TRACKED: usize = 200_000;
+
 /// The change log's table name for the keys.
 pub(crate) const TABLE: &str = "idempotency_keys";
 
@@ -321,7 +325,7 @@ pub struct KeysVerify {
     /// not applied yet), so in flight, as rows are. `None` until settled, or
     /// when too many keys differ to tell.
     pub in_flight: Option<u64>,
-    /// The keys that differ, up to [`super::verify::TRACKED`], to tell the ones in flight.
+    /// The keys that differ, up to [`TRACKED`], to tell the ones in flight.
     #[serde(skip)]
     pub(crate) differing: Vec<(String, String)>,
 }
@@ -329,7 +333,7 @@ pub struct KeysVerify {
 impl KeysVerify {
     pub(crate) fn differ(&mut self, scope: &str, key: &str, column: &str, detail: &str) {
         self.differences += 1;
-        if self.differing.len() < super::verify::TRACKED {
+        if self.differing.len() < TRACKED {
             self.differing.push((scope.into(), key.into()));
         }
         if self.listed.len() < LISTED {

@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 use super::changelog::Changes;
 use super::check::SCAN_BATCH;
 use super::id_merge::{self, Pair};
-use super::keys::{KeysVerify, LISTED};
+use super::keys::{KeysVerify, LISTED, TRACKED};
 use super::lock::MigrationLock;
 use super::normalize::Reject;
 use super::normalize::{self, SessionIndex};
@@ -33,10 +33,6 @@ use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
 use crate::types::read_legacy_uuid;
 use crate::types::{DbTimestamp, DbUuid};
-
-/// How many differing rows are remembered to tell which are in flight: more
-/// than writes in flight ever amount to, few enough to stay small in memory.
-pub(super) const TRACKED: usize = 200_000;
 
 /// One row that differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
