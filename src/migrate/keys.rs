@@ -318,7 +318,7 @@ pub struct KeysVerify {
     pub postgres_keys: u64,
     /// Keys that differ or are on one side only.
     pub differences: u64,
-    /// The first [`LISTED`] of them.
+    /// The first `LISTED` of them.
     pub listed: Vec<KeyDifference>,
     /// Of the differences, those in keys the change log names past the
     /// position the other side stands at: answered while the verify ran (or

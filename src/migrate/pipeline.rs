@@ -135,7 +135,7 @@ pub(crate) struct ReadTimes {
 /// Reads `(after, upto]` of `table` in batches of at most `size` rows (fewer
 /// for long rows), normalises each batch, and adds where the time went to
 /// `times`; `after` None starts before the first row, whatever its rowid (see
-/// [`Source::rows`]).
+/// `Source::rows`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_batches_timed(
     src: &mut Source,

@@ -30,7 +30,7 @@ use crate::types::DbUuid;
 pub(crate) struct Recheck {
     /// Rows compared (present on SQLite or deleted there).
     pub rows: u64,
-    /// Rows that differ (all counted, the first [`LISTED`] kept).
+    /// Rows that differ (all counted, the first `LISTED` kept).
     pub count: u64,
     pub differences: Vec<RowDifference>,
     /// The finished idempotency keys, compared in full (pruned after a day,

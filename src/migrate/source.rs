@@ -121,7 +121,7 @@ impl RawDraft {
 /// Where a source stood at one snapshot: the largest rowid of each table.
 ///
 /// Marks are inclusive upper bounds only; every reader starts before the
-/// first row (see [`Source::rows`]). An empty table's mark is 0: the copy
+/// first row (see `Source::rows`). An empty table's mark is 0: the copy
 /// then reads nothing from it, and what is written later, at any rowid,
 /// reaches PostgreSQL through the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
