@@ -372,7 +372,10 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
     use interview_store::{maintenance, Backend};
     let legacy = Legacy::new(&legacy_sql());
     drop(legacy.store());
-    let ids_before = query(&legacy.path, "SELECT id AS row FROM sessions ORDER BY rowid");
+    let ids_before = query(
+        &legacy.path,
+        "SELECT id AS row FROM sessions ORDER BY rowid",
+    );
     let db = common::PgDatabase::create();
     let url: DatabaseUrl = db.url.parse().unwrap();
     migrate::copy(&legacy.path, &url, &Default::default()).unwrap();
@@ -384,13 +387,21 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
     // On PostgreSQL: changes to the hex, hex upper and braced sessions, a new session,
     // and the upper-case session deleted (the store has no delete: SQL).
     let pg = Store::open(url.clone(), StoreConfig::default()).unwrap();
-    let (hex, hex_upper, braced, upper) = (SPELLINGS[2].1, SPELLINGS[3].1, SPELLINGS[4].1, SPELLINGS[1].1);
-    pg.update_summary(canonical(hex), "changed on postgres").unwrap();
+    let (hex, hex_upper, braced, upper) = (
+        SPELLINGS[2].1,
+        SPELLINGS[3].1,
+        SPELLINGS[4].1,
+        SPELLINGS[1].1,
+    );
+    pg.update_summary(canonical(hex), "changed on postgres")
+        .unwrap();
     pg.append_message(canonical(hex_upper), Role::User, "answered on postgres")
         .unwrap();
-    pg.save_draft(canonical(braced), "drafted on postgres").unwrap();
+    pg.save_draft(canonical(braced), "drafted on postgres")
+        .unwrap();
     let new = pg.start_session().unwrap();
-    pg.append_message(new.id, Role::Assistant, "welcome").unwrap();
+    pg.append_message(new.id, Role::Assistant, "welcome")
+        .unwrap();
     let mut c = PgConnection::establish(&db.url).unwrap();
     diesel::connection::SimpleConnection::batch_execute(
         &mut c,
@@ -416,9 +427,16 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
             ),
         )
     };
-    assert_eq!(by_key("sessions", "id", hex), [hex], "one row, in its own spelling");
     assert_eq!(
-        query(&legacy.path, &format!("SELECT summary AS row FROM sessions WHERE id = '{hex}'")),
+        by_key("sessions", "id", hex),
+        [hex],
+        "one row, in its own spelling"
+    );
+    assert_eq!(
+        query(
+            &legacy.path,
+            &format!("SELECT summary AS row FROM sessions WHERE id = '{hex}'")
+        ),
         ["changed on postgres"]
     );
     let theirs = query(
@@ -442,7 +460,10 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
     let mut expected: Vec<String> = ids_before.into_iter().filter(|s| s != upper).collect();
     expected.push(new.id.hyphenated().to_string());
     assert_eq!(
-        query(&legacy.path, "SELECT id AS row FROM sessions ORDER BY rowid"),
+        query(
+            &legacy.path,
+            "SELECT id AS row FROM sessions ORDER BY rowid"
+        ),
         expected,
         "no legacy id rewritten, the new session canonical"
     );
