@@ -387,11 +387,12 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
     // On PostgreSQL: changes to the hex, hex upper and braced sessions, a new session,
     // and the upper-case session deleted (the store has no delete: SQL).
     let pg = Store::open(url.clone(), StoreConfig::default()).unwrap();
-    let (hex, hex_upper, braced, upper) = (
+    let (hex, hex_upper, braced, upper, mixed) = (
         SPELLINGS[2].1,
         SPELLINGS[3].1,
         SPELLINGS[4].1,
         SPELLINGS[1].1,
+        SPELLINGS[5].1,
     );
     pg.update_summary(canonical(hex), "changed on postgres")
         .unwrap();
@@ -407,8 +408,10 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
         &mut c,
         &format!(
             "BEGIN; DELETE FROM messages WHERE session_id = '{0}'; DELETE FROM drafts WHERE session_id = '{0}';
-             DELETE FROM sessions WHERE id = '{0}'; COMMIT;",
-            canonical(upper)
+             DELETE FROM sessions WHERE id = '{0}'; COMMIT;
+             UPDATE messages SET text = 'edited on postgres' WHERE session_id = '{1}' AND text = 'question 5';",
+            canonical(upper),
+            canonical(mixed)
         ),
     )
     .unwrap();
@@ -454,6 +457,14 @@ fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
         assert!(by_key("messages", "session_id", id).iter().all(|s| s == id));
         assert!(by_key("drafts", "session_id", id).iter().all(|s| s == id));
     }
+    // A child already there, spelled unlike its session, keeps its spelling when written again.
+    assert_eq!(
+        query(
+            &legacy.path,
+            "SELECT session_id AS row FROM messages WHERE text = 'edited on postgres'"
+        ),
+        [mixed.to_lowercase()]
+    );
     assert!(by_key("sessions", "id", upper).is_empty(), "deleted");
     assert!(by_key("messages", "session_id", upper).is_empty());
     assert!(by_key("drafts", "session_id", upper).is_empty());

@@ -459,6 +459,23 @@ fn read_rows(pg: &mut PgConnection, changes: Changes) -> Result<PgRows> {
 fn apply(c: &mut SqliteConnection, rows: &PgRows, report: &mut RollbackReport) -> Result<()> {
     apply_sessions(c, rows, report)?;
     for row in &rows.messages {
+        // A row already under the same session is updated without touching its
+        // session_id: its spelling stays, and SQLite checks no foreign key for
+        // it (a legacy child may be spelled unlike its session).
+        let kept = diesel::update(
+            messages::table
+                .find(row.id)
+                .filter(uuid_key(messages::session_id).eq(DbUuidKey(row.session_id.0))),
+        )
+        .set((
+            messages::role.eq(&row.role),
+            messages::text.eq(&row.text),
+            messages::created_at.eq(row.created_at),
+        ))
+        .execute(c)?;
+        if kept == 1 {
+            continue;
+        }
         // No session with that key (cannot happen: its parent was written above)
         // inserts nothing, and a count short of the rows says so.
         let written = diesel::insert_into(messages::table)
@@ -493,6 +510,19 @@ fn apply(c: &mut SqliteConnection, rows: &PgRows, report: &mut RollbackReport) -
     }
     report.messages = rows.messages.len() as u64;
     for row in &rows.drafts {
+        let kept = diesel::update(
+            drafts::table
+                .find(row.id)
+                .filter(uuid_key(drafts::session_id).eq(DbUuidKey(row.session_id.0))),
+        )
+        .set((
+            drafts::content.eq(&row.content),
+            drafts::created_at.eq(row.created_at),
+        ))
+        .execute(c)?;
+        if kept == 1 {
+            continue;
+        }
         let written = diesel::insert_into(drafts::table)
             .values(
                 sessions::table
