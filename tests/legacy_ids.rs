@@ -363,3 +363,131 @@ fn compare_reads_every_spelling_after_a_copy() {
     assert!(report.is_equal(), "{:?}", report.differences);
     assert_eq!(report.sessions, SPELLINGS.len());
 }
+
+/// The way back (PostgreSQL -> SQLite) finds and writes SQLite's sessions by key: a legacy
+/// session changed on PostgreSQL after the switch is updated in place under its own
+/// spelling, its new children name it that way, and a deleted one goes with its children.
+#[test]
+fn the_way_back_writes_legacy_sessions_under_their_own_spelling() {
+    use interview_store::{maintenance, Backend};
+    let legacy = Legacy::new(&legacy_sql());
+    drop(legacy.store());
+    let ids_before = query(
+        &legacy.path,
+        "SELECT id AS row FROM sessions ORDER BY rowid",
+    );
+    let db = common::PgDatabase::create();
+    let url: DatabaseUrl = db.url.parse().unwrap();
+    migrate::copy(&legacy.path, &url, &Default::default()).unwrap();
+    let sqlite_url = DatabaseUrl::existing_sqlite(&legacy.path).unwrap();
+    maintenance::pause(&mut maintenance::connect(&sqlite_url).unwrap()).unwrap();
+    migrate::sync(&legacy.path, &url, &Default::default()).unwrap();
+    migrate::switch(&legacy.path, &url, Backend::Postgres).unwrap();
+
+    // On PostgreSQL: changes to the hex, hex upper and braced sessions, a new session,
+    // and the upper-case session deleted (the store has no delete: SQL).
+    let pg = Store::open(url.clone(), StoreConfig::default()).unwrap();
+    let (hex, hex_upper, braced, upper, mixed) = (
+        SPELLINGS[2].1,
+        SPELLINGS[3].1,
+        SPELLINGS[4].1,
+        SPELLINGS[1].1,
+        SPELLINGS[5].1,
+    );
+    pg.update_summary(canonical(hex), "changed on postgres")
+        .unwrap();
+    pg.append_message(canonical(hex_upper), Role::User, "answered on postgres")
+        .unwrap();
+    pg.save_draft(canonical(braced), "drafted on postgres")
+        .unwrap();
+    let new = pg.start_session().unwrap();
+    pg.append_message(new.id, Role::Assistant, "welcome")
+        .unwrap();
+    let mut c = PgConnection::establish(&db.url).unwrap();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut c,
+        &format!(
+            "BEGIN; DELETE FROM messages WHERE session_id = '{0}'; DELETE FROM drafts WHERE session_id = '{0}';
+             DELETE FROM sessions WHERE id = '{0}'; COMMIT;
+             UPDATE messages SET text = 'edited on postgres' WHERE session_id = '{1}' AND text = 'question 5';",
+            canonical(upper),
+            canonical(mixed)
+        ),
+    )
+    .unwrap();
+
+    maintenance::pause(&mut maintenance::connect(&url).unwrap()).unwrap();
+    migrate::rollback_sync(&legacy.path, &url).unwrap();
+
+    let by_key = |table: &str, col: &str, id: &str| {
+        query(
+            &legacy.path,
+            &format!(
+                "SELECT {col} AS row FROM {table} WHERE {}{col}{} = '{}' ORDER BY id",
+                SQLITE_UUID_KEY.0,
+                SQLITE_UUID_KEY.1,
+                canonical(id).simple()
+            ),
+        )
+    };
+    assert_eq!(
+        by_key("sessions", "id", hex),
+        [hex],
+        "one row, in its own spelling"
+    );
+    assert_eq!(
+        query(
+            &legacy.path,
+            &format!("SELECT summary AS row FROM sessions WHERE id = '{hex}'")
+        ),
+        ["changed on postgres"]
+    );
+    let theirs = query(
+        &legacy.path,
+        &format!("SELECT text AS row FROM messages WHERE session_id = '{hex_upper}' ORDER BY id"),
+    );
+    assert_eq!(theirs, ["question 3", "answer 3", "answered on postgres"]);
+    let drafts = query(
+        &legacy.path,
+        &format!("SELECT content AS row FROM drafts WHERE session_id = '{braced}' ORDER BY id"),
+    );
+    assert_eq!(drafts, ["draft 4", "drafted on postgres"]);
+    for id in [hex_upper, braced] {
+        assert_eq!(by_key("sessions", "id", id), [id]);
+        assert!(by_key("messages", "session_id", id).iter().all(|s| s == id));
+        assert!(by_key("drafts", "session_id", id).iter().all(|s| s == id));
+    }
+    // A child already there, spelled unlike its session, keeps its spelling when written again.
+    assert_eq!(
+        query(
+            &legacy.path,
+            "SELECT session_id AS row FROM messages WHERE text = 'edited on postgres'"
+        ),
+        [mixed.to_lowercase()]
+    );
+    assert!(by_key("sessions", "id", upper).is_empty(), "deleted");
+    assert!(by_key("messages", "session_id", upper).is_empty());
+    assert!(by_key("drafts", "session_id", upper).is_empty());
+    let mut expected: Vec<String> = ids_before.into_iter().filter(|s| s != upper).collect();
+    expected.push(new.id.hyphenated().to_string());
+    assert_eq!(
+        query(
+            &legacy.path,
+            "SELECT id AS row FROM sessions ORDER BY rowid"
+        ),
+        expected,
+        "no legacy id rewritten, the new session canonical"
+    );
+    let v = migrate::verify(&legacy.path, &url).unwrap();
+    assert!(v.is_equal(), "{v:#?}");
+    let lite = Store::connect(legacy.path.to_str().unwrap(), StoreConfig::default()).unwrap();
+    assert_eq!(
+        lite.get_session(canonical(hex)).unwrap().session.summary,
+        "changed on postgres"
+    );
+    drop(lite);
+
+    // The switch back.
+    let back = migrate::switch(&legacy.path, &url, Backend::Sqlite).unwrap();
+    assert_eq!(back.live, Backend::Sqlite);
+}

@@ -19,6 +19,8 @@ use std::path::Path;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
+use diesel::sql_types::{BigInt, Text};
+use diesel::upsert::excluded;
 use uuid::Uuid;
 
 use super::changelog::{self, Changes};
@@ -32,7 +34,8 @@ use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
-use crate::types::DbUuid;
+use crate::types::sql::MultiTimestamp;
+use crate::types::{uuid_key, DbUuid, DbUuidKey};
 
 pub(crate) use bounded::verify_named;
 
@@ -447,51 +450,142 @@ fn read_rows(pg: &mut PgConnection, changes: Changes) -> Result<PgRows> {
 
 /// Writes the rows into SQLite: sessions first (children need them), then
 /// children, then deletions children first.
+///
+/// SQLite's rows are found by UUID key ([`uuid_key`]), never by canonical text:
+/// a legacy file may spell its ids otherwise (see `docs/legacy-ids.md`), and no
+/// stored id is rewritten. A child names its session as the session's row
+/// spells it (INSERT ... SELECT from that row, as the store does): SQLite's
+/// foreign key, and the legacy service, compare the text.
 fn apply(c: &mut SqliteConnection, rows: &PgRows, report: &mut RollbackReport) -> Result<()> {
     apply_sessions(c, rows, report)?;
     for row in &rows.messages {
-        diesel::insert_into(messages::table)
-            .values(row)
+        // A row already under the same session is updated without touching its
+        // session_id: its spelling stays, and SQLite checks no foreign key for
+        // it (a legacy child may be spelled unlike its session).
+        let kept = diesel::update(
+            messages::table
+                .find(row.id)
+                .filter(uuid_key(messages::session_id).eq(DbUuidKey(row.session_id.0))),
+        )
+        .set((
+            messages::role.eq(&row.role),
+            messages::text.eq(&row.text),
+            messages::created_at.eq(row.created_at),
+        ))
+        .execute(c)?;
+        if kept == 1 {
+            continue;
+        }
+        // No session with that key (cannot happen: its parent was written above)
+        // inserts nothing, and a count short of the rows says so.
+        let written = diesel::insert_into(messages::table)
+            .values(
+                sessions::table
+                    .filter(uuid_key(sessions::id).eq(DbUuidKey(row.session_id.0)))
+                    .select((
+                        row.id.into_sql::<BigInt>(),
+                        sessions::id,
+                        row.role.as_str().into_sql::<Text>(),
+                        row.text.as_str().into_sql::<Text>(),
+                        row.created_at.into_sql::<MultiTimestamp>(),
+                    )),
+            )
+            .into_columns((
+                messages::id,
+                messages::session_id,
+                messages::role,
+                messages::text,
+                messages::created_at,
+            ))
             .on_conflict(messages::id)
             .do_update()
             .set((
-                messages::session_id.eq(row.session_id),
-                messages::role.eq(&row.role),
-                messages::text.eq(&row.text),
-                messages::created_at.eq(row.created_at),
+                messages::session_id.eq(excluded(messages::session_id)),
+                messages::role.eq(excluded(messages::role)),
+                messages::text.eq(excluded(messages::text)),
+                messages::created_at.eq(excluded(messages::created_at)),
             ))
             .execute(c)?;
+        require_parent(written, "message", row.id, row.session_id)?;
     }
     report.messages = rows.messages.len() as u64;
     for row in &rows.drafts {
-        diesel::insert_into(drafts::table)
-            .values(row)
+        let kept = diesel::update(
+            drafts::table
+                .find(row.id)
+                .filter(uuid_key(drafts::session_id).eq(DbUuidKey(row.session_id.0))),
+        )
+        .set((
+            drafts::content.eq(&row.content),
+            drafts::created_at.eq(row.created_at),
+        ))
+        .execute(c)?;
+        if kept == 1 {
+            continue;
+        }
+        let written = diesel::insert_into(drafts::table)
+            .values(
+                sessions::table
+                    .filter(uuid_key(sessions::id).eq(DbUuidKey(row.session_id.0)))
+                    .select((
+                        row.id.into_sql::<BigInt>(),
+                        sessions::id,
+                        row.content.as_str().into_sql::<Text>(),
+                        row.created_at.into_sql::<MultiTimestamp>(),
+                    )),
+            )
+            .into_columns((
+                drafts::id,
+                drafts::session_id,
+                drafts::content,
+                drafts::created_at,
+            ))
             .on_conflict(drafts::id)
             .do_update()
             .set((
-                drafts::session_id.eq(row.session_id),
-                drafts::content.eq(&row.content),
-                drafts::created_at.eq(row.created_at),
+                drafts::session_id.eq(excluded(drafts::session_id)),
+                drafts::content.eq(excluded(drafts::content)),
+                drafts::created_at.eq(excluded(drafts::created_at)),
             ))
             .execute(c)?;
+        require_parent(written, "draft", row.id, row.session_id)?;
     }
     report.drafts = rows.drafts.len() as u64;
     apply_deletions(c, rows, report)
 }
 
+/// A child's upsert wrote one row, or its session is missing from SQLite
+/// (none) or held twice in different spellings (several).
+fn require_parent(written: usize, what: &str, id: i64, session: DbUuid) -> Result<()> {
+    match written {
+        1 => Ok(()),
+        0 => Err(Error::Corrupt {
+            what: format!("{what} {id} of session {}", session.0),
+            reason: "its session is not in SQLite after the sessions were applied".into(),
+        }),
+        _ => Err(Error::Corrupt {
+            what: format!("session {}", session.0),
+            reason: "several sessions rows hold this UUID, spelled differently".into(),
+        }),
+    }
+}
+
+/// Updates each named session in place by key (its stored id kept), inserting
+/// a canonical row only when SQLite has none with that key.
 fn apply_sessions(
     c: &mut SqliteConnection,
     rows: &PgRows,
     report: &mut RollbackReport,
 ) -> Result<()> {
     for row in &rows.sessions {
-        let updated = diesel::update(sessions::table.find(row.id))
-            .set((
-                sessions::created_at.eq(row.created_at),
-                sessions::updated_at.eq(row.updated_at),
-                sessions::summary.eq(&row.summary),
-            ))
-            .execute(c)?;
+        let updated =
+            diesel::update(sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(row.id.0))))
+                .set((
+                    sessions::created_at.eq(row.created_at),
+                    sessions::updated_at.eq(row.updated_at),
+                    sessions::summary.eq(&row.summary),
+                ))
+                .execute(c)?;
         if updated == 0 {
             diesel::insert_into(sessions::table)
                 .values(row)
@@ -502,9 +596,16 @@ fn apply_sessions(
         }
     }
     for row in &rows.parents {
-        report.sessions_inserted += diesel::insert_or_ignore_into(sessions::table)
-            .values(row)
-            .execute(c)? as u64;
+        let held = diesel::select(diesel::dsl::exists(
+            sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(row.id.0))),
+        ))
+        .get_result::<bool>(c)?;
+        if !held {
+            diesel::insert_into(sessions::table)
+                .values(row)
+                .execute(c)?;
+            report.sessions_inserted += 1;
+        }
     }
     Ok(())
 }
@@ -521,11 +622,16 @@ fn apply_deletions(
         report.drafts_deleted += diesel::delete(drafts::table.find(id)).execute(c)? as u64;
     }
     for id in &rows.deleted_sessions {
+        let key = DbUuidKey(id.0);
         report.messages_deleted +=
-            diesel::delete(messages::table.filter(messages::session_id.eq(id))).execute(c)? as u64;
+            diesel::delete(messages::table.filter(uuid_key(messages::session_id).eq(key)))
+                .execute(c)? as u64;
         report.drafts_deleted +=
-            diesel::delete(drafts::table.filter(drafts::session_id.eq(id))).execute(c)? as u64;
-        report.sessions_deleted += diesel::delete(sessions::table.find(id)).execute(c)? as u64;
+            diesel::delete(drafts::table.filter(uuid_key(drafts::session_id).eq(key))).execute(c)?
+                as u64;
+        report.sessions_deleted +=
+            diesel::delete(sessions::table.filter(uuid_key(sessions::id).eq(key))).execute(c)?
+                as u64;
     }
     Ok(())
 }
