@@ -325,7 +325,7 @@ pub struct KeysVerify {
     /// not applied yet), so in flight, as rows are. `None` until settled, or
     /// when too many keys differ to tell.
     pub in_flight: Option<u64>,
-    /// The keys that differ, up to [`TRACKED`], to tell the ones in flight.
+    /// The keys that differ, up to `TRACKED`, to tell the ones in flight.
     #[serde(skip)]
     pub(crate) differing: Vec<(String, String)>,
 }

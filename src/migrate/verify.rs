@@ -108,7 +108,7 @@ pub struct VerifyReport {
     pub verified_horizon: Option<i64>,
     /// Time taken, in milliseconds.
     pub elapsed_ms: u64,
-    /// The rows that differ, up to [`TRACKED`], to tell the ones in flight.
+    /// The rows that differ, up to `TRACKED`, to tell the ones in flight.
     #[serde(skip)]
     differing: Vec<Differing>,
 }
