@@ -70,7 +70,8 @@ pub struct TableVerify {
     pub postgres_rows: u64,
     /// SQLite rows recorded as rejected by copy or sync (not differences).
     pub rejected: u64,
-    /// Rows that differ, are missing on one side, or are invalid without a recorded reject.
+    /// Rows that differ, are missing on one side, or are invalid without a recorded
+    /// reject; plus one for each `count(*)` that disagrees (verify counts apart from the rows).
     pub differences: u64,
     /// Checksum over the normalised SQLite rows (order-independent).
     pub sqlite_checksum: String,
