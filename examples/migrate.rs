@@ -163,8 +163,14 @@ fn run(command: Command, out: Out) -> interview_store::Result<ExitCode> {
             sqlite,
             postgres,
             live,
+            record,
         } => {
-            let report = migrate::verify(&sqlite.path, &postgres.url())?;
+            let verify = if record {
+                migrate::verify_and_record
+            } else {
+                migrate::verify
+            };
+            let report = verify(&sqlite.path, &postgres.url())?;
             out.report(&report);
             let ok = report.is_equal() || (live && report.is_equal_but_in_flight());
             Ok(exit(ok, 1))

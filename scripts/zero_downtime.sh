@@ -14,13 +14,13 @@
 # Steps:
 #   1. copy the file; start the two servers on it (INTERVIEW_POSTGRES_URL set, so they follow a
 #      switch by themselves); `migrate setup` and `copy`; `migrate follow --json` in the background.
-#   2. w0: load on SQLite while `migrate verify --live` runs (it records the position it found
+#   2. w0: load on SQLite while `migrate verify --live --record` runs (it records the position it found
 #      equal), then until the follower lags under
 #      ZDT_CATCH_UP_MS (1000) again: the runbook's "verify, let the lag drop, switch".
 #   3. w1: load for ZDT_WINDOW/2 seconds, `migrate switch`, load for ZDT_WINDOW/2 seconds more after
 #      it returned (a slow switch stays inside its window).
 #   4. w2: load on PostgreSQL (at least ZDT_PG_SECS) with `migrate follow --reverse` started and
-#      `migrate verify --live` run under it, as w0.
+#      `migrate verify --live --record` run under it, as w0.
 #   5. w3: as w1, with `migrate switch --to sqlite`.
 #   6. the writes: every chat carries a unique token (scripts/load/zero_downtime.lua); each token
 #      whose chat was answered 2xx must be stored exactly once in the final live database (SQLite
@@ -245,7 +245,7 @@ wrk_stop() { # wrk_stop WINDOW: ends the window's wrk now
   wrk_end "$1"
 }
 nap() { sleep "$1" & wait $!; } # a sleep that a signal to the script cuts short
-# verify_window WINDOW MIN_SECS FOLLOWER: load while `migrate verify --live` runs, then until the
+# verify_window WINDOW MIN_SECS FOLLOWER: load while `migrate verify --live --record` runs, then until the
 # follower (whose JSON lines are in $out/FOLLOWER.jsonl) reports a lag under catch_up_ms again,
 # at least MIN_SECS in all: the operator's "re-run
 # verify, wait for the lag to drop, switch".
@@ -257,7 +257,7 @@ verify_window() {
   t0=$(now_ms)
   wrk_start "$1" "$max_window"
   nap 2
-  "$bin/migrate" verify --live --sqlite "$work" --postgres "$pg_url" >"$out/verify-$1.log" 2>&1 || rc=$?
+  "$bin/migrate" verify --live --record --sqlite "$work" --postgres "$pg_url" >"$out/verify-$1.log" 2>&1 || rc=$?
   t1=$(now_ms)
   fig[$1.verify_ms]=$((t1 - t0 - 2000))
   fig[$1.verify]=$(grep -E '^(EQUAL|DIFFERENT)' "$out/verify-$1.log" | tail -1 | cut -d' ' -f1-4)

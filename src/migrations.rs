@@ -26,3 +26,46 @@ pub fn run_pending(conn: &mut AnyConnection) -> Result<Vec<String>> {
     }
     Ok(applied)
 }
+
+/// The PostgreSQL migrations not applied yet, found without writing anything.
+///
+/// diesel's own `pending_migrations` creates its bookkeeping table first; a
+/// reporting command (verify, compare) must leave the database as it found it,
+/// so this reads the table only when it exists.
+pub fn pending_postgres(pg: &mut diesel::PgConnection) -> Result<Vec<String>> {
+    use diesel::migration::MigrationSource;
+    use diesel::prelude::*;
+    use diesel::sql_types::{Bool, Text};
+
+    #[derive(QueryableByName)]
+    struct Present {
+        #[diesel(sql_type = Bool)]
+        present: bool,
+    }
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&POSTGRES)
+        .map_err(|e| Error::Migration(e.to_string()))?;
+    let present = diesel::sql_query(
+        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS present",
+    )
+    .get_result::<Present>(pg)?
+    .present;
+    let applied: std::collections::HashSet<String> = if present {
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Applied>(pg)?
+            .into_iter()
+            .map(|a| a.version)
+            .collect()
+    } else {
+        Default::default()
+    };
+    Ok(embedded
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .filter(|v| !applied.contains(v))
+        .collect())
+}

@@ -183,7 +183,7 @@ fn cutover_killed(there: Option<Step>, back: Option<Step>) {
             .map(|n| tokio::spawn(client(t.clone(), bases.clone(), n)))
             .collect();
         tokio::time::sleep(Duration::from_millis(800)).await;
-        for args in [&["sync"][..], &["verify", "--live"][..]] {
+        for args in [&["sync"][..], &["verify", "--live", "--record"][..]] {
             let ran = tokio::task::spawn_blocking(run(args)).await.unwrap();
             assert!(ran.status.success(), "{args:?}: {}", ran.out);
         }

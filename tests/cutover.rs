@@ -263,7 +263,9 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (f, u) = (file.clone(), pg_url.clone());
-    let lag = blocking(move || migrate::verify(&f, &u)).await.unwrap();
+    let lag = blocking(move || migrate::verify_and_record(&f, &u))
+        .await
+        .unwrap();
     assert!(!lag.is_equal(), "writes after the copy show as lag");
     assert!(lag.messages.differences > 0);
 
@@ -294,7 +296,7 @@ async fn the_runbook_under_load_loses_nothing_and_pauses_briefly() {
         synced.sessions_inserted + synced.sessions_updated + synced.messages + synced.drafts,
         migrate::change_log_entries(&file).unwrap().unwrap()
     );
-    // The verify above recorded the position it found equal: the log keeps the
+    // The verify above (`--record`) recorded the position it found equal: the log keeps the
     // entries past it (a switch under traffic compares their rows) and trims the rest.
     let verified = migrate::status(&pg_url)
         .unwrap()

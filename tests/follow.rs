@@ -214,7 +214,7 @@ fn a_follower_keeps_postgres_within_a_second_and_the_switch_under_traffic_loses_
 
     // A full verify under traffic: the follower waits for it, and the rows
     // written meanwhile are in flight, not differences.
-    let v = migrate::verify(&path, &url).unwrap();
+    let v = migrate::verify_and_record(&path, &url).unwrap();
     assert!(v.is_equal_but_in_flight(), "{v:#?}");
     assert!(v.verified_upto.is_some(), "{v:#?}");
 
@@ -350,7 +350,7 @@ fn a_switch_under_traffic_without_a_recorded_verify_is_refused_and_holds_nothing
 fn a_difference_found_by_the_switch_resumes_sqlite_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _db, url, ids) = copied(dir.path(), 5);
-    let v = migrate::verify(&path, &url).unwrap();
+    let v = migrate::verify_and_record(&path, &url).unwrap();
     assert!(v.is_equal(), "{v:#?}");
     assert!(v.verified_upto.is_some());
     // A row written after the verify and applied, then changed behind the

@@ -86,3 +86,80 @@ fn status_after_a_finished_switch_names_nothing_interrupted_and_a_rerun_says_alr
         "{said}"
     );
 }
+
+/// What a reporting command could change on PostgreSQL: the relations, the
+/// cutover's bookkeeping row (verify used to record its position there) and
+/// the migrations applied.
+fn pg_fingerprint(pg_url: &str) -> String {
+    #[derive(QueryableByName)]
+    struct Shown {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        shown: String,
+    }
+    diesel::sql_query(
+        "SELECT concat_ws(' | ',
+            (SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class
+              WHERE relnamespace = 'public'::regnamespace),
+            (SELECT string_agg(row_to_json(s)::text, ',') FROM interview_migration_state s),
+            (SELECT string_agg(version, ',' ORDER BY version) FROM __diesel_schema_migrations),
+            (SELECT count(*)::text FROM sessions)) AS shown",
+    )
+    .get_result::<Shown>(&mut PgConnection::establish(pg_url).unwrap())
+    .unwrap()
+    .shown
+}
+
+/// Folds SQLite's WAL into the file, so the bytes compared are the content.
+fn checkpoint(path: &std::path::Path) {
+    use diesel::connection::SimpleConnection;
+    SqliteConnection::establish(&path.display().to_string())
+        .unwrap()
+        .batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+}
+
+#[test]
+fn check_status_verify_and_compare_write_nothing_on_either_side() {
+    let legacy = Legacy::new(&clean_sql(3, 2));
+    let pg = PgDatabase::create();
+    let url = DatabaseUrl::postgres(&pg.url).unwrap();
+    migrate::copy(&legacy.path, &url, &Default::default()).unwrap();
+    checkpoint(&legacy.path);
+    let (file, db) = (file_bytes(&legacy.path), pg_fingerprint(&pg.url));
+
+    assert!(migrate::check(&legacy.path).unwrap().is_clean());
+    migrate::status_of(&url, Some(&legacy.path)).unwrap();
+    let verified = migrate::verify(&legacy.path, &url).unwrap();
+    assert!(verified.is_equal(), "{verified}");
+    let sample = migrate::Selection::Sample(10);
+    let compared = migrate::compare_databases(&legacy.path, &url, &sample).unwrap();
+    assert!(compared.is_equal(), "{compared}");
+
+    checkpoint(&legacy.path);
+    assert_eq!(file_bytes(&legacy.path), file, "a report wrote to SQLite");
+    assert_eq!(pg_fingerprint(&pg.url), db, "a report wrote to PostgreSQL");
+
+    // The cutover step that records is asked for by name, and it does record.
+    migrate::verify_and_record(&legacy.path, &url).unwrap();
+    assert_ne!(
+        pg_fingerprint(&pg.url),
+        db,
+        "verify --record recorded nothing"
+    );
+}
+
+#[test]
+fn verify_and_compare_on_a_database_never_set_up_refuse_and_create_nothing() {
+    let legacy = Legacy::new(&clean_sql(3, 2));
+    let pg = PgDatabase::create();
+    let url = DatabaseUrl::postgres(&pg.url).unwrap();
+
+    let verify = migrate::verify(&legacy.path, &url).unwrap_err();
+    assert!(verify.to_string().contains("migrate setup"), "{verify}");
+    let sample = migrate::Selection::Sample(10);
+    let compare = migrate::compare_databases(&legacy.path, &url, &sample).unwrap_err();
+    assert!(compare.to_string().contains("migrate setup"), "{compare}");
+
+    assert!(!has_table(&pg.url, "__diesel_schema_migrations"));
+    assert!(!has_table(&pg.url, "sessions"));
+}

@@ -480,7 +480,7 @@ async fn switch_under_traffic(t: &Arc<Traffic>, sqlite: &str, postgres: &str, to
             migrate_cli(&args)
         })
     };
-    let (status, _) = cli(&["verify", "--live"]).await.unwrap();
+    let (status, _) = cli(&["verify", "--live", "--record"]).await.unwrap();
     assert!(status.success(), "verify under traffic: {status}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     t.switching.store(true, Ordering::SeqCst);

@@ -198,6 +198,10 @@ pub enum Command {
         /// differences are rows written since the last applied change-log entry.
         #[arg(long)]
         live: bool,
+        /// Record the position found equal for the switch under traffic (a
+        /// cutover step; without it verify changes nothing on either side).
+        #[arg(long)]
+        record: bool,
     },
     /// Dual read: the same sessions through the repository on both backends (exit 1 if they differ).
     Compare {

@@ -106,6 +106,9 @@ pub fn compare_databases(
     selection: &Selection,
 ) -> Result<CompareReport> {
     require_sqlite_file(sqlite)?;
+    // A report: the store below would apply pending migrations, so a schema
+    // behind this tool's is refused here, before anything could be written.
+    drop(super::state::connect_read_only(postgres)?);
     let right = command_store(postgres)?;
     let report = compare_file(sqlite, &right, selection);
     right.close();

@@ -14,10 +14,11 @@ use uuid::Uuid;
 
 use super::changed::{read_changed, Changed};
 use super::changelog;
+use super::digest::{hash_of, Digest, SessionDigest};
 use super::keys::KeysVerify;
 use super::keys::LISTED;
 use super::source::{Source, Table};
-use super::verify::{hash_of, Digest, RowDifference, SessionDigest};
+use super::verify::RowDifference;
 use crate::error::Result;
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;

@@ -119,6 +119,28 @@ pub struct TableProgress {
 
 /// Opens a PostgreSQL connection with the schema and bookkeeping tables in place.
 pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
+    let mut conn = establish(url)?;
+    crate::migrations::run_pending(&mut conn)?;
+    into_pg(conn, url)
+}
+
+/// Opens a PostgreSQL connection for a reporting command: nothing is created
+/// or migrated, so a schema behind this tool's is a refusal, not an upgrade.
+pub(crate) fn connect_read_only(url: &DatabaseUrl) -> Result<PgConnection> {
+    let mut pg = into_pg(establish(url)?, url)?;
+    let pending = crate::migrations::pending_postgres(&mut pg)?;
+    if !pending.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} does not hold this tool's schema ({} migration(s) not applied): run `migrate \
+             setup` or `migrate copy` first; a report changes nothing, so it does not apply them",
+            url.masked(),
+            pending.len()
+        )));
+    }
+    Ok(pg)
+}
+
+fn establish(url: &DatabaseUrl) -> Result<AnyConnection> {
     // Checked before connecting: opening a SQLite URL could create a file.
     if url.backend() != crate::Backend::Postgres {
         return Err(Error::invalid(
@@ -126,8 +148,10 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
             format!("{} is not a PostgreSQL URL", url.masked()),
         ));
     }
-    let mut conn = url.establish()?;
-    crate::migrations::run_pending(&mut conn)?;
+    url.establish()
+}
+
+fn into_pg(conn: AnyConnection, url: &DatabaseUrl) -> Result<PgConnection> {
     // No session settings: behind a transaction-mode pooler they would not
     // stick, and timestamps travel as binary TIMESTAMPTZ whatever the time zone.
     match conn {

@@ -168,7 +168,7 @@ fn next_command(phase: Option<Phase>, pg: &Maintenance, sqlite: Option<&Maintena
                 .into()
         }
         Some(Phase::Copied) => {
-            "`migrate follow` (or `sync`), `migrate verify`, then `migrate switch --to postgres`"
+            "`migrate follow` (or `sync`), `migrate verify --live --record`, then `migrate switch --to postgres`"
                 .into()
         }
         Some(Phase::SwitchingToPostgres(step)) => format!(

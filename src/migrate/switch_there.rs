@@ -24,7 +24,7 @@ pub(crate) fn start(cx: &mut Cutover) -> Result<SwitchReport> {
     }
     let Some(verified) = cx.state.verified_change_seq else {
         return Err(Error::Refused(format!(
-            "{} is not paused and no full verify was recorded: run `migrate verify` first (a \
+            "{} is not paused and no full verify was recorded: run `migrate verify --live --record` first (a \
              switch under traffic checks only the rows changed since it), or pause SQLite for a \
              switch with a full verify",
             cx.sqlite.display()

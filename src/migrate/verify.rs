@@ -6,16 +6,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
-use diesel::deserialize::{self, FromSql, FromSqlRow};
-use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel::sqlite::Sqlite;
 use uuid::Uuid;
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::changelog::Changes;
 use super::check::SCAN_BATCH;
+use super::digest::{hash_of, Checksum, Digest, PgDigestRow, SessionDigest, TextHash};
 use super::id_merge::{self, Pair};
 use super::keys::{KeysVerify, LISTED, TRACKED};
 use super::lock::MigrationLock;
@@ -28,9 +26,6 @@ use super::state;
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
-use crate::store::drafts::DraftRow;
-use crate::store::messages::MessageRow;
-use crate::store::sessions::SessionRow;
 use crate::types::read_legacy_uuid;
 use crate::types::{DbTimestamp, DbUuid};
 
@@ -280,164 +275,16 @@ impl VerifyReport {
     }
 }
 
-/// An order-independent checksum: the wrapping sum of each row's hash.
-#[derive(Default)]
-struct Checksum(u64);
-
-impl Checksum {
-    fn add(&mut self, row_hash: u64) {
-        self.0 = self.0.wrapping_add(row_hash);
-    }
-    fn hex(&self) -> String {
-        format!("{:016x}", self.0)
-    }
-}
-
-/// A row's share of a published checksum: XXH3-64 over a fixed layout of
-/// the fields compared (little-endian integers, UUIDs as their 16 bytes, the
-/// text columns as their XXH3-128 hashes). Stable across Rust releases,
-/// processes and machines, unlike `std`'s `DefaultHasher`, so checksums
-/// printed by two runs, or by two versions of the tool, can be compared.
-pub(super) fn hash_of(row: &impl RowBytes) -> u64 {
-    let mut buf = [0u8; 72];
-    let n = row.write(&mut buf);
-    xxh3_64(&buf[..n])
-}
-
-/// The fixed layout [`hash_of`] hashes.
-pub(super) trait RowBytes {
-    /// Writes the layout into `buf`; returns its length.
-    fn write(&self, buf: &mut [u8; 72]) -> usize;
-}
-
-/// Appends fields into a fixed buffer.
-struct Layout<'a> {
-    buf: &'a mut [u8; 72],
-    at: usize,
-}
-
-impl Layout<'_> {
-    fn put(mut self, bytes: &[u8]) -> Self {
-        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
-        self.at += bytes.len();
-        self
-    }
-}
-
-impl RowBytes for SessionDigest {
-    /// id (16) ‖ created_at µs (8) ‖ updated_at µs (8) ‖ summary XXH3-128 (16).
-    fn write(&self, buf: &mut [u8; 72]) -> usize {
-        Layout { buf, at: 0 }
-            .put(self.id.as_bytes())
-            .put(&self.created_at.to_le_bytes())
-            .put(&self.updated_at.to_le_bytes())
-            .put(&self.summary_hash.to_le_bytes())
-            .at
-    }
-}
-
-impl RowBytes for Digest {
-    /// id (8) ‖ session_id (16) ‖ role XXH3-128 (16) ‖ body XXH3-128 (16) ‖ created_at µs (8).
-    fn write(&self, buf: &mut [u8; 72]) -> usize {
-        Layout { buf, at: 0 }
-            .put(&self.id.to_le_bytes())
-            .put(self.session_id.as_bytes())
-            .put(&self.role_hash.to_le_bytes())
-            .put(&self.body_hash.to_le_bytes())
-            .put(&self.created_at.to_le_bytes())
-            .at
-    }
-}
-
-/// A session as compared: the summary by a 128-bit XXH3 hash, so that the
-/// sessions one side holds while the other catches up stay small.
-pub(super) struct SessionDigest {
-    id: Uuid,
-    created_at: i64,
-    updated_at: i64,
-    summary_hash: u128,
-}
-
-impl SessionDigest {
-    pub(super) fn of(r: &SessionRow) -> SessionDigest {
-        SessionDigest {
-            id: r.id.0,
-            created_at: r.created_at.0.timestamp_micros(),
-            updated_at: r.updated_at.0.timestamp_micros(),
-            summary_hash: xxh3_128(r.summary.as_bytes()),
-        }
-    }
-}
-
-/// A message or draft as compared: the text columns by 128-bit XXH3 hashes,
-/// computed on the reading threads, so that batches in flight stay small.
-/// (Hashing in PostgreSQL, `md5(text)`, measured four times slower than
-/// shipping the text.)
-pub(super) struct Digest {
-    id: i64,
-    session_id: Uuid,
-    /// The hash of the message's role; of `""` for drafts.
-    role_hash: u128,
-    body_hash: u128,
-    created_at: i64,
-}
-
-impl Digest {
-    pub(super) fn of_message(r: &MessageRow) -> Digest {
-        Digest {
-            id: r.id,
-            session_id: r.session_id.0,
-            role_hash: xxh3_128(r.role.as_bytes()),
-            body_hash: xxh3_128(r.text.as_bytes()),
-            created_at: r.created_at.0.timestamp_micros(),
-        }
-    }
-
-    pub(super) fn of_draft(r: &DraftRow) -> Digest {
-        Digest {
-            id: r.id,
-            session_id: r.session_id.0,
-            role_hash: xxh3_128(b""),
-            body_hash: xxh3_128(r.content.as_bytes()),
-            created_at: r.created_at.0.timestamp_micros(),
-        }
-    }
-}
-
-/// A PostgreSQL text column read as the XXH3 hash of its bytes, straight from the
-/// row: nothing is allocated or copied, and the UTF-8 is not validated again
-/// (the server checked it on the way in; SQLite's side is validated by the
-/// normalisation, and the bytes hashed are the same).
-#[derive(FromSqlRow)]
-struct TextHash(u128);
-
-impl FromSql<Text, Pg> for TextHash {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        Ok(TextHash(xxh3_128(value.as_bytes())))
-    }
-}
-
-/// A message or draft as PostgreSQL's side reads it: id, session, role (a
-/// constant `''` for drafts), body, created_at.
-type PgDigestRow = (i64, DbUuid, TextHash, TextHash, DbTimestamp);
-
-impl Digest {
-    fn of_pg((id, session_id, role, body, created_at): PgDigestRow) -> Digest {
-        Digest {
-            id,
-            session_id: session_id.0,
-            role_hash: role.0,
-            body_hash: body.0,
-            created_at: created_at.0.timestamp_micros(),
-        }
-    }
-}
-
 /// Compares every row of the SQLite source with PostgreSQL.
 ///
 /// Counts, per-row column comparison, per-session message order and a
 /// checksum per table over the normalised rows; rows that copy or sync
 /// recorded as rejected are reported apart and are not differences.
+///
+/// A report: it writes nothing on either side (it does not apply the schema
+/// migrations either, and refuses a PostgreSQL database whose schema is behind
+/// this tool's). [`verify_and_record`] is the cutover step that records the
+/// position it found.
 ///
 /// ```no_run
 /// use interview_store::migrate::verify;
@@ -446,7 +293,7 @@ impl Digest {
 /// # Ok::<(), interview_store::Error>(())
 /// ```
 pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
-    // The source first: a missing file must not leave PostgreSQL set up for nothing.
+    // The source first: a missing file must not be reported as a PostgreSQL problem.
     crate::connection::require_sqlite_file(sqlite)?;
     // The lock keeps a running follower out only while both sides' snapshots
     // are taken, so the follower's mark read in PostgreSQL's snapshot is the
@@ -454,7 +301,18 @@ pub fn verify(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
     // follower goes on (a full verify of a large file takes minutes, and a
     // follower stalled that long leaves the switch far behind).
     let lock = MigrationLock::acquire_waiting(postgres, super::lock::FOLLOWER_TURN)?;
-    let report = verify_in_snapshot(sqlite, postgres, Some(lock))?;
+    verify_in_snapshot(sqlite, postgres, Some(lock))
+}
+
+/// [`verify`], then the position it found equal recorded in PostgreSQL's
+/// bookkeeping (`migrate verify --record`): the switch under traffic rechecks
+/// only the rows changed since that position, and the follower keeps the
+/// change-log entries past it until then. Recording is a cutover step, so it
+/// is asked for by name: a plain verify changes nothing on either side.
+///
+/// Nothing is recorded unless the only differences are rows in flight.
+pub fn verify_and_record(sqlite: &Path, postgres: &DatabaseUrl) -> Result<VerifyReport> {
+    let report = verify(sqlite, postgres)?;
     if report.verified_upto.is_some() || report.verified_horizon.is_some() {
         state::mark_verified(
             &mut state::connect(postgres)?,
@@ -522,7 +380,7 @@ fn verify_in_snapshot(
 ) -> Result<VerifyReport> {
     crate::connection::require_sqlite_file(sqlite)?;
     let started = Instant::now();
-    let mut pg = state::connect(postgres)?;
+    let mut pg = state::connect_read_only(postgres)?;
     let mut src = Source::open(sqlite)?;
     let mut report = pg
         .build_transaction()
@@ -1081,7 +939,7 @@ impl Prefetch {
         let (tx, rx) = mpsc::sync_channel(batches);
         scope.spawn(move || {
             let run = || -> Result<()> {
-                let mut pg = state::connect(url)?;
+                let mut pg = state::connect_read_only(url)?;
                 pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
                 pg.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))?;
                 // A keyset cursor from before the first row: ids may be zero or negative.
