@@ -93,7 +93,9 @@ impl Pool {
         // Fail fast with the driver's own reason rather than a generic pool timeout,
         // and switch a new SQLite file to WAL before the pool opens connections
         // in parallel (changing the journal mode needs the database to itself).
-        let connect_url = url.with_connect_timeout(config.connect_timeout);
+        let connect_url = url
+            .with_connect_timeout(config.connect_timeout)
+            .for_writes();
         let setup = ConnectionSetup {
             busy_timeout: config.busy_timeout,
             statement_timeout: config.statement_timeout,
