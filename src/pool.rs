@@ -85,6 +85,17 @@ pub(crate) struct Pool {
 impl Pool {
     /// Opens the pool and one connection, so a wrong URL fails here and not on first use.
     pub(crate) fn open(url: DatabaseUrl, config: &PoolConfig) -> Result<Self> {
+        Pool::build(url, config, true)
+    }
+
+    /// A replica's pool: opens nothing here, so a replica that is down does not
+    /// keep the store from opening (it stays out of rotation until it answers),
+    /// and keeps the URL's own `target_session_attrs`.
+    pub(crate) fn open_replica(url: DatabaseUrl, config: &PoolConfig) -> Result<Self> {
+        Pool::build(url, config, false)
+    }
+
+    fn build(url: DatabaseUrl, config: &PoolConfig, primary: bool) -> Result<Self> {
         // An in-memory SQLite database lives in one connection: a second one would be a different database.
         let in_memory = url.backend() == crate::Backend::Sqlite
             && (url.connection_string() == ":memory:"
@@ -100,8 +111,10 @@ impl Pool {
             busy_timeout: config.busy_timeout,
             statement_timeout: config.statement_timeout,
         };
-        let mut probe = connect_url.establish()?;
-        setup.apply(&mut probe)?;
+        if primary {
+            let mut probe = connect_url.establish()?;
+            setup.apply(&mut probe)?;
+        }
         let breaker = Breaker::new(connect_url.clone());
         let alive = Arc::new(Alive::default());
         let inner = r2d2::Pool::builder()
@@ -131,7 +144,16 @@ impl Pool {
 
     /// Runs `f` on a pooled connection; a connection the server dropped is discarded afterwards.
     pub(crate) fn run<T>(&self, f: impl FnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
-        let mut pooled = self.get_within(self.timeout)?;
+        self.run_within(self.timeout, f)
+    }
+
+    /// [`Pool::run`], waiting at most `wait` for a connection.
+    pub(crate) fn run_within<T>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut pooled = self.get_within(wait)?;
         let result = f(&mut pooled.conn);
         if let Err(e) = &result {
             if e.is_connection_lost() {

@@ -249,6 +249,20 @@ impl Clusters {
         .expect("pg_ctl promote");
     }
 
+    /// Stops `node` (fast shutdown): a replica that went away.
+    pub fn stop(&self, node: &Node) {
+        self.as_pg(
+            "pg_ctl",
+            &["-D", path(&node.data), "-m", "fast", "-w", "stop"],
+        )
+        .expect("pg_ctl stop");
+    }
+
+    /// Starts `node` again after [`Clusters::stop`].
+    pub fn start_again(&self, node: &Node) {
+        self.start_node(node).expect("pg_ctl start");
+    }
+
     /// A multi-host URL over the primary then every standby, for the node that accepts writes.
     pub fn multi_host_url(&self) -> String {
         let hosts: Vec<String> = std::iter::once(&self.primary)
