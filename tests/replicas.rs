@@ -214,3 +214,134 @@ fn a_replica_lagging_past_the_bound_or_down_leaves_rotation_and_comes_back() {
         Duration::from_secs(10)
     ));
 }
+
+/// Two servers (two processes) on the same primary and replicas: a chat's
+/// answer on one carries `interview-position`, and a read on the other with
+/// that header sees the chat. `/health` and `/metrics` show the replicas.
+#[cfg(feature = "server")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_returns_the_position_on_writes_and_honours_it_on_reads() {
+    use interview_store::server::{self, AppState};
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    let Some(clusters) = Clusters::start(&[Standby::Async, Standby::Delayed(DELAY)]) else {
+        return;
+    };
+    let open = || {
+        let store = Store::connect(
+            &clusters.primary.url(),
+            config(&clusters, Duration::from_secs(30)),
+        )
+        .unwrap();
+        store.migrate().unwrap();
+        assert!(wait_rotation(&store, &[true, true], Duration::from_secs(5)));
+        store
+    };
+    let mut stops = Vec::new();
+    let mut bases = Vec::new();
+    for store in [open(), open()] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bases.push(format!("http://{}", listener.local_addr().unwrap()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::serve(listener, AppState::new(store), async {
+            let _ = rx.await;
+        }));
+        stops.push(tx);
+    }
+    let (writer, reader) = (&bases[0], &bases[1]);
+    let http = reqwest::Client::new();
+    let position = |r: &reqwest::Response| -> Position {
+        r.headers()
+            .get("interview-position")
+            .expect("a write's answer carries its position")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    let r = http
+        .post(format!("{writer}/interview/start"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    position(&r);
+    let id = r.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 0..20 {
+        let text = format!("answer {n}");
+        let r = http
+            .post(format!("{writer}/interview/chat"))
+            .json(&json!({"session_id": id, "text": text}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let at = position(&r);
+        let read = http
+            .get(format!("{reader}/interview/session/{id}"))
+            .header("Interview-Position", at.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+        let body: Value = read.json().await.unwrap();
+        let seen = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == text.as_str());
+        assert!(seen, "the read with the chat's position missed it: {body}");
+    }
+
+    let bad = http
+        .get(format!("{reader}/interview/session/{id}"))
+        .header("Interview-Position", "0/1; DROP TABLE sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    let health: Value = http
+        .get(format!("{reader}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replicas = health["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{health}");
+    assert!(
+        replicas.iter().all(|r| r["in_rotation"] == true),
+        "{health}"
+    );
+
+    let metrics = http
+        .get(format!("{reader}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "interview_db_replica_in_rotation{replica=\"1\"} 1",
+        "interview_db_replica_lag_seconds{replica=\"1\"}",
+        "interview_db_replica_reads_total{replica=\"0\"}",
+        "interview_db_replica_fallbacks_total{reason=\"behind\"}",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from /metrics:\n{metrics}"
+        );
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+}

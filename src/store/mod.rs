@@ -162,15 +162,21 @@ impl Store {
         let cache = url.statement_cache() && config.pg_statement_cache;
         let url = url.with_statement_cache(cache);
         log::info!("opening {} store at {}", url.backend(), url.masked());
-        if url.backend() != Backend::Postgres && !config.replicas.is_empty() {
-            return Err(Error::invalid(
-                "replicas",
-                "replicas are PostgreSQL hot standbys of a PostgreSQL primary",
-            ));
-        }
+        // Replicas are standbys of a PostgreSQL primary. The server opens its
+        // SQLite store (before a cutover, after a rollback) with the same
+        // settings, so they are left out there rather than refused.
+        let replica_urls = match url.backend() {
+            Backend::Postgres => config.replicas.as_slice(),
+            Backend::Sqlite => {
+                if !config.replicas.is_empty() {
+                    log::warn!("replicas ignored: the store is on SQLite");
+                }
+                &[]
+            }
+        };
         let pool = Pool::open(url, &config.pool)?;
         let replicas = replicas::Replicas::open(
-            &config.replicas,
+            replica_urls,
             &config.pool,
             config.replica_wait,
             config.replica_max_lag,
@@ -330,6 +336,12 @@ impl Store {
         }
     }
 
+    /// A handle whose session reads go to the primary: for a read a write
+    /// depends on (the history a reply is computed from), which must not be stale.
+    pub fn primary(&self) -> Store {
+        self.after(Some(Position::MAX))
+    }
+
     /// The position of the last write to `session` this process made; `None`
     /// without replicas (positions are only read when replicas are configured).
     pub fn position_of(&self, session: Uuid) -> Option<Position> {
@@ -358,6 +370,10 @@ impl Store {
             return self.read(f);
         }
         let need = self.after.max(replicas.position_of(session));
+        // Asked for the primary ([`Store::primary`]), or a write whose position is unknown.
+        if need == Some(Position::MAX) {
+            return self.read(f);
+        }
         match replicas.read(need, &f) {
             Ok(served) => served,
             Err(_) => self.read(f),

@@ -206,10 +206,6 @@ impl Replicas {
         need: Option<Position>,
         f: &dyn Fn(&mut AnyConnection) -> Result<T>,
     ) -> std::result::Result<Result<T>, Fallback> {
-        if need == Some(Position::MAX) {
-            self.behind.fetch_add(1, Ordering::Relaxed);
-            return Err(Fallback::Behind);
-        }
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.wait;
