@@ -126,10 +126,17 @@ fn crash_and_promote(clusters: &Clusters) -> Figures {
         "writes did not succeed again within {RECOVERY_BOUND:?} of the promotion ({} refusals)",
         log.refused.len()
     );
-    // Every refusal says "try again later" (503), never a client or a data error.
+    // Every refusal says "try again later" (503), never a client or a data error,
+    // and says it at once (the breaker), not after the pool's 5 s wait.
     for (_, category) in &log.refused {
         assert_eq!(*category, Category::Unavailable);
     }
+    let slowest = *slowest_refusal.lock();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a refusal took {slowest:?}"
+    );
+    assert!(!store.pool_state().breaker_open, "the breaker closed again");
     let acked_after = log.acked.iter().filter(|a| a.2 > killed).count();
     assert!(acked_after > 0, "no write succeeded after the failover");
 
