@@ -199,8 +199,8 @@ impl Replicas {
 
     /// Runs `f` on a replica that has reached `need`, or says why none served it.
     ///
-    /// A replica's answer that is not "unavailable" (a session not found, say)
-    /// is its answer; an unavailable one moves on to the next replica.
+    /// A replica's "not found" is its answer; any other error moves on to the
+    /// next replica, then to the primary.
     pub(crate) fn read<T>(
         &self,
         need: Option<Position>,
@@ -230,13 +230,15 @@ impl Replicas {
                         return Ok(Ok(v));
                     }
                     Ok(None) => answered = true,
-                    Err(e) if e.category() == Category::Unavailable => {
-                        log::debug!("replica {}: {e}", r.pool.url().masked());
-                    }
-                    Err(e) => {
+                    // "No such session" is an answer: the replica has what the read must see.
+                    Err(e) if matches!(e.category(), Category::NotFound | Category::Input) => {
                         r.reads.fetch_add(1, Ordering::Relaxed);
                         return Ok(Err(e));
                     }
+                    // Anything else is the replica's trouble, not the read's: unreachable,
+                    // or a query cancelled by a conflict with recovery (a standby's own
+                    // error). The next replica, or the primary, serves it.
+                    Err(e) => log::debug!("replica {}: {e}", r.pool.url().masked()),
                 }
             }
             if !answered {
