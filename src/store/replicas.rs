@@ -69,7 +69,8 @@ impl std::str::FromStr for Position {
     type Err = Error;
     fn from_str(s: &str) -> Result<Position> {
         let bad = || Error::invalid("position", "is not a WAL position like 16/B374D848");
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        // Exactly the form, nothing around it: the HTTP header's own pattern.
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
         let part = |p: &str| {
             if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
@@ -442,9 +443,9 @@ mod tests {
 
     #[test]
     fn positions_parse_only_lsns() {
-        for ok in ["0/0", "0/16B3748", "FFFFFFFF/FFFFFFFF", " a/b "] {
+        for ok in ["0/0", "0/16B3748", "FFFFFFFF/FFFFFFFF", "a/b"] {
             let p: Position = ok.parse().unwrap();
-            assert_eq!(p.to_string(), ok.trim().to_ascii_uppercase());
+            assert_eq!(p.to_string(), ok.to_ascii_uppercase());
         }
         for bad in [
             "",
@@ -456,6 +457,8 @@ mod tests {
             "100000000/0",
             "0/-1",
             "0/1;DROP",
+            " 0/1",
+            "0/+1",
         ] {
             assert!(bad.parse::<Position>().is_err(), "{bad}");
         }
