@@ -120,7 +120,12 @@ impl Pool {
         let inner = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(config.min_idle.map(|m| m.min(max_size)))
-            .connection_timeout(config.connection_timeout)
+            // Our own loop bounds a checkout (`get_within`, `connection_timeout`);
+            // r2d2 uses its timeout only to cap the doubling delay between its
+            // retries of a failed connection (half of it). Left at 5 s, a pool
+            // that failed for a few seconds (a failover) retried only every 2.5 s,
+            // and writes stayed refused up to that long after the new primary was up.
+            .connection_timeout(RETRY_CAP * 2)
             // A ping per checkout would double the round trips of a short query;
             // dead connections are found by the operations instead (see `run`).
             .test_on_check_out(false)
@@ -217,6 +222,9 @@ impl Pool {
         self.alive.clone()
     }
 }
+
+/// The longest r2d2 waits between two attempts to open a connection that failed.
+const RETRY_CAP: Duration = Duration::from_millis(500);
 
 /// How often a waiting checkout looks at the breaker.
 const BREAKER_CHECK: Duration = Duration::from_millis(25);

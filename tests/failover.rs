@@ -24,6 +24,8 @@ use parking_lot::Mutex;
 /// Writes must succeed again within this long after the promotion finished.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 const WRITERS: usize = 3;
+/// From the crash to the promotion.
+const DETECTION: Duration = Duration::from_secs(3);
 
 /// One write's outcome, as the writer saw it.
 #[derive(Default)]
@@ -99,8 +101,9 @@ fn crash_and_promote(clusters: &Clusters) -> Figures {
     std::thread::sleep(Duration::from_millis(800));
     let killed = Instant::now();
     clusters.kill_primary();
-    // What an operator or a failover manager takes to notice and decide.
-    std::thread::sleep(Duration::from_millis(500));
+    // What an operator or a failover manager takes to notice and decide
+    // (long enough for the pool's retries of failed connections to back off).
+    std::thread::sleep(DETECTION);
     clusters.promote(0);
     let promoted = Instant::now();
 
