@@ -255,11 +255,71 @@ impl DatabaseUrl {
 
     /// The same database with libpq's `connect_timeout` set, unless the URL sets one.
     pub(crate) fn with_connect_timeout(&self, timeout: Duration) -> DatabaseUrl {
-        if self.backend != Backend::Postgres || self.sets("connect_timeout") {
-            return self.clone();
-        }
         // libpq counts whole seconds.
         let secs = (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1);
+        self.with_default("connect_timeout", &secs.to_string())
+    }
+
+    /// Whether this PostgreSQL connection string names several hosts, which
+    /// libpq tries in turn (`postgres://u@a:5432,b:5433/db`, `host=a,b port=5432,5433`).
+    ///
+    /// ```
+    /// use interview_store::DatabaseUrl;
+    /// let url: DatabaseUrl = "postgres://app@db1:5432,db2:5432/interview".parse().unwrap();
+    /// assert!(url.is_multi_host());
+    /// let kv: DatabaseUrl = "host=db1,db2 port=5432,5433 dbname=interview".parse().unwrap();
+    /// assert!(kv.is_multi_host());
+    /// assert!(!"postgres://app@db1/interview".parse::<DatabaseUrl>().unwrap().is_multi_host());
+    /// ```
+    pub fn is_multi_host(&self) -> bool {
+        if self.backend != Backend::Postgres {
+            return false;
+        }
+        let listed = |v: &str| v.contains(',');
+        if crate::conninfo::is_uri(&self.target) {
+            let rest = self.target.split_once("://").map_or("", |(_, r)| r);
+            // The user info ends at the first `@` before the first `/` (libpq's reading).
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            let hosts = authority.split_once('@').map_or(authority, |(_, h)| h);
+            let query = rest.split_once('?').map_or("", |(_, q)| q);
+            return listed(hosts)
+                || query.split('&').any(|p| match p.split_once('=') {
+                    Some((k, v)) => {
+                        (k.eq_ignore_ascii_case("host") || k.eq_ignore_ascii_case("hostaddr"))
+                            && (listed(v) || v.to_ascii_lowercase().contains("%2c"))
+                    }
+                    None => false,
+                });
+        }
+        crate::conninfo::parse_pairs(&self.target).is_ok_and(|pairs| {
+            pairs
+                .iter()
+                .any(|p| (p.key == "host" || p.key == "hostaddr") && listed(&p.value))
+        })
+    }
+
+    /// The URL a store's primary pool connects with: with several hosts and no
+    /// `target_session_attrs`, `target_session_attrs=read-write`.
+    ///
+    /// libpq's default (`any`) takes the first host that answers: after a
+    /// primary's crash that is a standby, which refuses every write with a
+    /// database error. With `read-write` libpq skips standbys, so until one is
+    /// promoted the connection fails, the breaker opens and writes get a quick
+    /// "unavailable" (503) instead.
+    pub(crate) fn for_writes(&self) -> DatabaseUrl {
+        if self.is_multi_host() {
+            self.with_default("target_session_attrs", "read-write")
+        } else {
+            self.clone()
+        }
+    }
+
+    /// The same database with libpq parameter `key=value` added, unless the URL sets `key`.
+    fn with_default(&self, key: &str, value: &str) -> DatabaseUrl {
+        if self.backend != Backend::Postgres || self.sets(key) {
+            return self.clone();
+        }
         let separator = if !crate::conninfo::is_uri(&self.target) {
             " " // keyword/value form
         } else if self.target.contains('?') {
@@ -268,7 +328,7 @@ impl DatabaseUrl {
             "?"
         };
         DatabaseUrl {
-            target: format!("{}{separator}connect_timeout={secs}", self.target),
+            target: format!("{}{separator}{key}={value}", self.target),
             ..self.clone()
         }
     }
@@ -656,5 +716,30 @@ mod tests {
             "host=h connect_timeout = 7"
         );
         assert_eq!(with_timeout("sqlite://x.db"), "x.db");
+    }
+
+    fn for_writes(url: &str) -> String {
+        let url: DatabaseUrl = url.parse().unwrap();
+        url.for_writes().connection_string().to_string()
+    }
+
+    #[test]
+    fn several_hosts_get_read_write_sessions_unless_the_url_says_otherwise() {
+        assert_eq!(
+            for_writes("postgres://u:p@a:5432,b:5433/db"),
+            "postgres://u:p@a:5432,b:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            for_writes("host=a,b port=5432,5433 dbname=db"),
+            "host=a,b port=5432,5433 dbname=db target_session_attrs=read-write"
+        );
+        assert_eq!(
+            for_writes("postgres:///db?host=a,b&target_session_attrs=any"),
+            "postgres:///db?host=a,b&target_session_attrs=any"
+        );
+        // One host: nothing added (a password with a comma is not a host list).
+        assert_eq!(for_writes("postgres://u:p,q@a/db"), "postgres://u:p,q@a/db");
+        assert_eq!(for_writes("host=a dbname=db"), "host=a dbname=db");
+        assert_eq!(for_writes("sqlite://a,b.db"), "a,b.db");
     }
 }

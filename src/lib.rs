@@ -39,8 +39,8 @@ pub use error::{Category, Error, Result};
 pub use maintenance::Maintenance;
 pub use pool::{PoolConfig, PoolState};
 pub use store::{
-    Claim, Draft, Health, KeyPolicy, Message, Page, Recorded, Role, Session, SessionWithMessages,
-    Store, StoreConfig, TableCounts, Ticket,
+    Claim, Draft, Fallback, Health, KeyPolicy, Message, Page, Position, Recorded, ReplicaState,
+    Role, Session, SessionWithMessages, Store, StoreConfig, TableCounts, Ticket,
 };
 
 // The README's Rust examples run as doctests, so they cannot rot.

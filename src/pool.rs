@@ -85,6 +85,17 @@ pub(crate) struct Pool {
 impl Pool {
     /// Opens the pool and one connection, so a wrong URL fails here and not on first use.
     pub(crate) fn open(url: DatabaseUrl, config: &PoolConfig) -> Result<Self> {
+        Pool::build(url, config, true)
+    }
+
+    /// A replica's pool: opens nothing here, so a replica that is down does not
+    /// keep the store from opening (it stays out of rotation until it answers),
+    /// and keeps the URL's own `target_session_attrs`.
+    pub(crate) fn open_replica(url: DatabaseUrl, config: &PoolConfig) -> Result<Self> {
+        Pool::build(url, config, false)
+    }
+
+    fn build(url: DatabaseUrl, config: &PoolConfig, primary: bool) -> Result<Self> {
         // An in-memory SQLite database lives in one connection: a second one would be a different database.
         let in_memory = url.backend() == crate::Backend::Sqlite
             && (url.connection_string() == ":memory:"
@@ -93,19 +104,28 @@ impl Pool {
         // Fail fast with the driver's own reason rather than a generic pool timeout,
         // and switch a new SQLite file to WAL before the pool opens connections
         // in parallel (changing the journal mode needs the database to itself).
-        let connect_url = url.with_connect_timeout(config.connect_timeout);
+        let connect_url = url
+            .with_connect_timeout(config.connect_timeout)
+            .for_writes();
         let setup = ConnectionSetup {
             busy_timeout: config.busy_timeout,
             statement_timeout: config.statement_timeout,
         };
-        let mut probe = connect_url.establish()?;
-        setup.apply(&mut probe)?;
+        if primary {
+            let mut probe = connect_url.establish()?;
+            setup.apply(&mut probe)?;
+        }
         let breaker = Breaker::new(connect_url.clone());
         let alive = Arc::new(Alive::default());
         let inner = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(config.min_idle.map(|m| m.min(max_size)))
-            .connection_timeout(config.connection_timeout)
+            // Our own loop bounds a checkout (`get_within`, `connection_timeout`);
+            // r2d2 uses its timeout only to cap the doubling delay between its
+            // retries of a failed connection (half of it). Left at 5 s, a pool
+            // that failed for a few seconds (a failover) retried only every 2.5 s,
+            // and writes stayed refused up to that long after the new primary was up.
+            .connection_timeout(RETRY_CAP * 2)
             // A ping per checkout would double the round trips of a short query;
             // dead connections are found by the operations instead (see `run`).
             .test_on_check_out(false)
@@ -129,7 +149,16 @@ impl Pool {
 
     /// Runs `f` on a pooled connection; a connection the server dropped is discarded afterwards.
     pub(crate) fn run<T>(&self, f: impl FnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
-        let mut pooled = self.get_within(self.timeout)?;
+        self.run_within(self.timeout, f)
+    }
+
+    /// [`Pool::run`], waiting at most `wait` for a connection.
+    pub(crate) fn run_within<T>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut pooled = self.get_within(wait)?;
         let result = f(&mut pooled.conn);
         if let Err(e) = &result {
             if e.is_connection_lost() {
@@ -193,6 +222,9 @@ impl Pool {
         self.alive.clone()
     }
 }
+
+/// The longest r2d2 waits between two attempts to open a connection that failed.
+const RETRY_CAP: Duration = Duration::from_millis(500);
 
 /// How often a waiting checkout looks at the breaker.
 const BREAKER_CHECK: Duration = Duration::from_millis(25);

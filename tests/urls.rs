@@ -34,6 +34,10 @@ const FORMS: &[&str] = &[
     "host=127.0.0.1 port={port} user=app password={pw-quoted} dbname=interview",
     "host=127.0.0.1 port={port} password = {pw-quoted} sslpassword={pw-quoted} dbname=interview",
     "host=127.0.0.1 port={port} application_name=see://here password={pw-quoted} dbname=interview",
+    // libpq multi-host forms (failover): one password for every host.
+    "postgres://app:{pw-enc}@127.0.0.1:{port},localhost:{port}/interview?target_session_attrs=read-write",
+    "postgres://app@127.0.0.1:{port},localhost:{port}/interview?password={pw-enc}&connect_timeout=2",
+    "host=127.0.0.1,localhost port={port},{port} user=app password={pw-quoted} dbname=interview target_session_attrs=read-write",
 ];
 
 fn fill(form: &str, pw: &str, port: u16) -> String {
@@ -93,6 +97,16 @@ proptest! {
     fn a_raw_user_info_password_is_masked_whole(pw in password(), db in "[a-z]{1,8}") {
         let s = format!("postgres://app:{pw}@db.internal:5432/{db}?sslmode=require");
         prop_assume!(!format!("postgres://app:***@db.internal:5432/{db}?sslmode=require").contains(&pw));
+        let masked = mask_password(&s);
+        prop_assert!(!masked.contains(&pw), "{} in {}", pw, masked);
+        prop_assert!(masked.starts_with("postgres://app:***@"), "{}", masked);
+    }
+
+    /// A multi-host URL typed by hand: the raw password is masked whatever host list follows.
+    #[test]
+    fn a_raw_password_before_a_host_list_is_masked(pw in password()) {
+        let s = format!("postgres://app:{pw}@db1:5432,db2:5433/interview?target_session_attrs=read-write");
+        prop_assume!(!"postgres://app:***@db1:5432,db2:5433/interview?target_session_attrs=read-write".contains(&pw));
         let masked = mask_password(&s);
         prop_assert!(!masked.contains(&pw), "{} in {}", pw, masked);
         prop_assert!(masked.starts_with("postgres://app:***@"), "{}", masked);
@@ -177,6 +191,29 @@ fn keyword_value_strings_are_postgres_and_never_a_file() {
     let odd = dir.path().join("a=b.db");
     let url: DatabaseUrl = format!("sqlite://{}", odd.display()).parse().unwrap();
     assert_eq!(url.backend(), Backend::Sqlite);
+}
+
+/// Both hosts of a multi-host URL down: libpq's error names each attempt, none
+/// with the password; the store's URL asks for a read-write session.
+#[test]
+fn a_multi_host_url_fails_naming_every_host_and_no_password() {
+    let (a, b) = (closed_port(), closed_port());
+    for s in [
+        format!("postgres://app:hunter2@127.0.0.1:{a},127.0.0.1:{b}/interview"),
+        format!("host=127.0.0.1,127.0.0.1 port={a},{b} user=app password=hunter2 dbname=interview"),
+    ] {
+        let url: DatabaseUrl = s.parse().unwrap();
+        assert!(url.is_multi_host(), "{url}");
+        let err = Store::open(url, StoreConfig::default()).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, Error::Connect { .. }), "{text}");
+        assert_eq!(err.category(), Category::Unavailable, "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        for port in [a, b] {
+            assert!(text.contains(&format!("port {port} failed")), "{text}");
+        }
+        assert!(text.contains("target_session_attrs=read-write"), "{text}");
+    }
 }
 
 #[test]

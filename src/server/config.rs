@@ -30,8 +30,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// `INTERVIEW_POOL_SIZE`, `INTERVIEW_POOL_TIMEOUT_MS`, `INTERVIEW_HEALTH_TIMEOUT_MS`,
     /// `INTERVIEW_CONNECT_TIMEOUT_MS` (default 10,000),
-    /// `INTERVIEW_STATEMENT_TIMEOUT_MS` (default 30,000; `0` leaves the server's setting) and
-    /// `INTERVIEW_PG_STATEMENT_CACHE` (`on`, the default, or `off` behind a transaction pooler).
+    /// `INTERVIEW_STATEMENT_TIMEOUT_MS` (default 30,000; `0` leaves the server's setting),
+    /// `INTERVIEW_PG_STATEMENT_CACHE` (`on`, the default, or `off` behind a transaction pooler),
+    /// `INTERVIEW_POSTGRES_REPLICA_URLS` (comma-separated `postgres://` URLs of hot standbys),
+    /// `INTERVIEW_REPLICA_WAIT_MS` (default 50) and `INTERVIEW_REPLICA_MAX_LAG_MS` (default 30,000).
     pub store: StoreConfig,
     /// `INTERVIEW_REQUEST_TIMEOUT_MS` (default 10,000): longest wait on the database per request.
     pub request_timeout: Duration,
@@ -77,6 +79,11 @@ impl ServerConfig {
             store.pg_statement_cache = on_off("INTERVIEW_PG_STATEMENT_CACHE", &v)?;
         }
         store.pool.connect_timeout = ms("INTERVIEW_CONNECT_TIMEOUT_MS", 10_000)?;
+        if let Some(v) = get("INTERVIEW_POSTGRES_REPLICA_URLS") {
+            store.replicas = replica_urls(&v)?;
+        }
+        store.replica_wait = ms("INTERVIEW_REPLICA_WAIT_MS", 50)?;
+        store.replica_max_lag = ms("INTERVIEW_REPLICA_MAX_LAG_MS", 30_000)?;
         store.pool.statement_timeout =
             Some(ms("INTERVIEW_STATEMENT_TIMEOUT_MS", 30_000)?).filter(|t| !t.is_zero());
         let count = |k: &'static str, default: usize| -> Result<usize> {
@@ -188,6 +195,38 @@ fn fraction(name: &'static str, value: &str) -> Result<f64> {
 }
 
 /// Names the setting in a refusal of `INTERVIEW_POSTGRES_URL` (whose value is never repeated).
+/// Splits `INTERVIEW_POSTGRES_REPLICA_URLS` at the commas that start another
+/// `postgres://` URL: a comma inside a URL (a multi-host list) stays in it.
+/// Keyword/value strings cannot be listed (their commas are ambiguous).
+fn replica_urls(v: &str) -> Result<Vec<DatabaseUrl>> {
+    const NAME: &str = "INTERVIEW_POSTGRES_REPLICA_URLS";
+    let mut urls: Vec<String> = Vec::new();
+    for piece in v.split(',') {
+        let starts_url = crate::conninfo::is_uri(piece.trim_start());
+        match urls.last_mut() {
+            Some(last) if !starts_url => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ if starts_url => urls.push(piece.trim().to_string()),
+            _ => {
+                return Err(Error::invalid(
+                    NAME,
+                    "must be postgres:// URLs separated by commas",
+                ))
+            }
+        }
+    }
+    urls.iter()
+        .map(|u| {
+            DatabaseUrl::postgres(u.trim()).map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => Error::invalid(NAME, reason),
+                other => other,
+            })
+        })
+        .collect()
+}
+
 fn postgres_setting(e: Error) -> Error {
     match e {
         Error::InvalidInput { reason, .. } => Error::invalid("INTERVIEW_POSTGRES_URL", reason),
@@ -198,6 +237,36 @@ fn postgres_setting(e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_urls_split_between_urls_not_inside_host_lists() {
+        let urls = replica_urls(
+            "postgres://u:p,w@a:5432,b:5433/db?sslmode=require, postgresql://c/db,POSTGRES://d/db",
+        )
+        .unwrap();
+        let shown: Vec<String> = urls.iter().map(|u| u.masked()).collect();
+        assert_eq!(
+            shown,
+            [
+                "postgres://u:***@a:5432,b:5433/db?sslmode=require",
+                "postgresql://c/db",
+                "POSTGRES://d/db"
+            ]
+        );
+        for bad in ["host=a dbname=x", "a.db,postgres://c/db"] {
+            let err = replica_urls(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidInput {
+                        field: "INTERVIEW_POSTGRES_REPLICA_URLS",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     fn config(pairs: &[(&str, &str)]) -> Result<ServerConfig> {
         let map: std::collections::HashMap<String, String> = pairs

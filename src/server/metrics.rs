@@ -86,6 +86,31 @@ pub fn render(pool: PoolState) -> String {
     install().map(|h| h.render()).unwrap_or_default()
 }
 
+/// Records each replica's rotation, lag and reads served, and the reads that
+/// fell back to the primary by reason (`behind`, `no_replica`).
+///
+/// Replicas are labelled by their place in `INTERVIEW_POSTGRES_REPLICA_URLS`
+/// (`replica="0"`), not their URL: no host names in the metrics.
+pub fn replicas(store: &crate::Store) {
+    for (i, r) in store.replicas().iter().enumerate() {
+        let replica = i.to_string();
+        gauge!("interview_db_replica_in_rotation", "replica" => replica.clone())
+            .set(if r.in_rotation { 1.0 } else { 0.0 });
+        // Unknown (never measured, unreachable): no sample rather than a made-up 0.
+        if let Some(lag) = r.lag {
+            gauge!("interview_db_replica_lag_seconds", "replica" => replica.clone())
+                .set(lag.as_secs_f64());
+        }
+        gauge!("interview_db_replica_reads_total", "replica" => replica).set(r.reads as f64);
+    }
+    if !store.replicas().is_empty() {
+        for (reason, n) in store.replica_fallbacks() {
+            gauge!("interview_db_replica_fallbacks_total", "reason" => reason.as_str())
+                .set(n as f64);
+        }
+    }
+}
+
 /// Records the maintenance state of the database requests use now, as read by
 /// the switch watcher (every [`WATCH_EVERY`](super::live_store::WATCH_EVERY)).
 ///

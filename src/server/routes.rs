@@ -138,6 +138,21 @@ pub struct Health {
     read_only: bool,
     /// Whether the database is retired (its data moved to another one).
     retired: bool,
+    /// Each read replica, in the order configured (`INTERVIEW_POSTGRES_REPLICA_URLS`);
+    /// absent without replicas. A replica out of rotation does not make the server unhealthy:
+    /// its reads go to the primary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    replicas: Vec<ReplicaHealth>,
+}
+
+/// One read replica in `/health`.
+#[derive(Serialize, ToSchema)]
+pub struct ReplicaHealth {
+    /// Whether it serves reads now (reachable, and lagging no more than the bound).
+    in_rotation: bool,
+    /// How far its replay is behind the primary, in seconds, as last measured; null when unknown.
+    lag_seconds: Option<f64>,
 }
 
 fn health_status_schema() -> Object {
@@ -182,6 +197,38 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     }
 }
 
+/// The header carrying a [`crate::Position`]: on a write's answer, the
+/// primary's position after it; on a session read, the position the read must
+/// have seen (a replica that has not replayed it does not serve the read).
+pub const POSITION_HEADER: &str = "interview-position";
+
+/// The position a read asks for, from [`POSITION_HEADER`]; absent is `None`.
+fn read_position(headers: &HeaderMap) -> Result<Option<crate::Position>, ApiError> {
+    let Some(v) = headers.get(POSITION_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::input(format!(
+                "invalid {POSITION_HEADER} header: expected a WAL position like 16/B374D848, \
+                 as a write's answer carried it"
+            ))
+        })
+}
+
+/// `response` with [`POSITION_HEADER`] set to this process's last write to `session`, if known.
+fn with_position(state: &AppState, session: Uuid, mut response: Response) -> Response {
+    if let Some(p) = state.store.current().position_of(session) {
+        if let Ok(v) = header::HeaderValue::from_str(&p.to_string()) {
+            response.headers_mut().insert(POSITION_HEADER, v);
+        }
+    }
+    response
+}
+
 /// The body for a shadow comparison, as it is sent.
 fn to_value(body: &impl Serialize) -> crate::Result<Value> {
     serde_json::to_value(body).map_err(|e| crate::Error::Corrupt {
@@ -206,6 +253,7 @@ fn to_value(body: &impl Serialize) -> crate::Result<Value> {
 async fn health(State(state): State<AppState>) -> Response {
     // The store in use now: after a switch, /health names the new backend.
     let store = state.store.current();
+    let replicas = store.replicas();
     // Store::health bounds its own wait; this task only keeps it off the async workers.
     let h = match tokio::task::spawn_blocking(move || store.health()).await {
         Ok(h) => h,
@@ -218,6 +266,13 @@ async fn health(State(state): State<AppState>) -> Response {
         read_only: h.read_only,
         // Whether, not where: the destination would tell how the databases are wired.
         retired: h.retired_to.is_some(),
+        replicas: replicas
+            .iter()
+            .map(|r| ReplicaHealth {
+                in_rotation: r.in_rotation,
+                lag_seconds: r.lag.map(|l| l.as_secs_f64()),
+            })
+            .collect(),
     };
     if h.db_up {
         (StatusCode::OK, Json(body)).into_response()
@@ -256,9 +311,11 @@ enum HealthOrError {
     )
 )]
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.store.current();
+    metrics::replicas(&store);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(state.store.current().pool_state()),
+        metrics::render(store.pool_state()),
     )
 }
 
@@ -301,7 +358,8 @@ pub struct StartResponse {
     ),
     responses(
         (status = 201, description = "Started.", body = StartResponse,
-            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat.")),
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat."),
+                ("interview-position" = String, description = "The primary's WAL position after this write, when replicas are configured: send it back as `Interview-Position` on reads.")),
             links(
                 ("GetSession" = (operation_id = "get_session",
                     parameters(("id" = "$response.body#/session_id")))),
@@ -358,7 +416,8 @@ async fn start(
         Written::Answer(response) => return Ok(response),
         Written::Done(done) => done,
     };
-    Ok((StatusCode::CREATED, Json(start_json(&session, &reply))).into_response())
+    let response = (StatusCode::CREATED, Json(start_json(&session, &reply))).into_response();
+    Ok(with_position(&state, session.id, response))
 }
 
 fn start_json(session: &crate::Session, reply: &Message) -> StartResponse {
@@ -413,7 +472,8 @@ pub struct ChatResponse {
     ),
     responses(
         (status = 200, description = "Stored, with the reply.", body = ChatResponse,
-            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat."))),
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat."),
+                ("interview-position" = String, description = "The primary's WAL position after this write, when replicas are configured: send it back as `Interview-Position` on reads."))),
         (status = 400, description = "Malformed body, a bad session id, empty or too long text, \
             or a bad `Idempotency-Key`.", body = ErrorBody),
         (status = 404, description = "No such session.", body = ErrorBody),
@@ -443,10 +503,11 @@ async fn chat(
         move |store, ticket| chat_turn(&store, ticket, &*interviewer, id, &req.text),
     )
     .await?;
-    match written {
-        Written::Answer(response) => Ok(response),
-        Written::Done(turn) => Ok(Json(chat_json(id, &turn)).into_response()),
-    }
+    let response = match written {
+        Written::Answer(response) => response,
+        Written::Done(turn) => Json(chat_json(id, &turn)).into_response(),
+    };
+    Ok(with_position(&state, id, response))
 }
 
 /// One chat turn: the reply is worked out first, then the whole turn is
@@ -459,7 +520,8 @@ fn chat_turn(
     id: Uuid,
     text: &str,
 ) -> crate::Result<[Message; 2]> {
-    let mut history = store.get_session(id)?.messages;
+    // From the primary: a reply computed from a replica's stale history would be stored.
+    let mut history = store.primary().get_session(id)?.messages;
     history.push(Message {
         id: 0,
         session_id: id,
@@ -531,10 +593,14 @@ pub struct SessionBody {
         ("id" = String, Path, format = Uuid,
             pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
             description = "The session id, lower-case and hyphenated, as `start` named it."),
+        ("Interview-Position" = Option<String>, Header, nullable = false,
+            pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            description = "The `interview-position` header of an earlier write's answer: the read \
+                then sees that write (a replica serves it only once it has replayed it)."),
     ),
     responses(
         (status = 200, description = "The session.", body = SessionBody),
-        (status = 400, description = "Not a session id in its one spelling.", body = ErrorBody),
+        (status = 400, description = "Not a session id in its one spelling, or a bad `Interview-Position`.", body = ErrorBody),
         (status = 404, description = "No such session.", body = ErrorBody),
         (status = 503, description = "The database is unavailable.", body = ErrorBody),
     )
@@ -542,10 +608,12 @@ pub struct SessionBody {
 async fn session(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
+    let after = read_position(&headers)?;
     let answer = call(&state, "get_session", move |store| {
-        session_answer(&store, id)
+        session_answer(&store.after(after), id)
     })
     .await?;
     let body = answer.body.clone();
@@ -617,7 +685,8 @@ struct DraftRequest {
     ),
     responses(
         (status = 201, description = "Saved.", body = DraftBody,
-            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat.")),
+            headers(("idempotent-replayed" = String, description = "`true` on the recorded answer to a repeat."),
+                ("interview-position" = String, description = "The primary's WAL position after this write, when replicas are configured: send it back as `Interview-Position` on reads.")),
             links(
                 ("GetLatestDraft" = (operation_id = "get_latest_draft",
                     parameters(("id" = "$response.body#/session_id")))),
@@ -648,7 +717,7 @@ async fn draft(
         move |store, ticket| {
             let content = match &req.content {
                 Some(c) => c.clone(),
-                None => interviewer.compose_draft(&store.get_session(id)?.messages),
+                None => interviewer.compose_draft(&store.primary().get_session(id)?.messages),
             };
             match ticket {
                 Some(t) => store.save_draft_once(t, id, &content, |d| {
@@ -659,12 +728,13 @@ async fn draft(
         },
     )
     .await?;
-    match written {
-        Written::Answer(response) => Ok(response),
+    let response = match written {
+        Written::Answer(response) => response,
         Written::Done(draft) => {
-            Ok((StatusCode::CREATED, Json(DraftBody::from(&draft))).into_response())
+            (StatusCode::CREATED, Json(DraftBody::from(&draft))).into_response()
         }
-    }
+    };
+    Ok(with_position(&state, id, response))
 }
 
 /// The latest draft of a session.
@@ -677,10 +747,14 @@ async fn draft(
         ("id" = String, Path, format = Uuid,
             pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
             description = "The session id, lower-case and hyphenated, as `start` named it."),
+        ("Interview-Position" = Option<String>, Header, nullable = false,
+            pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            description = "The `interview-position` header of an earlier write's answer: the read \
+                then sees that write (a replica serves it only once it has replayed it)."),
     ),
     responses(
         (status = 200, description = "The latest draft.", body = DraftBody),
-        (status = 400, description = "Not a session id in its one spelling.", body = ErrorBody),
+        (status = 400, description = "Not a session id in its one spelling, or a bad `Interview-Position`.", body = ErrorBody),
         (status = 404, description = "No such session, or no draft of it yet.", body = ErrorBody),
         (status = 503, description = "The database is unavailable.", body = ErrorBody),
     )
@@ -688,10 +762,12 @@ async fn draft(
 async fn latest_draft(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
+    let after = read_position(&headers)?;
     let answer = call(&state, "latest_draft", move |store| {
-        draft_answer(&store, id)
+        draft_answer(&store.after(after), id)
     })
     .await?;
     let body = answer.body.clone();

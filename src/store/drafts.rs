@@ -53,12 +53,15 @@ impl Store {
     /// Fails with [`Error::NotFound`] for an unknown session.
     pub fn save_draft(&self, session_id: Uuid, content: &str) -> Result<Draft> {
         self.check_text("content", content)?;
-        self.write(|conn, now| save_draft_in(conn, now, session_id, content))
+        self.write_in(
+            |_| Some(session_id),
+            |conn, now| save_draft_in(conn, now, session_id, content),
+        )
     }
 
     /// The most recently saved draft of a session, if any.
     pub fn latest_draft(&self, session_id: Uuid) -> Result<Option<Draft>> {
-        self.read(|conn| {
+        self.read_session(session_id, |conn| {
             Ok(drafts::table
                 .filter(uuid_key(drafts::session_id).eq(DbUuidKey(session_id)))
                 .order(drafts::id.desc())

@@ -151,11 +151,14 @@ impl Store {
         respond: impl FnOnce(&(Session, Message)) -> Recorded,
     ) -> Result<(Session, Message)> {
         self.check_text("text", text)?;
-        self.write(|conn, now| {
-            let done = super::sessions::start_with_in(conn, now, role, text)?;
-            complete_in(conn, now, ticket, respond(&done))?;
-            Ok(done)
-        })
+        self.write_in(
+            |(s, _): &(Session, Message)| Some(s.id),
+            |conn, now| {
+                let done = super::sessions::start_with_in(conn, now, role, text)?;
+                complete_in(conn, now, ticket, respond(&done))?;
+                Ok(done)
+            },
+        )
     }
 
     /// [`Store::append_messages`], recording `respond`'s answer under `ticket` in the same transaction.
@@ -168,11 +171,14 @@ impl Store {
         respond: impl FnOnce(&[Message]) -> Recorded,
     ) -> Result<Vec<Message>> {
         self.check_turns(turns, summary)?;
-        self.write(|conn, now| {
-            let done = super::messages::append_turns_in(conn, session_id, turns, summary)?;
-            complete_in(conn, now, ticket, respond(&done))?;
-            Ok(done)
-        })
+        self.write_in(
+            |_| Some(session_id),
+            |conn, now| {
+                let done = super::messages::append_turns_in(conn, session_id, turns, summary)?;
+                complete_in(conn, now, ticket, respond(&done))?;
+                Ok(done)
+            },
+        )
     }
 
     /// [`Store::save_draft`], recording `respond`'s answer under `ticket` in the same transaction.
@@ -184,11 +190,14 @@ impl Store {
         respond: impl FnOnce(&Draft) -> Recorded,
     ) -> Result<Draft> {
         self.check_text("content", content)?;
-        self.write(|conn, now| {
-            let done = super::drafts::save_draft_in(conn, now, session_id, content)?;
-            complete_in(conn, now, ticket, respond(&done))?;
-            Ok(done)
-        })
+        self.write_in(
+            |_| Some(session_id),
+            |conn, now| {
+                let done = super::drafts::save_draft_in(conn, now, session_id, content)?;
+                complete_in(conn, now, ticket, respond(&done))?;
+                Ok(done)
+            },
+        )
     }
 }
 

@@ -107,7 +107,10 @@ impl Store {
     /// [`Error::InvalidInput`] for text over the size limit or with a NUL character.
     pub fn append_message(&self, session_id: Uuid, role: Role, text: &str) -> Result<Message> {
         self.check_text("text", text)?;
-        self.write(|conn, _| append_in(conn, session_id, role, text))
+        self.write_in(
+            |_| Some(session_id),
+            |conn, _| append_in(conn, session_id, role, text),
+        )
     }
 
     /// Appends several messages in order and, if given, sets the summary: all or nothing.
@@ -139,7 +142,10 @@ impl Store {
         summary: Option<&str>,
     ) -> Result<Vec<Message>> {
         self.check_turns(turns, summary)?;
-        self.write(|conn, _| append_turns_in(conn, session_id, turns, summary))
+        self.write_in(
+            |_| Some(session_id),
+            |conn, _| append_turns_in(conn, session_id, turns, summary),
+        )
     }
 
     pub(crate) fn check_turns(&self, turns: &[(Role, &str)], summary: Option<&str>) -> Result<()> {

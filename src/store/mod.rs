@@ -4,6 +4,7 @@ pub(crate) mod drafts;
 pub(crate) mod health;
 pub(crate) mod idempotency;
 pub(crate) mod messages;
+pub(crate) mod replicas;
 pub(crate) mod sessions;
 
 use std::sync::Arc;
@@ -11,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use uuid::Uuid;
 
 pub use drafts::Draft;
 pub use idempotency::{Claim, KeyPolicy, Recorded, Ticket};
 pub use messages::{Message, Role};
+pub use replicas::{Fallback, Position, ReplicaState};
 pub use sessions::{Page, Session, SessionWithMessages};
 
 use crate::connection::{AnyConnection, Backend, DatabaseUrl};
@@ -39,6 +42,16 @@ pub struct StoreConfig {
     /// [`DatabaseUrl::with_statement_cache`]. The example server and the
     /// migration tool read it from `INTERVIEW_PG_STATEMENT_CACHE=off`.
     pub pg_statement_cache: bool,
+    /// PostgreSQL hot standbys that serve session reads ([`Store::get_session`],
+    /// [`Store::latest_draft`]); each gets a pool, a breaker and a lag
+    /// measurement of its own. Empty (the default): every read goes to the primary.
+    /// The server reads them from `INTERVIEW_POSTGRES_REPLICA_URLS`.
+    pub replicas: Vec<DatabaseUrl>,
+    /// How long a read waits for a replica to replay the read's [`Position`]
+    /// before it goes to the primary (default 50 ms).
+    pub replica_wait: Duration,
+    /// A replica lagging more than this leaves rotation until it catches up (default 30 s).
+    pub replica_max_lag: Duration,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +61,9 @@ impl Default for StoreConfig {
             max_text_bytes: 32 * 1024,
             health_timeout: Duration::from_secs(2),
             pg_statement_cache: true,
+            replicas: Vec::new(),
+            replica_wait: Duration::from_millis(50),
+            replica_max_lag: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +122,8 @@ pub struct TableCounts {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    // Session reads through this handle see at least this position ([`Store::after`]).
+    after: Option<Position>,
 }
 
 struct Inner {
@@ -119,6 +137,7 @@ struct Inner {
     sqlite_writer: parking_lot::FairMutex<()>,
     // The one health check in flight, shared by every caller of `health`.
     health: health::Probe,
+    replicas: replicas::Replicas,
 }
 
 impl std::fmt::Debug for Store {
@@ -143,15 +162,36 @@ impl Store {
         let cache = url.statement_cache() && config.pg_statement_cache;
         let url = url.with_statement_cache(cache);
         log::info!("opening {} store at {}", url.backend(), url.masked());
+        // Replicas are standbys of a PostgreSQL primary. The server opens its
+        // SQLite store (before a cutover, after a rollback) with the same
+        // settings, so they are left out there rather than refused.
+        let replica_urls = match url.backend() {
+            Backend::Postgres => config.replicas.as_slice(),
+            Backend::Sqlite => {
+                if !config.replicas.is_empty() {
+                    log::warn!("replicas ignored: the store is on SQLite");
+                }
+                &[]
+            }
+        };
         let pool = Pool::open(url, &config.pool)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                pool,
-                config,
-                sqlite_writer: parking_lot::FairMutex::new(()),
-                health: health::Probe::default(),
-            }),
-        })
+        let replicas = replicas::Replicas::open(
+            replica_urls,
+            &config.pool,
+            config.replica_wait,
+            config.replica_max_lag,
+        )?;
+        let inner = Arc::new(Inner {
+            pool,
+            config,
+            sqlite_writer: parking_lot::FairMutex::new(()),
+            health: health::Probe::default(),
+            replicas,
+        });
+        if !inner.replicas.is_empty() {
+            replicas::monitor(Arc::downgrade(&inner));
+        }
+        Ok(Store { inner, after: None })
     }
 
     /// Closes this handle. When it is the last one, waits until every
@@ -162,10 +202,11 @@ impl Store {
     /// alive it only drops this one.
     pub fn close(self) {
         let last = Arc::strong_count(&self.inner) == 1;
-        let alive = self.inner.pool.alive();
+        let mut alive = vec![self.inner.pool.alive()];
+        alive.extend(self.inner.replicas.alive());
         let within = self.inner.config.pool.connect_timeout + std::time::Duration::from_secs(1);
         drop(self);
-        if last && !alive.wait_none(within) {
+        if last && !alive.iter().all(|a| a.wait_none(within)) {
             log::warn!("a connection of the store was still open {within:?} after it closed");
         }
     }
@@ -284,6 +325,61 @@ impl Store {
         self.inner.pool.run(f)
     }
 
+    /// A handle whose session reads see at least `position` (`None`: only what
+    /// this process wrote), e.g. the position another process's write returned.
+    ///
+    /// Shares everything else with `self`.
+    pub fn after(&self, position: Option<Position>) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            after: position,
+        }
+    }
+
+    /// A handle whose session reads go to the primary: for a read a write
+    /// depends on (the history a reply is computed from), which must not be stale.
+    pub fn primary(&self) -> Store {
+        self.after(Some(Position::MAX))
+    }
+
+    /// The position of the last write to `session` this process made; `None`
+    /// without replicas (positions are only read when replicas are configured).
+    pub fn position_of(&self, session: Uuid) -> Option<Position> {
+        self.inner.replicas.position_of(session)
+    }
+
+    /// Each replica's rotation, lag and reads served, in configuration order.
+    pub fn replicas(&self) -> Vec<ReplicaState> {
+        self.inner.replicas.states()
+    }
+
+    /// How many session reads went to the primary although replicas are configured, by reason.
+    pub fn replica_fallbacks(&self) -> Vec<(Fallback, u64)> {
+        self.inner.replicas.fallbacks()
+    }
+
+    /// A read of one session: on a replica that has replayed this process's
+    /// last write to it (and [`Store::after`]'s position), else on the primary.
+    fn read_session<T>(
+        &self,
+        session: Uuid,
+        f: impl Fn(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        let replicas = &self.inner.replicas;
+        if replicas.is_empty() {
+            return self.read(f);
+        }
+        let need = self.after.max(replicas.position_of(session));
+        // Asked for the primary ([`Store::primary`]), or a write whose position is unknown.
+        if need == Some(Position::MAX) {
+            return self.read(f);
+        }
+        match replicas.read(need, &f) {
+            Ok(served) => served,
+            Err(_) => self.read(f),
+        }
+    }
+
     /// Runs `f` in one write transaction ([`AnyConnection::write_transaction`]).
     ///
     /// `f` gets the current time read after the lock is held: on SQLite,
@@ -294,15 +390,43 @@ impl Store {
         &self,
         f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
     ) -> Result<T> {
+        self.write_in(|_| None, f)
+    }
+
+    /// [`Store::write`] to the session `session` names in the result: with
+    /// replicas, the primary's position after the commit is remembered for it.
+    fn write_in<T>(
+        &self,
+        session: impl FnOnce(&T) -> Option<Uuid>,
+        f: impl FnOnce(&mut AnyConnection, DateTime<Utc>) -> Result<T>,
+    ) -> Result<T> {
+        let track = !self.inner.replicas.is_empty();
         // Taken before the pool checkout, so queued writers do not hold connections.
         // Bounded like a checkout: a stuck writer turns the queue into 503s, not a pile of threads.
         let _writer = match self.backend() {
             Backend::Sqlite => Some(self.sqlite_writer_turn()?),
             Backend::Postgres => None,
         };
-        self.inner
-            .pool
-            .run(|conn| conn.write_transaction(|conn| f(conn, timestamp::now())))
+        let (value, at) = self.inner.pool.run(|conn| {
+            let value = conn.write_transaction(|conn| f(conn, timestamp::now()))?;
+            if !track {
+                return Ok((value, None));
+            }
+            // The write is committed: failing it now would report a stored
+            // write as failed. Without its position, its session is read on
+            // the primary (the highest position no replica reaches).
+            let at = replicas::after_commit(conn).unwrap_or_else(|e| {
+                log::warn!(
+                    "no WAL position after a commit ({e}): its session is read on the primary"
+                );
+                None
+            });
+            Ok((value, Some(at.unwrap_or(Position::MAX))))
+        })?;
+        if let (Some(at), Some(session)) = (at, session(&value)) {
+            self.inner.replicas.remember(session, at);
+        }
+        Ok(value)
     }
 
     fn sqlite_writer_turn(&self) -> Result<parking_lot::FairMutexGuard<'_, ()>> {

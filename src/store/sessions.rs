@@ -79,39 +79,45 @@ impl From<SessionRow> for Session {
 impl Store {
     /// Starts a new, empty session.
     pub fn start_session(&self) -> Result<Session> {
-        self.write(|conn, now| {
-            let session = Session {
-                id: Uuid::now_v7(),
-                created_at: now,
-                updated_at: now,
-                summary: String::new(),
-            };
-            // Column tuple, not `SessionRow`: a derived `Insertable` may render
-            // `DEFAULT`, so on PostgreSQL diesel would parse and plan it on every call.
-            diesel::insert_into(sessions::table)
-                .values((
-                    sessions::id.eq(DbUuid(session.id)),
-                    sessions::created_at.eq(DbTimestamp(now)),
-                    sessions::updated_at.eq(DbTimestamp(now)),
-                    sessions::summary.eq(""),
-                ))
-                .execute(conn)?;
-            Ok(session)
-        })
+        self.write_in(
+            |s: &Session| Some(s.id),
+            |conn, now| {
+                let session = Session {
+                    id: Uuid::now_v7(),
+                    created_at: now,
+                    updated_at: now,
+                    summary: String::new(),
+                };
+                // Column tuple, not `SessionRow`: a derived `Insertable` may render
+                // `DEFAULT`, so on PostgreSQL diesel would parse and plan it on every call.
+                diesel::insert_into(sessions::table)
+                    .values((
+                        sessions::id.eq(DbUuid(session.id)),
+                        sessions::created_at.eq(DbTimestamp(now)),
+                        sessions::updated_at.eq(DbTimestamp(now)),
+                        sessions::summary.eq(""),
+                    ))
+                    .execute(conn)?;
+                Ok(session)
+            },
+        )
     }
 
     /// Starts a session whose first message is `text` (e.g. the interviewer's
     /// opening question), in one transaction.
     pub fn start_session_with(&self, role: Role, text: &str) -> Result<(Session, Message)> {
         self.check_text("text", text)?;
-        self.write(|conn, now| start_with_in(conn, now, role, text))
+        self.write_in(
+            |(s, _): &(Session, Message)| Some(s.id),
+            |conn, now| start_with_in(conn, now, role, text),
+        )
     }
 
     /// Reads a session and its messages in order.
     ///
     /// Fails with [`Error::NotFound`] for an unknown id.
     pub fn get_session(&self, id: Uuid) -> Result<SessionWithMessages> {
-        self.read(|conn| {
+        self.read_session(id, |conn| {
             // One statement: one round trip, and one snapshot, so the session's
             // `updated_at` is never older than the messages that come with it.
             // By UUID on both sides of the join: a legacy file may spell a session's id one way
@@ -153,20 +159,24 @@ impl Store {
     /// Replaces a session's summary and bumps its `updated_at`.
     pub fn update_summary(&self, id: Uuid, summary: &str) -> Result<Session> {
         self.check_text("summary", summary)?;
-        self.write(|conn, now| {
-            let row =
-                diesel::update(sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(id))))
-                    .set((
-                        sessions::summary.eq(summary),
-                        sessions::updated_at.eq(DbTimestamp(now)),
-                    ))
-                    // `as_returning()` cannot be rendered per backend inside a MultiConnection; a column tuple can.
-                    .returning(sessions::all_columns)
-                    .get_result::<SessionRow>(conn)
-                    .optional()?
-                    .ok_or_else(|| Error::not_found(format!("session {id}")))?;
-            Ok(row.into())
-        })
+        self.write_in(
+            |_| Some(id),
+            |conn, now| {
+                let row = diesel::update(
+                    sessions::table.filter(uuid_key(sessions::id).eq(DbUuidKey(id))),
+                )
+                .set((
+                    sessions::summary.eq(summary),
+                    sessions::updated_at.eq(DbTimestamp(now)),
+                ))
+                // `as_returning()` cannot be rendered per backend inside a MultiConnection; a column tuple can.
+                .returning(sessions::all_columns)
+                .get_result::<SessionRow>(conn)
+                .optional()?
+                .ok_or_else(|| Error::not_found(format!("session {id}")))?;
+                Ok(row.into())
+            },
+        )
     }
 
     /// Up to `n` session ids picked at random, for spot checks such as a dual-read compare.

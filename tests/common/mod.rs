@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod cluster;
 pub mod legacy;
 pub mod proxy;
 pub mod scratch;
