@@ -662,6 +662,53 @@ backend_test!(
 );
 
 backend_test!(
+    an_empty_position_header_is_no_position_and_a_malformed_one_is_refused,
+    |db: &TestDb| {
+        runtime().block_on(async {
+            let srv = TestServer::start(db.store(), None).await;
+            let id = srv.start_session().await;
+            for path in [
+                format!("/interview/session/{id}"),
+                format!("/interview/draft/latest/{id}"),
+            ] {
+                for (sent, status) in [
+                    // A client echoing a write's answer headers sends an empty
+                    // one when the write carried no position (SQLite, no replicas).
+                    ("", StatusCode::OK),
+                    ("0/1", StatusCode::OK),
+                    ("16/B374D848", StatusCode::OK),
+                    ("0/1; DROP TABLE sessions", StatusCode::BAD_REQUEST),
+                    ("-1/0", StatusCode::BAD_REQUEST),
+                    ("0/", StatusCode::BAD_REQUEST),
+                    ("123456789/0", StatusCode::BAD_REQUEST),
+                ] {
+                    let r = srv
+                        .http
+                        .get(format!("{}{path}", srv.base))
+                        .header("Interview-Position", sent)
+                        .send()
+                        .await
+                        .unwrap();
+                    let got = r.status();
+                    let body: Value = r.json().await.unwrap();
+                    // No draft yet is a 404 in the one error shape, not a refusal.
+                    let got = if got == StatusCode::NOT_FOUND && category(&body) == "not_found" {
+                        StatusCode::OK
+                    } else {
+                        got
+                    };
+                    assert_eq!(got, status, "{path} with {sent:?}: {body}");
+                    if status == StatusCode::BAD_REQUEST {
+                        assert_eq!(category(&body), "input", "{body}");
+                    }
+                }
+            }
+            srv.shutdown().await;
+        });
+    }
+);
+
+backend_test!(
     error_bodies_name_the_request_not_the_database,
     |db: &TestDb| {
         runtime().block_on(async {

@@ -203,10 +203,17 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 pub const POSITION_HEADER: &str = "interview-position";
 
 /// The position a read asks for, from [`POSITION_HEADER`]; absent is `None`.
+///
+/// An empty header is absent too: a client that echoes a write's answer
+/// headers sends an empty one after a write on SQLite or without replicas
+/// (no position was given), and that is no position rather than a bad one.
 fn read_position(headers: &HeaderMap) -> Result<Option<crate::Position>, ApiError> {
     let Some(v) = headers.get(POSITION_HEADER) else {
         return Ok(None);
     };
+    if v.is_empty() {
+        return Ok(None);
+    }
     v.to_str()
         .ok()
         .and_then(|v| v.parse().ok())
@@ -594,9 +601,10 @@ pub struct SessionBody {
             pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
             description = "The session id, lower-case and hyphenated, as `start` named it."),
         ("Interview-Position" = Option<String>, Header, nullable = false,
-            pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            pattern = "^([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})?$",
             description = "The `interview-position` header of an earlier write's answer: the read \
-                then sees that write (a replica serves it only once it has replayed it)."),
+                then sees that write (a replica serves it only once it has replayed it). \
+                Empty is the same as absent."),
     ),
     responses(
         (status = 200, description = "The session.", body = SessionBody),
@@ -748,9 +756,10 @@ async fn draft(
             pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
             description = "The session id, lower-case and hyphenated, as `start` named it."),
         ("Interview-Position" = Option<String>, Header, nullable = false,
-            pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            pattern = "^([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})?$",
             description = "The `interview-position` header of an earlier write's answer: the read \
-                then sees that write (a replica serves it only once it has replayed it)."),
+                then sees that write (a replica serves it only once it has replayed it). \
+                Empty is the same as absent."),
     ),
     responses(
         (status = 200, description = "The latest draft.", body = DraftBody),
