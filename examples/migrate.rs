@@ -2,9 +2,10 @@
 //!
 //! `cargo run --release --example migrate -- <command> …`; see `--help` and
 //! docs/cutover.md. Exit status: 0 done, 1 the two sides differ (verify,
-//! compare), 2 invalid data or usage, or refused (wrong phase, `--truncate`
-//! without `--yes`), 3 a database or file failed, or another migration command
-//! is running on the same PostgreSQL database.
+//! compare), 2 invalid data or usage (`--truncate` without `--yes` too), 3 a
+//! database or file failed, or another migration command is running on the
+//! same PostgreSQL database; 4 to 9 a refusal, by its kind
+//! (`interview_store::error::Refusal::exit_code`).
 //!
 //! The commands, their flags and `--help` are in `support/cli.rs`; each
 //! command's work, rules and report (with its `Display`) are in the library.
@@ -35,17 +36,27 @@ fn main() -> ExitCode {
     match run(cli.command, Out { json: cli.json }) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e}");
+            match e.refusal() {
+                Some(why) => log::error!("refused ({why}): {e}"),
+                None => log::error!("{e}"),
+            }
             if let Error::InvalidSource { rejects, .. } = &e {
                 for r in rejects {
                     eprintln!("{r}");
                 }
             }
-            match e.category() {
-                interview_store::Category::Input => ExitCode::from(2),
-                _ => ExitCode::from(3),
-            }
+            ExitCode::from(failure_code(&e))
         }
+    }
+}
+
+/// The exit status of a failed command: a refusal's kind decides its own
+/// (`Refusal::exit_code`); other invalid input is 2, anything else 3.
+fn failure_code(e: &Error) -> u8 {
+    match (e.refusal(), e.category()) {
+        (Some(why), _) => why.exit_code(),
+        (None, interview_store::Category::Input) => 2,
+        (None, _) => 3,
     }
 }
 

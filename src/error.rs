@@ -90,9 +90,16 @@ pub enum Error {
         /// Each invalid row: table, source key, column, value and reason.
         rejects: Vec<crate::migrate::Reject>,
     },
-    /// A migration step refused to run, and why (e.g. a target holding foreign rows).
-    #[error("{0}")]
-    Refused(String),
+    /// A step refused to run and changed nothing: the kind of refusal, which
+    /// callers branch on (the migration CLI's exit status), and the account
+    /// of it, which says what to run instead.
+    #[error("{message}")]
+    Refused {
+        /// Why, as a kind.
+        why: Refusal,
+        /// What was refused and what to do about it.
+        message: String,
+    },
     /// Another migration command holds the target's lock; nothing was changed.
     #[error("{0}")]
     Busy(String),
@@ -104,6 +111,78 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+}
+
+/// Why a step refused to run ([`Error::Refused`]). The refusal changed
+/// nothing; its kind, not its wording, is what a caller decides on, so a
+/// script driving the cutover can tell "run the steps in order" from "the
+/// two sides differ" from "try again" without reading text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// A destructive step waits for its confirmation (`--truncate` without `--yes`).
+    Unconfirmed,
+    /// The step does not apply in the cutover's phase, or a step it needs has
+    /// not run yet (`migrate status` names the one that does).
+    OutOfOrder,
+    /// The two sides differ, so the step would lose or change data.
+    Differs,
+    /// The target holds another source's copy, or rows no copy wrote.
+    Foreign,
+    /// A database lacks what the step needs (this tool's schema, a change
+    /// log, a log that was not recreated since the copy).
+    NotReady,
+    /// Something moved while the step ran (another command, a write in the
+    /// switch's window, a retry that took over a key): run it again.
+    Moved,
+    /// The test-only fault hook stopped the step where it was told to.
+    Injected,
+}
+
+impl Refusal {
+    /// Every kind, in exit-status order.
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Unconfirmed,
+        Refusal::OutOfOrder,
+        Refusal::Differs,
+        Refusal::Foreign,
+        Refusal::NotReady,
+        Refusal::Moved,
+        Refusal::Injected,
+    ];
+
+    /// The migration CLI's exit status for this refusal (docs/cutover.md,
+    /// "Exit status"). `Unconfirmed` shares 2 with invalid usage: the command
+    /// line lacks `--yes`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Refusal::Unconfirmed => 2,
+            Refusal::OutOfOrder => 4,
+            Refusal::Differs => 5,
+            Refusal::Foreign => 6,
+            Refusal::NotReady => 7,
+            Refusal::Moved => 8,
+            Refusal::Injected => 9,
+        }
+    }
+
+    /// The stable lowercase name (`out_of_order`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unconfirmed => "unconfirmed",
+            Refusal::OutOfOrder => "out_of_order",
+            Refusal::Differs => "differs",
+            Refusal::Foreign => "foreign",
+            Refusal::NotReady => "not_ready",
+            Refusal::Moved => "moved",
+            Refusal::Injected => "injected",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Database errors, with the write pause's refusal recognised whoever wrote:
@@ -179,7 +258,7 @@ impl Error {
             | Error::Corrupt { .. }
             | Error::Migration(_)
             | Error::Io { .. } => Category::Db,
-            Error::InvalidSource { .. } | Error::Refused(_) => Category::Input,
+            Error::InvalidSource { .. } | Error::Refused { .. } => Category::Input,
         }
     }
 
@@ -209,6 +288,22 @@ impl Error {
         Error::InvalidInput {
             field,
             reason: reason.into(),
+        }
+    }
+
+    /// A step's refusal of the given kind (see [`Refusal`]).
+    pub fn refused(why: Refusal, message: impl Into<String>) -> Self {
+        Error::Refused {
+            why,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal's kind, if this is a refusal.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Error::Refused { why, .. } => Some(*why),
+            _ => None,
         }
     }
 }
@@ -253,3 +348,23 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_own_exit_status_apart_from_success_differences_and_failures() {
+        let mut seen = std::collections::HashSet::new();
+        for why in Refusal::ALL {
+            let code = why.exit_code();
+            assert!(seen.insert(code), "{why} shares exit status {code}");
+            // 0 done, 1 the sides differ, 3 a database failed: never a refusal.
+            assert!(![0, 1, 3].contains(&code), "{why}: {code}");
+            let e = Error::refused(why, "x");
+            assert_eq!(e.refusal(), Some(why));
+            assert_eq!(e.category(), Category::Input);
+        }
+        assert_eq!(Refusal::Unconfirmed.exit_code(), 2, "usage, as documented");
+    }
+}

@@ -35,7 +35,7 @@ pub mod timestamp;
 pub mod types;
 
 pub use connection::{AnyConnection, Backend, DatabaseUrl};
-pub use error::{Category, Error, Result};
+pub use error::{Category, Error, Refusal, Result};
 pub use maintenance::Maintenance;
 pub use pool::{PoolConfig, PoolState};
 pub use store::{

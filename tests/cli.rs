@@ -190,6 +190,39 @@ fn copy_truncate_without_yes_prints_what_it_would_delete_and_exits_2() {
 }
 
 #[test]
+fn a_refusal_exits_with_its_kinds_status_and_names_the_kind() {
+    let src = Legacy::new(&clean_sql(2, 1));
+    let other = Legacy::new(&clean_sql(1, 1));
+    let db = common::PgDatabase::create();
+    let sqlite = src.path.to_str().unwrap();
+    // A report on a database never set up: not_ready (7), nothing created.
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert!(text(&o).contains("refused (not_ready)"), "{}", text(&o));
+    // A sync before any copy: out_of_order (4).
+    let o = run(&["setup", "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["sync", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("refused (out_of_order)"), "{}", text(&o));
+    assert!(text(&o).contains("migrate copy"), "{}", text(&o));
+    // Another file's copy into a database holding this one's: foreign (6).
+    let o = run(&["copy", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&[
+        "copy",
+        "--sqlite",
+        other.path.to_str().unwrap(),
+        "--postgres",
+        &db.url,
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("refused (foreign)"), "{}", text(&o));
+    let o = run(&["verify", "--sqlite", sqlite, "--postgres", &db.url]);
+    assert_eq!(o.status.code(), Some(0), "nothing changed: {}", text(&o));
+}
+
+#[test]
 fn a_second_migration_command_exits_3_at_once() {
     let src = Legacy::new(&clean_sql(2, 2));
     let db = common::PgDatabase::create();

@@ -15,6 +15,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use interview_store::connection::DatabaseUrl;
+use interview_store::error::Refusal;
 use interview_store::migrate::{self, FollowEnd, FollowOptions, FollowStatus};
 use interview_store::{Backend, Error, Role, Store, StoreConfig};
 
@@ -332,7 +333,7 @@ fn a_switch_under_traffic_without_a_recorded_verify_is_refused_and_holds_nothing
     std::thread::sleep(Duration::from_millis(200));
     let err = migrate::switch(&path, &url, Backend::Postgres).unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("migrate verify")),
+        matches!(&err, Error::Refused { why: Refusal::OutOfOrder, message } if message.contains("migrate verify")),
         "{err}"
     );
     let before = writer.acked();
@@ -367,7 +368,7 @@ fn a_difference_found_by_the_switch_resumes_sqlite_and_changes_nothing() {
         .unwrap();
     let err = migrate::switch(&path, &url, Backend::Postgres).unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("differ")),
+        matches!(&err, Error::Refused { why: Refusal::Differs, message } if message.contains("differ")),
         "{err}"
     );
     // SQLite is writable again and the cutover is where it was.
@@ -464,7 +465,7 @@ fn a_follower_refuses_what_it_cannot_follow_instead_of_idling() {
     let stop = AtomicBool::new(false);
     let err = migrate::follow(&path, &url, &opts(), &stop, |_| {}).unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("no change log")),
+        matches!(&err, Error::Refused { why: Refusal::NotReady, message } if message.contains("no change log")),
         "{err}"
     );
     // A copied file followed backwards before any switch.
@@ -475,7 +476,7 @@ fn a_follower_refuses_what_it_cannot_follow_instead_of_idling() {
     };
     let err = migrate::follow(&path, &url, &reverse, &stop, |_| {}).unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("follow --reverse")),
+        matches!(&err, Error::Refused { why: Refusal::OutOfOrder, message } if message.contains("follow --reverse")),
         "{err}"
     );
 }

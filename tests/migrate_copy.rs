@@ -9,6 +9,7 @@ use std::path::Path;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
+use interview_store::error::Refusal;
 use interview_store::migrate::{
     self, check, copy, status, sync, verify, CopyOptions, Reject, SyncOptions, Table,
 };
@@ -256,7 +257,7 @@ fn copy_refuses_tables_holding_rows_it_did_not_copy_unless_truncate() {
     store.migrate().unwrap();
     let foreign = store.start_session().unwrap();
     let err = copy(&src.path, &url, &CopyOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::Refused(_)), "{err:?}");
+    assert_eq!(err.refusal(), Some(Refusal::Foreign), "{err:?}");
     assert!(
         err.to_string().contains("sessions already holds 1 rows"),
         "{err}"
@@ -269,7 +270,7 @@ fn copy_refuses_tables_holding_rows_it_did_not_copy_unless_truncate() {
         ..Default::default()
     };
     let err = copy(&src.path, &url, &unconfirmed).unwrap_err();
-    assert!(matches!(err, Error::Refused(_)), "{err:?}");
+    assert_eq!(err.refusal(), Some(Refusal::Unconfirmed), "{err:?}");
     assert!(
         err.to_string()
             .contains("sessions 1 rows, messages 0 rows, drafts 0 rows"),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use interview_store::connection::DatabaseUrl;
+use interview_store::error::Refusal;
 use interview_store::migrate::{
     copy, rollback_sync, status, switch, sync, CopyOptions, MigrationLock, ReverseFollower,
     SyncOptions,
@@ -169,7 +170,10 @@ fn a_pass_takes_turns_with_migration_commands() {
     let back = switch(&path, &url, Backend::Sqlite).unwrap();
     assert_eq!(back.live, Backend::Sqlite);
     match follower.step() {
-        Err(Error::Refused(why)) => assert!(why.contains("rolled_back"), "{why}"),
+        Err(Error::Refused {
+            why: Refusal::OutOfOrder,
+            message,
+        }) => assert!(message.contains("rolled_back"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
@@ -236,7 +240,7 @@ fn follow_until_refused(sqlite: &Path, pg_url: &DatabaseUrl) -> (u64, String) {
         match follower.step() {
             Ok(Some(r)) => applied += r.entries,
             Ok(None) => {}
-            Err(Error::Refused(why)) => return (applied, why),
+            Err(Error::Refused { message, .. }) => return (applied, message),
             Err(e) => panic!("reverse pass failed: {e}"),
         }
         std::thread::sleep(Duration::from_millis(10));

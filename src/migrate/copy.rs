@@ -21,7 +21,7 @@ use super::rebuild::{self, RebuildOptions};
 use super::source::{Marks, Source, Table};
 use super::state;
 use crate::connection::DatabaseUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::schema::{drafts, messages, sessions};
 
 /// How a copy runs.
@@ -35,7 +35,7 @@ pub struct CopyOptions {
     /// Empty the PostgreSQL tables first, instead of refusing rows it did not copy.
     pub truncate: bool,
     /// The operator confirmed `truncate` (`--yes`); without it a truncating
-    /// copy only reports what it would delete and fails with [`Error::Refused`].
+    /// copy only reports what it would delete and fails with [`Refusal::Unconfirmed`].
     pub confirmed: bool,
     /// Called after each committed batch.
     pub progress: Option<ProgressFn>,
@@ -158,7 +158,9 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     if opts.truncate {
         let counts = row_counts(&mut pg)?;
         if !opts.confirmed {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(
+                Refusal::Unconfirmed,
+                format!(
                 "--truncate would delete from {}: {}, and the migration bookkeeping; nothing was \
                  deleted. Check the URL, then run the same command with --yes",
                 postgres.masked(),
@@ -168,7 +170,8 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
                     .map(|(t, n)| format!("{t} {n} rows"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )));
+            ),
+            ));
         }
         log::info!("emptying the PostgreSQL tables (--truncate --yes)");
         if existing
@@ -187,11 +190,14 @@ pub fn copy(sqlite: &Path, postgres: &DatabaseUrl, opts: &CopyOptions) -> Result
     }
     if let Some(s) = &existing {
         if s.source != source_name {
-            return Err(Error::Refused(format!(
-                "{} holds a copy of {}, not of {source_name}; pass --truncate to replace it",
-                postgres.masked(),
-                s.source
-            )));
+            return Err(Error::refused(
+                Refusal::Foreign,
+                format!(
+                    "{} holds a copy of {}, not of {source_name}; pass --truncate to replace it",
+                    postgres.masked(),
+                    s.source
+                ),
+            ));
         }
         if s.phase()? == Phase::Copied {
             log::info!(
@@ -305,7 +311,7 @@ fn trim_before_snapshot(src: &mut Source, pg: &mut PgConnection) {
 /// one only with `--truncate`.
 fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUrl) -> Result<()> {
     match st.map(|s| s.phase()).transpose()? {
-        Some(Phase::Switched) => Err(Error::Refused(format!(
+        Some(Phase::Switched) => Err(Error::refused(Refusal::OutOfOrder, format!(
             "refusing to copy{}: the service moved to {} ({}), which now holds writes SQLite does \
              not have; nothing was changed. To go back to SQLite: `migrate pause --postgres …`, \
              `migrate rollback-sync`, `migrate switch --to sqlite`",
@@ -315,11 +321,11 @@ fn copy_allowed(st: Option<&state::State>, truncate: bool, postgres: &DatabaseUr
                 .map_or("-".into(), |t| t.to_string())
         ))),
         Some(phase @ (Phase::SwitchingToPostgres(_) | Phase::SwitchingToSqlite(_))) => {
-            Err(Error::Refused(format!(
-                "refusing to copy: {phase}, and a copy now would lose track of it; finish or undo                  the switch first (`migrate status` says how); nothing was changed"
+            Err(Error::refused(Refusal::OutOfOrder, format!(
+                "refusing to copy: {phase}, and a copy now would lose track of it; finish or undo the switch first (`migrate status` says how); nothing was changed"
             )))
         }
-        Some(Phase::RolledBack) if !truncate => Err(Error::Refused(format!(
+        Some(Phase::RolledBack) if !truncate => Err(Error::refused(Refusal::OutOfOrder, format!(
             "{} is retired since the rollback to SQLite; to start a new cutover run \
              `migrate copy --truncate --yes`",
             postgres.masked()
@@ -345,7 +351,7 @@ fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
             Table::Drafts => drafts::table.count().get_result(pg)?,
         };
         if n > 0 {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::Foreign, format!(
                 "{}: table {t} already holds {n} rows that no copy wrote; pass --truncate to replace them",
                 url.masked()
             )));
@@ -353,7 +359,7 @@ fn refuse_foreign_rows(pg: &mut PgConnection, url: &DatabaseUrl) -> Result<()> {
     }
     let n = keys::pg_count(pg)?;
     if n > 0 {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::Foreign, format!(
             "{}: table {} already holds {n} finished keys that no copy wrote; pass --truncate to replace them",
             url.masked(),
             keys::TABLE
@@ -494,7 +500,7 @@ fn load(
                         encoding += t.elapsed();
                         // A closed channel means the writer failed; its error is the one to report.
                         tx.send(ready)
-                            .map_err(|_| Error::Refused("writer stopped".into()))
+                            .map_err(|_| Error::refused(Refusal::Moved, "writer stopped"))
                     },
                 )?;
                 log::info!(
@@ -586,9 +592,10 @@ fn write(
             });
         }
         if opts.fail_after_batches == Some(committed) {
-            return Err(Error::Refused(format!(
-                "stopped after {committed} batches (fault injected)"
-            )));
+            return Err(Error::refused(
+                Refusal::Injected,
+                format!("stopped after {committed} batches (fault injected)"),
+            ));
         }
         waited = Instant::now();
     }

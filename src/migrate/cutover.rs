@@ -15,7 +15,7 @@ use super::phase::Phase;
 use super::source::{source_name, Source};
 use super::state::{self, State};
 use crate::connection::{AnyConnection, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 pub(crate) struct Cutover<'a> {
     pub sqlite: &'a Path,
@@ -41,18 +41,24 @@ impl<'a> Cutover<'a> {
         let lock = MigrationLock::acquire_waiting(postgres, FOLLOWER_TURN)?;
         let mut pg = AnyConnection::Postgres(state::connect(postgres)?);
         let st = state::load(as_pg(&mut pg)?)?.ok_or_else(|| {
-            Error::Refused(format!(
-                "nothing was copied into {} yet: run `migrate copy` and `migrate sync` first",
-                postgres.masked()
-            ))
+            Error::refused(
+                Refusal::OutOfOrder,
+                format!(
+                    "nothing was copied into {} yet: run `migrate copy` and `migrate sync` first",
+                    postgres.masked()
+                ),
+            )
         })?;
         if st.source != source_name(sqlite) {
-            return Err(Error::Refused(format!(
-                "{} holds a copy of {}, not of {}",
-                postgres.masked(),
-                st.source,
-                source_name(sqlite)
-            )));
+            return Err(Error::refused(
+                Refusal::Foreign,
+                format!(
+                    "{} holds a copy of {}, not of {}",
+                    postgres.masked(),
+                    st.source,
+                    source_name(sqlite)
+                ),
+            ));
         }
         Ok(Cutover {
             sqlite,
@@ -78,7 +84,10 @@ impl<'a> Cutover<'a> {
     /// Reads the bookkeeping row again (after a step moved it).
     pub fn reload(&mut self) -> Result<Phase> {
         let st = state::load(self.pg()?)?.ok_or_else(|| {
-            Error::Refused("the migration bookkeeping vanished (copy --truncate?)".into())
+            Error::refused(
+                Refusal::Moved,
+                "the migration bookkeeping vanished (copy --truncate?)",
+            )
         })?;
         self.state = st;
         self.phase()

@@ -24,7 +24,7 @@ use super::source::Source;
 use super::state;
 use super::sync;
 use crate::connection::DatabaseUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// How a follower runs.
 #[derive(Debug, Clone)]
@@ -236,7 +236,7 @@ impl Run {
             }
             // A switch that finished between the look and the batch: the
             // pass refuses, and the next look tells the direction ended.
-            Err(e @ Error::Refused(_)) => match leg.poll() {
+            Err(e @ Error::Refused { .. }) => match leg.poll() {
                 Ok(Poll::Ended(end)) => Ok(Some(end)),
                 _ => Err(e),
             },
@@ -285,7 +285,7 @@ impl Run {
 fn transient(e: &Error) -> bool {
     !matches!(
         e,
-        Error::Refused(_)
+        Error::Refused { .. }
             | Error::InvalidSource { .. }
             | Error::InvalidInput { .. }
             | Error::NoSuchFile { .. }
@@ -338,7 +338,7 @@ impl<'a> Forward<'a> {
         }
         self.conns
             .as_mut()
-            .ok_or_else(|| Error::Refused("follow: not connected".into()))
+            .ok_or_else(|| Error::refused(Refusal::NotReady, "follow: not connected"))
     }
 }
 
@@ -352,11 +352,14 @@ impl Leg for Forward<'_> {
         let mut src = Source::open(self.sqlite)?;
         // Without a log nothing would ever look pending: say so instead of idling.
         if !changelog::sqlite_installed(src.conn())? {
-            return Err(Error::Refused(format!(
-                "{} has no change log, so its changes cannot be followed; run `migrate setup \
+            return Err(Error::refused(
+                Refusal::NotReady,
+                format!(
+                    "{} has no change log, so its changes cannot be followed; run `migrate setup \
                  --sqlite …` and `migrate copy` (it installs the log)",
-                self.sqlite.display()
-            )));
+                    self.sqlite.display()
+                ),
+            ));
         }
         self.conns = Some((pg, src));
         Ok(())
@@ -437,7 +440,7 @@ impl<'a> Backward<'a> {
         }
         self.conns
             .as_mut()
-            .ok_or_else(|| Error::Refused("follow: not connected".into()))
+            .ok_or_else(|| Error::refused(Refusal::NotReady, "follow: not connected"))
     }
 }
 
@@ -464,7 +467,7 @@ impl Leg for Backward<'_> {
             // A switch back under way still takes this side's last entries.
             Some(Phase::Switched | Phase::SwitchingToSqlite(_)) => {}
             phase => {
-                return Err(Error::Refused(format!(
+                return Err(Error::refused(Refusal::OutOfOrder, format!(
                     "follow --reverse applies what is written to PostgreSQL after `migrate \
                      switch`, but the cutover is {}: run `migrate follow` (forward) until the switch",
                     phase.map_or("not started".to_string(), |p| format!("in phase {p}"))

@@ -15,7 +15,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 
 use crate::connection::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// A named step of a migration command.
 ///
@@ -268,7 +268,7 @@ impl Phase {
     /// no longer says `self` (another command moved it meanwhile).
     pub(crate) fn record(self, pg: &mut PgConnection, to: Phase) -> Result<()> {
         if !self.may_become(to) {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::OutOfOrder, format!(
                 "the cutover cannot move from {self} to {to}; run `migrate status` to see what to do"
             )));
         }
@@ -285,10 +285,13 @@ impl Phase {
         .bind::<Nullable<Text>, _>(to.step().map(Step::name))
         .execute(pg)?;
         if moved != 1 {
-            return Err(Error::Refused(format!(
-                "the cutover is no longer {self} (another migration command moved it); run \
+            return Err(Error::refused(
+                Refusal::Moved,
+                format!(
+                    "the cutover is no longer {self} (another migration command moved it); run \
                  `migrate status`"
-            )));
+                ),
+            ));
         }
         log::debug!("phase: {self} -> {to}");
         Ok(())

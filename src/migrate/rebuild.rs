@@ -23,7 +23,7 @@ use diesel::sql_types::BigInt;
 
 use super::state;
 use crate::connection::DatabaseUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// How the rebuild after the load runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,10 +292,10 @@ fn work(
         };
         let t = Instant::now();
         let out = if opts.fail_at.as_deref() == Some(step.name.as_str()) {
-            Err(Error::Refused(format!(
-                "stopped before {} (fault injected)",
-                step.name
-            )))
+            Err(Error::refused(
+                Refusal::Injected,
+                format!("stopped before {} (fault injected)", step.name),
+            ))
         } else {
             run_step(&mut pg, &step, opts.memory_mb)
         };

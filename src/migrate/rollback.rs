@@ -29,7 +29,7 @@ use super::lock::{self, MigrationLock};
 use super::phase::Phase;
 use super::state::{self, State};
 use crate::connection::{AnyConnection, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
@@ -292,13 +292,14 @@ fn require_switched(st: Option<State>) -> Result<State> {
     match st {
         // The switch back's own last pass runs with its intent recorded.
         Some(st) if matches!(st.phase()?, Phase::Switched | Phase::SwitchingToSqlite(_)) => Ok(st),
-        st => {
-            Err(Error::Refused(format!(
+        st => Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
             "the way back applies what was written to PostgreSQL after `migrate switch`, but the \
              cutover is {}: nothing to follow",
             st.map_or("not started".to_string(), |s| format!("in phase {}", s.phase))
-        )))
-        }
+        ),
+        )),
     }
 }
 
@@ -308,9 +309,10 @@ fn require_log(pg: &mut PgConnection, shown: &str) -> Result<()> {
         return Ok(());
     }
     require_switched(state::load(pg)?)?;
-    Err(Error::Refused(format!(
-        "{shown} has no change log: was `migrate switch` interrupted? Run it again"
-    )))
+    Err(Error::refused(
+        Refusal::NotReady,
+        format!("{shown} has no change log: was `migrate switch` interrupted? Run it again"),
+    ))
 }
 
 /// The phase and log checks of rollback-sync, naming the database.
@@ -319,12 +321,15 @@ fn rollback_allowed(pg: &mut PgConnection, postgres: &DatabaseUrl) -> Result<()>
     match st.as_ref().map(|s| s.phase()).transpose()? {
         Some(Phase::Switched | Phase::SwitchingToSqlite(_)) => {}
         phase => {
-            return Err(Error::Refused(format!(
-                "rollback-sync applies what was written to {} after `migrate switch`, but the \
+            return Err(Error::refused(
+                Refusal::OutOfOrder,
+                format!(
+                    "rollback-sync applies what was written to {} after `migrate switch`, but the \
                  cutover is {}: nothing to roll back",
-                postgres.masked(),
-                phase.map_or("not started".to_string(), |p| format!("in phase {p}"))
-            )))
+                    postgres.masked(),
+                    phase.map_or("not started".to_string(), |p| format!("in phase {p}"))
+                ),
+            ))
         }
     }
     require_log(pg, &postgres.masked())

@@ -13,7 +13,7 @@ use super::normalize::Reject;
 use super::phase::{self, Phase, Step};
 use super::source::{Marks, Table};
 use crate::connection::{AnyConnection, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The copy's phase and the source's high-water marks.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
@@ -130,12 +130,15 @@ pub(crate) fn connect_read_only(url: &DatabaseUrl) -> Result<PgConnection> {
     let mut pg = into_pg(establish(url)?, url)?;
     let pending = crate::migrations::pending_postgres(&mut pg)?;
     if !pending.is_empty() {
-        return Err(Error::Refused(format!(
-            "{} does not hold this tool's schema ({} migration(s) not applied): run `migrate \
+        return Err(Error::refused(
+            Refusal::NotReady,
+            format!(
+                "{} does not hold this tool's schema ({} migration(s) not applied): run `migrate \
              setup` or `migrate copy` first; a report changes nothing, so it does not apply them",
-            url.masked(),
-            pending.len()
-        )));
+                url.masked(),
+                pending.len()
+            ),
+        ));
     }
     Ok(pg)
 }

@@ -15,7 +15,7 @@ use super::switch_back;
 use super::switch_report::SwitchReport;
 use super::switch_there;
 use crate::connection::{Backend, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// Moves the service to `to`: PostgreSQL (after copy and sync) or back to SQLite.
 ///
@@ -68,10 +68,10 @@ fn to_postgres(cx: &mut Cutover) -> Result<SwitchReport> {
             ..SwitchReport::new(Backend::Postgres)
         }),
         Phase::SwitchingToSqlite(step) => switch_back::undo(cx, step),
-        Phase::Copying => Err(Error::Refused(
-            "the bulk copy has not finished: run `migrate copy` again, then `migrate sync`".into(),
+        Phase::Copying => Err(Error::refused(Refusal::OutOfOrder,
+            "the bulk copy has not finished: run `migrate copy` again, then `migrate sync`",
         )),
-        Phase::RolledBack => Err(Error::Refused(format!(
+        Phase::RolledBack => Err(Error::refused(Refusal::OutOfOrder, format!(
             "{} is retired since the rollback to SQLite; start again with `migrate copy --truncate --yes`",
             cx.pg_shown()
         ))),

@@ -17,7 +17,7 @@ use super::rollback::{self, Reading};
 use super::switch_report::{require_is_equal, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP};
 use super::verify::{verify_locked, VerifyReport};
 use crate::connection::{AnyConnection, Backend};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::maintenance;
 
 /// Which verify the switch back runs before retiring PostgreSQL.
@@ -99,11 +99,14 @@ pub(crate) fn undo(cx: &mut Cutover, step: Step) -> Result<SwitchReport> {
             ..SwitchReport::new(Backend::Postgres)
         });
     }
-    Err(Error::Refused(format!(
-        "a switch back to SQLite is past its point of no return (interrupted at {step}: \
+    Err(Error::refused(
+        Refusal::OutOfOrder,
+        format!(
+            "a switch back to SQLite is past its point of no return (interrupted at {step}: \
          PostgreSQL is retired and SQLite may take writes); run `migrate switch --to sqlite` to \
          finish it"
-    )))
+        ),
+    ))
 }
 
 /// A switch back that failed before the retire: PostgreSQL live again (or
@@ -205,21 +208,24 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
             Ok::<_, Error>((report, rows, h, passed.report.entries))
         })?;
     if !report.is_equal_but_in_flight() {
-        return Err(Error::Refused(format!(
-            "the rows changed on PostgreSQL since the last verify differ from SQLite's ({} \
+        return Err(Error::refused(
+            Refusal::Differs,
+            format!(
+                "the rows changed on PostgreSQL since the last verify differ from SQLite's ({} \
              difference(s): {}); nothing was paused, PostgreSQL stays live",
-            report.sessions.differences
-                + report.messages.differences
-                + report.drafts.differences
-                + report.idempotency_keys.differences,
-            report
-                .differences
-                .iter()
-                .take(5)
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
+                report.sessions.differences
+                    + report.messages.differences
+                    + report.drafts.differences
+                    + report.idempotency_keys.differences,
+                report
+                    .differences
+                    .iter()
+                    .take(5)
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
     }
     Ok(Checked {
         horizon,
@@ -280,10 +286,13 @@ fn last_entries(cx: &mut Cutover, check: Verify) -> Result<Back> {
         maintenance::retire(any, &shown)?;
         let now = changelog::pg_position(as_pg(any)?)?;
         if now > position {
-            return Err(Error::Refused(format!(
-                "{pg_shown} was written to during the switch (change log at {now}, {position} \
+            return Err(Error::refused(
+                Refusal::Moved,
+                format!(
+                    "{pg_shown} was written to during the switch (change log at {now}, {position} \
                  applied): switch again"
-            )));
+                ),
+            ));
         }
         Ok(())
     })?;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::phase::Step;
 use super::verify::VerifyReport;
 use crate::connection::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// What [`switch`](crate::migrate::switch) did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -103,14 +103,17 @@ pub(crate) enum Writes {
 
 pub(crate) fn require_is_equal(report: &VerifyReport) -> Result<()> {
     if !report.is_equal() {
-        return Err(Error::Refused(format!(
-            "verify found {} difference(s) between the two sides, so the switch would lose or \
+        return Err(Error::refused(
+            Refusal::Differs,
+            format!(
+                "verify found {} difference(s) between the two sides, so the switch would lose or \
              change data; run `migrate verify` to see them",
-            report.sessions.differences
-                + report.messages.differences
-                + report.drafts.differences
-                + report.idempotency_keys.differences
-        )));
+                report.sessions.differences
+                    + report.messages.differences
+                    + report.drafts.differences
+                    + report.idempotency_keys.differences
+            ),
+        ));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use super::phase::{self, Phase, Step};
 use super::switch_report::{require_is_equal, SwitchReport, Writes, CATCH_UP_PASSES, CAUGHT_UP};
 use super::verify::{verify_locked, VerifyReport};
 use crate::connection::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::maintenance;
 
 /// A switch from the phase `copied`.
@@ -23,7 +23,7 @@ pub(crate) fn start(cx: &mut Cutover) -> Result<SwitchReport> {
         return paused_switch(cx);
     }
     let Some(verified) = cx.state.verified_change_seq else {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::OutOfOrder, format!(
             "{} is not paused and no full verify was recorded: run `migrate verify --live --record` first (a \
              switch under traffic checks only the rows changed since it), or pause SQLite for a \
              switch with a full verify",
@@ -271,11 +271,14 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
         started.elapsed()
     );
     if !recheck.is_equal() {
-        return Err(Error::Refused(format!(
-            "the rows changed since the last full verify differ between the two sides, so the \
+        return Err(Error::refused(
+            Refusal::Differs,
+            format!(
+                "the rows changed since the last full verify differ between the two sides, so the \
              switch would lose or change data; SQLite is live as before. {}",
-            recheck.describe()
-        )));
+                recheck.describe()
+            ),
+        ));
     }
     cx.reload()?;
     Ok(Checked {
@@ -288,19 +291,25 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
 /// SQLite paused, and every entry of its log applied by sync.
 fn require_caught_up(cx: &mut Cutover) -> Result<()> {
     if !maintenance::read(&mut cx.lite)?.paused {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
             "{} is not paused: run `migrate pause --sqlite …`, then `migrate sync`, then switch",
             cx.sqlite.display()
-        )));
+        ),
+        ));
     }
     let position = changelog::sqlite_position(cx.src.conn())?;
     let mark = cx.state.mark_change_seq.unwrap_or(0);
     if position > mark {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
             "{} has changes PostgreSQL does not (change log at {position}, applied up to {mark}): \
              run `migrate sync` first, then switch again",
             cx.sqlite.display()
-        )));
+        ),
+        ));
     }
     Ok(())
 }

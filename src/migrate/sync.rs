@@ -17,7 +17,7 @@ use super::recheck::Recheck;
 use super::source::{Source, Table};
 use super::state::{self, State};
 use crate::connection::DatabaseUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::schema::{drafts, messages, sessions};
 use crate::store::sessions::SessionRow;
 use crate::types::DbUuid;
@@ -136,10 +136,13 @@ pub(crate) fn pass(
     let st = state::load(pg)?;
     let mark = sync_allowed(st.as_ref(), &source_name, postgres)?;
     if !changelog::sqlite_installed(src.conn())? {
-        return Err(Error::Refused(format!(
-            "{source_name} has no change log, so its changes since the copy cannot be known; \
+        return Err(Error::refused(
+            Refusal::NotReady,
+            format!(
+                "{source_name} has no change log, so its changes since the copy cannot be known; \
              run `migrate copy --truncate --yes` to copy it again (it installs the log)"
-        )));
+            ),
+        ));
     }
     // A file the store adopted after the copy has grown the keys table since.
     changelog::install_sqlite_keys(src.conn())?;
@@ -174,10 +177,13 @@ fn read_and_apply(
 ) -> Result<Vec<Reject>> {
     let position = changelog::sqlite_position(src.conn())?;
     if position < mark {
-        return Err(Error::Refused(format!(
-            "the change log stands at {position}, behind the mark {mark} recorded in \
+        return Err(Error::refused(
+            Refusal::NotReady,
+            format!(
+                "the change log stands at {position}, behind the mark {mark} recorded in \
              PostgreSQL: the log was recreated; run `migrate copy --truncate --yes`"
-        )));
+            ),
+        ));
     }
     let changes = changelog::sqlite_changes(src.conn(), mark)?;
     let read = read_changed(src, pg, &changes)?;
@@ -199,42 +205,55 @@ fn read_and_apply(
 /// The phase check: the change-log mark to sync from, or why not.
 fn sync_allowed(st: Option<&State>, source_name: &str, postgres: &DatabaseUrl) -> Result<i64> {
     let Some(st) = st else {
-        return Err(Error::Refused(format!(
-            "nothing was copied into {} yet: run `migrate copy` first",
-            postgres.masked()
-        )));
+        return Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
+                "nothing was copied into {} yet: run `migrate copy` first",
+                postgres.masked()
+            ),
+        ));
     };
     if st.source != source_name {
-        return Err(Error::Refused(format!(
-            "{} holds a copy of {}, not of {source_name}",
-            postgres.masked(),
-            st.source
-        )));
+        return Err(Error::refused(
+            Refusal::Foreign,
+            format!(
+                "{} holds a copy of {}, not of {source_name}",
+                postgres.masked(),
+                st.source
+            ),
+        ));
     }
     match st.phase()? {
-        Phase::Copying => Err(Error::Refused(
-            "the bulk copy has not finished: run `migrate copy` again to finish it".into(),
+        Phase::Copying => Err(Error::refused(
+            Refusal::OutOfOrder,
+            "the bulk copy has not finished: run `migrate copy` again to finish it",
         )),
-        Phase::Switched | Phase::SwitchingToSqlite(_) => Err(Error::Refused(format!(
-            "refusing to sync: the service moved to {} ({}), so its rows there are newer than \
+        Phase::Switched | Phase::SwitchingToSqlite(_) => Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
+                "refusing to sync: the service moved to {} ({}), so its rows there are newer than \
              SQLite's and a sync would overwrite them; nothing was changed. To go back to SQLite: \
              `migrate pause --postgres …`, `migrate rollback-sync`, `migrate switch --to sqlite`",
-            postgres.masked(),
-            st.switched_at.map_or("-".into(), |t| t.to_string())
-        ))),
-        Phase::RolledBack => Err(Error::Refused(format!(
-            "refusing to sync: the service moved back to SQLite ({}) and {} is retired; \
+                postgres.masked(),
+                st.switched_at.map_or("-".into(), |t| t.to_string())
+            ),
+        )),
+        Phase::RolledBack => Err(Error::refused(
+            Refusal::OutOfOrder,
+            format!(
+                "refusing to sync: the service moved back to SQLite ({}) and {} is retired; \
              to start a new cutover run `migrate copy --truncate --yes`",
-            st.rolled_back_at.map_or("-".into(), |t| t.to_string()),
-            postgres.masked()
-        ))),
+                st.rolled_back_at.map_or("-".into(), |t| t.to_string()),
+                postgres.masked()
+            ),
+        )),
         // While a switch there is under way PostgreSQL is not live yet: its
         // own last pass is one of these.
         Phase::Copied | Phase::SwitchingToPostgres(_) => st.mark_change_seq.ok_or_else(|| {
-            Error::Refused(
+            Error::refused(
+                Refusal::NotReady,
                 "this copy was made before the change log existed, so later changes cannot be \
-                 known: run `migrate copy --truncate --yes`"
-                    .into(),
+                 known: run `migrate copy --truncate --yes`",
             )
         }),
     }

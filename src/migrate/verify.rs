@@ -409,9 +409,10 @@ fn verify_snapshots(
     // It goes into a utility statement, which takes no parameters: the id is
     // PostgreSQL's own (hex digits and dashes), checked once here anyway.
     if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(Error::Refused(format!(
-            "PostgreSQL exported an unexpected snapshot id {snapshot:?}"
-        )));
+        return Err(Error::Corrupt {
+            what: "the snapshot PostgreSQL exported".into(),
+            reason: format!("an unexpected snapshot id {snapshot:?}"),
+        });
     }
     let recorded: HashSet<(String, String)> = state::rejects(pg)?
         .into_iter()

@@ -16,7 +16,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use uuid::Uuid;
 
 use super::{Draft, Message, Role, Session, Store};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::schema::idempotency_keys as keys;
 use crate::types::{DbTimestamp, DbUuid};
 
@@ -288,7 +288,7 @@ fn complete_in(
     .execute(conn)?;
     if updated == 0 {
         // Rolls the write back: a retry took the key over and answers for it.
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::Moved, format!(
             "idempotency key {:?} was taken over by a retry after its lease ran out; nothing was stored",
             ticket.key
         )));
