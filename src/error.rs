@@ -88,7 +88,7 @@ pub enum Error {
         /// How many rows are invalid.
         count: usize,
         /// Each invalid row: table, source key, column, value and reason.
-        rejects: Vec<crate::migrate::Reject>,
+        rejects: Vec<Reject>,
     },
     /// A step refused to run and changed nothing: the kind of refusal, which
     /// callers branch on (the migration CLI's exit status), and the account
@@ -111,6 +111,55 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+}
+
+/// One source row that cannot be loaded: where it is, which value, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reject {
+    /// `sessions`, `messages` or `drafts`.
+    pub table: String,
+    /// The source primary key: the session id as stored, or the message/draft id.
+    pub id: String,
+    /// The first offending column.
+    pub column: String,
+    /// The offending value, shortened; `null` when it was NULL.
+    pub value: Option<String>,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = match &self.value {
+            Some(v) => format!("{v:?}"),
+            None => "NULL".to_string(),
+        };
+        write!(
+            f,
+            "{} {}: {} = {}: {}",
+            self.table, self.id, self.column, value, self.reason
+        )
+    }
+}
+
+/// What the triggers raise while writes are paused; recognised by [`Error`]
+/// (the triggers of [`crate::maintenance`] raise them).
+pub(crate) const PAUSED_MESSAGE: &str =
+    "interview-store: writes are paused (read-only maintenance)";
+/// What the triggers raise on a retired database, followed by where the data moved.
+pub(crate) const RETIRED_PREFIX: &str =
+    "interview-store: this database is retired; its data moved to ";
+
+/// Recognises the triggers' refusal in a database error message.
+fn refusal(message: &str) -> Option<Error> {
+    if message.starts_with(PAUSED_MESSAGE) {
+        return Some(Error::ReadOnly);
+    }
+    message
+        .strip_prefix(RETIRED_PREFIX)
+        .map(|to| Error::Retired {
+            moved_to: to.to_string(),
+        })
 }
 
 /// Why a step refused to run ([`Error::Refused`]). The refusal changed
@@ -190,7 +239,7 @@ impl fmt::Display for Refusal {
 impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Self {
         if let diesel::result::Error::DatabaseError(_, info) = &e {
-            if let Some(refusal) = crate::maintenance::refusal(info.message()) {
+            if let Some(refusal) = refusal(info.message()) {
                 return refusal;
             }
         }

@@ -34,17 +34,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::connection::{mask_password, AnyConnection, ConnectionSetup, DatabaseUrl};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, PAUSED_MESSAGE, RETIRED_PREFIX};
 use crate::schema::interview_maintenance as m;
 use crate::timestamp;
 use crate::types::DbTimestamp;
-
-/// What the triggers raise while writes are paused; recognised by [`Error`].
-pub(crate) const PAUSED_MESSAGE: &str =
-    "interview-store: writes are paused (read-only maintenance)";
-/// What the triggers raise on a retired database, followed by where the data moved.
-pub(crate) const RETIRED_PREFIX: &str =
-    "interview-store: this database is retired; its data moved to ";
 
 /// The maintenance state of a database.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -257,16 +250,4 @@ fn sqlite_triggers(message: &str) -> String {
         }
     }
     sql
-}
-
-/// Recognises the triggers' refusal in a database error message.
-pub(crate) fn refusal(message: &str) -> Option<Error> {
-    if message.starts_with(PAUSED_MESSAGE) {
-        return Some(Error::ReadOnly);
-    }
-    message
-        .strip_prefix(RETIRED_PREFIX)
-        .map(|to| Error::Retired {
-            moved_to: to.to_string(),
-        })
 }

@@ -381,7 +381,12 @@ fn a_difference_in_a_row_changed_after_the_switch_refuses_the_switch_back_and_po
     .unwrap();
 
     let err = switch(&path, &url, Backend::Sqlite).unwrap_err();
-    assert!(err.to_string().contains("1 difference"), "{err}");
+    assert_eq!(err.refusal(), Some(Refusal::Differs), "{err}");
+    assert!(err.to_string().contains("1 row(s)"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("messages {} text", m.id)),
+        "{err}"
+    );
 
     // PostgreSQL is live, accepts writes, and the cutover is still in phase switched.
     let st = status(&url).unwrap();
@@ -430,6 +435,7 @@ fn with_postgres_paused_by_the_operator_the_switch_back_runs_the_full_verify() {
     .unwrap();
     pause(&url);
     let err = switch(&path, &url, Backend::Sqlite).unwrap_err();
+    assert_eq!(err.refusal(), Some(Refusal::Differs), "{err}");
     assert!(err.to_string().contains("1 difference"), "{err}");
     // Left paused, as the operator had it, not retired.
     let st = status(&url).unwrap();

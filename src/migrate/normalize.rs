@@ -21,34 +21,9 @@ use crate::store::sessions::SessionRow;
 use crate::timestamp;
 use crate::types::{DbTimestamp, DbUuid};
 
-/// One source row that cannot be loaded: where it is, which value, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Reject {
-    /// `sessions`, `messages` or `drafts`.
-    pub table: String,
-    /// The source primary key: the session id as stored, or the message/draft id.
-    pub id: String,
-    /// The first offending column.
-    pub column: String,
-    /// The offending value, shortened; `null` when it was NULL.
-    pub value: Option<String>,
-    /// Why it is invalid.
-    pub reason: String,
-}
-
-impl std::fmt::Display for Reject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = match &self.value {
-            Some(v) => format!("{v:?}"),
-            None => "NULL".to_string(),
-        };
-        write!(
-            f,
-            "{} {}: {} = {}: {}",
-            self.table, self.id, self.column, value, self.reason
-        )
-    }
-}
+// The record of an invalid row lives beside the error that carries a list of
+// them (`Error::InvalidSource`), below every module that reports one.
+pub use crate::error::Reject;
 
 /// How long a rejected value may be in reports.
 const VALUE_SHOWN: usize = 80;

@@ -15,10 +15,8 @@ use uuid::Uuid;
 use super::changed::{read_changed, Changed};
 use super::changelog;
 use super::digest::{hash_of, Digest, SessionDigest};
-use super::keys::KeysVerify;
-use super::keys::LISTED;
 use super::source::{Source, Table};
-use super::verify::RowDifference;
+use super::verify::BoundedCheck;
 use crate::error::Result;
 use crate::schema::{drafts, messages, sessions};
 use crate::store::drafts::DraftRow;
@@ -26,52 +24,13 @@ use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
 use crate::types::DbUuid;
 
-/// What the bounded verify found.
-#[derive(Debug, Default)]
-pub(crate) struct Recheck {
-    /// Rows compared (present on SQLite or deleted there).
-    pub rows: u64,
-    /// Rows that differ (all counted, the first `LISTED` kept).
-    pub count: u64,
-    pub differences: Vec<RowDifference>,
-    /// The finished idempotency keys, compared in full (pruned after a day,
-    /// so they follow the traffic, not the size of the database).
-    pub keys: KeysVerify,
-}
-
-impl Recheck {
-    /// Whether every row compared is equal on both sides.
-    pub fn is_equal(&self) -> bool {
-        self.count == 0 && self.keys.differences == 0
-    }
-
-    /// The differences, for an error message.
-    pub fn describe(&self) -> String {
-        let mut shown: Vec<String> = self
-            .differences
-            .iter()
-            .take(5)
-            .map(|d| d.to_string())
-            .collect();
-        shown.extend(self.keys.listed.iter().take(5).map(|d| d.to_string()));
-        format!(
-            "{} row(s) and {} idempotency key(s) differ: {}",
-            self.count,
-            self.keys.differences,
-            shown.join("; ")
-        )
-    }
-
-    fn differ(&mut self, table: Table, id: String, detail: &str) {
-        self.count += 1;
-        if self.differences.len() < LISTED {
-            self.differences.push(RowDifference {
-                table,
-                id,
-                column: "*".into(),
-                detail: detail.into(),
-            });
-        }
+/// Counts one compared row in `out`, and its difference if it has one:
+/// `*` for a row on one side only, `row` for one whose digests differ (which
+/// column is not known from a digest; `migrate verify` names it).
+fn compared(out: &mut BoundedCheck, table: Table, id: String, difference: Option<(&str, &str)>) {
+    out.rows += 1;
+    if let Some((column, detail)) = difference {
+        out.report.differ(table, id, column, detail);
     }
 }
 
@@ -79,17 +38,22 @@ impl Recheck {
 /// log names past `from` (inside the caller's SQLite snapshot, which
 /// PostgreSQL must have caught up with). Rows SQLite holds invalid are left
 /// out, as verify leaves recorded rejects out.
-pub(crate) fn sqlite_since(src: &mut Source, pg: &mut PgConnection, from: i64) -> Result<Recheck> {
+pub(crate) fn sqlite_since(
+    src: &mut Source,
+    pg: &mut PgConnection,
+    from: i64,
+) -> Result<BoundedCheck> {
     let changes = changelog::sqlite_changes(src.conn(), from)?;
     let changed = read_changed(src, pg, &changes)?;
     let mut out = compare(pg, &changed)?;
-    out.keys = super::keys::verify_named(src.conn(), pg, &changes.keys, changes.all_keys)?;
+    out.report.idempotency_keys =
+        super::keys::verify_named(src.conn(), pg, &changes.keys, changes.all_keys)?;
     Ok(out)
 }
 
 /// Compares the rows of `changed` (SQLite's side, normalised) with PostgreSQL's rows of the same ids.
-pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Recheck> {
-    let mut out = Recheck::default();
+pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<BoundedCheck> {
+    let mut out = BoundedCheck::default();
     let ids: Vec<DbUuid> = changed
         .sessions
         .iter()
@@ -108,24 +72,16 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Rechec
         );
     }
     for r in &changed.sessions {
-        out.rows += 1;
-        match theirs.get(&r.id.0) {
-            None => out.differ(Table::Sessions, r.id.0.to_string(), "missing on postgres"),
-            Some(h) if *h != hash_of(&SessionDigest::of(r)) => {
-                out.differ(Table::Sessions, r.id.0.to_string(), "differs")
-            }
-            Some(_) => {}
-        }
+        let difference = match theirs.get(&r.id.0) {
+            None => Some(MISSING),
+            Some(h) if *h != hash_of(&SessionDigest::of(r)) => Some(DIFFERS),
+            Some(_) => None,
+        };
+        compared(&mut out, Table::Sessions, r.id.0.to_string(), difference);
     }
     for id in &changed.deleted_sessions {
-        out.rows += 1;
-        if theirs.contains_key(&id.0) {
-            out.differ(
-                Table::Sessions,
-                id.0.to_string(),
-                "deleted in sqlite, on postgres",
-            );
-        }
+        let difference = theirs.contains_key(&id.0).then_some(DELETED);
+        compared(&mut out, Table::Sessions, id.0.to_string(), difference);
     }
     let ours: Vec<(i64, u64)> = changed
         .messages
@@ -200,24 +156,27 @@ fn draft_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u6
 }
 
 fn children(
-    out: &mut Recheck,
+    out: &mut BoundedCheck,
     table: Table,
     ours: &[(i64, u64)],
     deleted: &[i64],
     theirs: &HashMap<i64, u64>,
 ) {
     for (id, h) in ours {
-        out.rows += 1;
-        match theirs.get(id) {
-            None => out.differ(table, id.to_string(), "missing on postgres"),
-            Some(t) if t != h => out.differ(table, id.to_string(), "differs"),
-            Some(_) => {}
-        }
+        let difference = match theirs.get(id) {
+            None => Some(MISSING),
+            Some(t) if t != h => Some(DIFFERS),
+            Some(_) => None,
+        };
+        compared(out, table, id.to_string(), difference);
     }
     for id in deleted {
-        out.rows += 1;
-        if theirs.contains_key(id) {
-            out.differ(table, id.to_string(), "deleted in sqlite, on postgres");
-        }
+        let difference = theirs.contains_key(id).then_some(DELETED);
+        compared(out, table, id.to_string(), difference);
     }
 }
+
+/// The differences a bounded check tells apart, as (column, detail).
+const MISSING: (&str, &str) = ("*", "missing on postgres");
+const DIFFERS: (&str, &str) = ("row", "differs (compared by digest)");
+const DELETED: (&str, &str) = ("*", "deleted in sqlite, on postgres");

@@ -203,27 +203,19 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
             let h = changelog::pg_snapshot_horizon(pg)?;
             let passed = rollback::pass(pg, lite, Reading::Online)?;
             log::debug!("switch back, before the pause: {:?}", passed.report);
-            let (mut report, rows) = rollback::verify_named(pg, src, from)?;
-            report.settle_in_flight(&changelog::pg_changes(pg, h, None)?);
-            Ok::<_, Error>((report, rows, h, passed.report.entries))
+            let mut check = rollback::verify_named(pg, src, from)?;
+            check
+                .report
+                .settle_in_flight(&changelog::pg_changes(pg, h, None)?);
+            Ok::<_, Error>((check.report, check.rows, h, passed.report.entries))
         })?;
     if !report.is_equal_but_in_flight() {
         return Err(Error::refused(
             Refusal::Differs,
             format!(
-                "the rows changed on PostgreSQL since the last verify differ from SQLite's ({} \
-             difference(s): {}); nothing was paused, PostgreSQL stays live",
-                report.sessions.differences
-                    + report.messages.differences
-                    + report.drafts.differences
-                    + report.idempotency_keys.differences,
-                report
-                    .differences
-                    .iter()
-                    .take(5)
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                "the rows changed on PostgreSQL since the last verify differ from SQLite's ({}); \
+                 nothing was paused, PostgreSQL stays live",
+                report.describe()
             ),
         ));
     }
@@ -266,7 +258,7 @@ fn last_entries(cx: &mut Cutover, check: Verify) -> Result<Back> {
         })?;
     log::info!("switch back: last pass {:?}", passed.report);
     let (verify, verified_rows) = match bounded {
-        Some((report, rows)) => (report, Some(rows)),
+        Some(check) => (check.report, Some(check.rows)),
         None => {
             if check != Verify::Full {
                 log::warn!(

@@ -270,13 +270,13 @@ fn checked_pass(cx: &mut Cutover, from: i64) -> Result<Checked> {
         recheck.rows,
         started.elapsed()
     );
-    if !recheck.is_equal() {
+    if !recheck.report.is_equal() {
         return Err(Error::refused(
             Refusal::Differs,
             format!(
                 "the rows changed since the last full verify differ between the two sides, so the \
              switch would lose or change data; SQLite is live as before. {}",
-                recheck.describe()
+                recheck.report.describe()
             ),
         ));
     }

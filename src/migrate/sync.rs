@@ -13,9 +13,9 @@ use super::lock::MigrationLock;
 use super::normalize::Reject;
 use super::phase::Phase;
 use super::pipeline::{bump_sequences, write_rejects};
-use super::recheck::Recheck;
 use super::source::{Source, Table};
 use super::state::{self, State};
+use super::verify::BoundedCheck;
 use crate::connection::DatabaseUrl;
 use crate::error::{Error, Refusal, Result};
 use crate::schema::{drafts, messages, sessions};
@@ -113,7 +113,7 @@ pub(crate) struct Pass {
     pub trim_upto: i64,
     /// The rows named since the position asked for, compared after the
     /// writes in the same snapshot (see [`pass`]).
-    pub recheck: Option<Recheck>,
+    pub recheck: Option<BoundedCheck>,
 }
 
 /// Applies the log past PostgreSQL's mark, inside the caller's PostgreSQL

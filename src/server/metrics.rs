@@ -69,9 +69,30 @@ fn zero_counters() {
     }
     counter!("interview_shadow_read_mismatches_total").absolute(0);
     counter!("interview_shadow_reads_compared_total").absolute(0);
-    for reason in super::shadow::SKIP_REASONS {
+    for reason in SHADOW_SKIP_REASONS {
         counter!("interview_shadow_reads_skipped_total", "reason" => reason).absolute(0);
     }
+}
+
+/// Every reason a shadow read is skipped for ([`super::shadow`]), so each
+/// series exists (at 0) from startup. Here, with the other series' names,
+/// so the shadow reader depends on the metrics and not the other way round.
+const SHADOW_SKIP_REASONS: [&str; 6] = [
+    "busy",
+    "no_other_backend",
+    "unreachable",
+    "behind",
+    "settling",
+    "error",
+];
+
+/// Counts a shadow read skipped for `reason`, one of [`SHADOW_SKIP_REASONS`].
+pub(super) fn shadow_read_skipped(reason: &'static str) {
+    debug_assert!(
+        SHADOW_SKIP_REASONS.contains(&reason),
+        "{reason} is not in SHADOW_SKIP_REASONS"
+    );
+    counter!("interview_shadow_reads_skipped_total", "reason" => reason).increment(1);
 }
 
 /// Renders all metrics in Prometheus text format, with the pool's state as of now.

@@ -274,22 +274,8 @@ mod caught_up {
     }
 }
 
-/// Every reason a shadow read is skipped for, so each series exists (at 0) from startup.
-pub(super) const SKIP_REASONS: [&str; 6] = [
-    "busy",
-    "no_other_backend",
-    "unreachable",
-    "behind",
-    "settling",
-    "error",
-];
-
 fn skipped(reason: &'static str) {
-    debug_assert!(
-        SKIP_REASONS.contains(&reason),
-        "{reason} is not in SKIP_REASONS"
-    );
-    counter!("interview_shadow_reads_skipped_total", "reason" => reason).increment(1);
+    super::metrics::shadow_read_skipped(reason);
 }
 
 #[cfg(test)]

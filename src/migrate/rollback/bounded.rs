@@ -20,7 +20,7 @@ use crate::migrate::changelog;
 use crate::migrate::keys::{self, KeyRow, KeysVerify};
 use crate::migrate::normalize::{self, Reject, SessionIndex};
 use crate::migrate::source::{RawDraft, RawMessage, Source, Table};
-use crate::migrate::verify::{TableVerify, VerifyReport};
+use crate::migrate::verify::{BoundedCheck, TableVerify, VerifyReport};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
@@ -29,13 +29,12 @@ use crate::types::{DbTimestamp, DbUuid};
 
 /// Compares the rows named by PostgreSQL's log entries of transactions from
 /// `from` on (inside the caller's PostgreSQL snapshot, with writers locked
-/// out) with SQLite's (in one SQLite snapshot). Returns the report and how
-/// many rows were compared.
+/// out) with SQLite's (in one SQLite snapshot).
 pub(crate) fn verify_named(
     pg: &mut PgConnection,
     src: &mut Source,
     from: i64,
-) -> Result<(VerifyReport, u64)> {
+) -> Result<BoundedCheck> {
     let started = std::time::Instant::now();
     let changes = changelog::pg_changes(pg, from, None)?;
     let mut out = Named::default();
@@ -49,7 +48,10 @@ pub(crate) fn verify_named(
     })?;
     out.report.sessions_with_message_differences = out.uneven.len() as u64;
     out.report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok((out.report, out.rows))
+    Ok(BoundedCheck {
+        report: out.report,
+        rows: out.rows,
+    })
 }
 
 #[derive(Default)]
