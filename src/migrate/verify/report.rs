@@ -67,7 +67,7 @@ pub struct TableVerify {
     pub postgres_checksum: String,
 }
 
-/// What [`verify`] found.
+/// What [`verify`](fn@crate::migrate::verify) found, and what the bounded checks find.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// Sessions, messages, drafts.
