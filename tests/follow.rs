@@ -371,6 +371,12 @@ fn a_difference_found_by_the_switch_resumes_sqlite_and_changes_nothing() {
         matches!(&err, Error::Refused { why: Refusal::Differs, message } if message.contains("differ")),
         "{err}"
     );
+    // The bounded check judges the row as verify does: it names the column.
+    assert!(
+        err.to_string()
+            .contains(&format!("messages {} text: values differ", m.id)),
+        "{err}"
+    );
     // SQLite is writable again and the cutover is where it was.
     store
         .append_message(ids[0], Role::User, "still on sqlite")

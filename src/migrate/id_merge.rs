@@ -21,6 +21,27 @@ pub(crate) enum Pair<T> {
     PostgresOnly(T),
 }
 
+impl<T> Pair<T> {
+    /// The same pair, by reference.
+    pub(crate) fn as_ref(&self) -> Pair<&T> {
+        match self {
+            Pair::Both(a, b) => Pair::Both(a, b),
+            Pair::SqliteOnly(a) => Pair::SqliteOnly(a),
+            Pair::PostgresOnly(b) => Pair::PostgresOnly(b),
+        }
+    }
+
+    /// A pair from what each side holds of one key; `None` when neither does.
+    pub(crate) fn of(sqlite: Option<T>, postgres: Option<T>) -> Option<Pair<T>> {
+        match (sqlite, postgres) {
+            (Some(a), Some(b)) => Some(Pair::Both(a, b)),
+            (Some(a), None) => Some(Pair::SqliteOnly(a)),
+            (None, Some(b)) => Some(Pair::PostgresOnly(b)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Pairs `sqlite` (any order, each key at most once) with `postgres` (strictly
 /// increasing keys), calling `each` once per key on either side.
 ///

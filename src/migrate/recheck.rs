@@ -7,15 +7,17 @@
 //! those entries name: its cost follows the writes since that verify, not
 //! the size of the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::changed::{read_changed, Changed};
 use super::changelog;
-use super::digest::{hash_of, Digest, SessionDigest};
+use super::digest::{Digest, SessionDigest};
+use super::id_merge::Pair;
 use super::source::{Source, Table};
+use super::verify::comparator;
 use super::verify::BoundedCheck;
 use crate::error::Result;
 use crate::schema::{drafts, messages, sessions};
@@ -23,16 +25,6 @@ use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
 use crate::types::DbUuid;
-
-/// Counts one compared row in `out`, and its difference if it has one:
-/// `*` for a row on one side only, `row` for one whose digests differ (which
-/// column is not known from a digest; `migrate verify` names it).
-fn compared(out: &mut BoundedCheck, table: Table, id: String, difference: Option<(&str, &str)>) {
-    out.rows += 1;
-    if let Some((column, detail)) = difference {
-        out.report.differ(table, id, column, detail);
-    }
-}
 
 /// Compares with PostgreSQL every row and finished idempotency key the SQLite
 /// log names past `from` (inside the caller's SQLite snapshot, which
@@ -51,7 +43,9 @@ pub(crate) fn sqlite_since(
     Ok(out)
 }
 
-/// Compares the rows of `changed` (SQLite's side, normalised) with PostgreSQL's rows of the same ids.
+/// Compares the rows of `changed` (SQLite's side, normalised) with PostgreSQL's
+/// rows of the same ids, each pair judged by [`comparator`]. A row SQLite
+/// deleted must be gone from PostgreSQL too ("only on postgres" otherwise).
 pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<BoundedCheck> {
     let mut out = BoundedCheck::default();
     let ids: Vec<DbUuid> = changed
@@ -60,34 +54,28 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Bounde
         .map(|r| r.id)
         .chain(changed.deleted_sessions.iter().copied())
         .collect();
-    let mut theirs: HashMap<Uuid, u64> = HashMap::new();
-    for chunk in ids.chunks(10_000) {
+    let mut theirs: HashMap<Uuid, SessionDigest> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
         let rows: Vec<SessionRow> = sessions::table
             .filter(sessions::id.eq_any(chunk))
             .select(SessionRow::as_select())
             .load(pg)?;
-        theirs.extend(
-            rows.iter()
-                .map(|r| (r.id.0, hash_of(&SessionDigest::of(r)))),
-        );
+        theirs.extend(rows.iter().map(|r| (r.id.0, SessionDigest::of(r))));
     }
-    for r in &changed.sessions {
-        let difference = match theirs.get(&r.id.0) {
-            None => Some(MISSING),
-            Some(h) if *h != hash_of(&SessionDigest::of(r)) => Some(DIFFERS),
-            Some(_) => None,
-        };
-        compared(&mut out, Table::Sessions, r.id.0.to_string(), difference);
+    let ours: Vec<SessionDigest> = changed.sessions.iter().map(SessionDigest::of).collect();
+    let named = ours.iter().map(|d| (Some(d), theirs.get(&d.id))).chain(
+        changed
+            .deleted_sessions
+            .iter()
+            .map(|id| (None, theirs.get(&id.0))),
+    );
+    for (a, b) in named {
+        out.rows += 1;
+        if let Some(pair) = Pair::of(a, b) {
+            comparator::session(&mut out.report, pair);
+        }
     }
-    for id in &changed.deleted_sessions {
-        let difference = theirs.contains_key(&id.0).then_some(DELETED);
-        compared(&mut out, Table::Sessions, id.0.to_string(), difference);
-    }
-    let ours: Vec<(i64, u64)> = changed
-        .messages
-        .iter()
-        .map(|r| (r.id, hash_of(&Digest::of_message(r))))
-        .collect();
+    let ours: Vec<Digest> = changed.messages.iter().map(Digest::of_message).collect();
     let theirs = digests_of(pg, &ours, &changed.deleted_messages, message_digests)?;
     children(
         &mut out,
@@ -96,11 +84,7 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Bounde
         &changed.deleted_messages,
         &theirs,
     );
-    let ours: Vec<(i64, u64)> = changed
-        .drafts
-        .iter()
-        .map(|r| (r.id, hash_of(&Digest::of_draft(r))))
-        .collect();
+    let ours: Vec<Digest> = changed.drafts.iter().map(Digest::of_draft).collect();
     let theirs = digests_of(pg, &ours, &changed.deleted_drafts, draft_digests)?;
     children(
         &mut out,
@@ -112,9 +96,12 @@ pub(crate) fn compare(pg: &mut PgConnection, changed: &Changed) -> Result<Bounde
     Ok(out)
 }
 
-fn ids_of(ours: &[(i64, u64)], deleted: &[i64]) -> Vec<i64> {
+/// At most this many ids in one `IN (…)` list.
+const CHUNK: usize = 10_000;
+
+fn ids_of(ours: &[Digest], deleted: &[i64]) -> Vec<i64> {
     ours.iter()
-        .map(|(id, _)| *id)
+        .map(|d| d.id)
         .chain(deleted.iter().copied())
         .collect()
 }
@@ -122,61 +109,52 @@ fn ids_of(ours: &[(i64, u64)], deleted: &[i64]) -> Vec<i64> {
 /// PostgreSQL's digests of the rows of `ours` and `deleted`, loaded by `load` a chunk of ids at a time.
 fn digests_of(
     pg: &mut PgConnection,
-    ours: &[(i64, u64)],
+    ours: &[Digest],
     deleted: &[i64],
-    load: impl Fn(&mut PgConnection, &[i64]) -> QueryResult<Vec<(i64, u64)>>,
-) -> Result<HashMap<i64, u64>> {
+    load: impl Fn(&mut PgConnection, &[i64]) -> QueryResult<Vec<Digest>>,
+) -> Result<HashMap<i64, Digest>> {
     let mut theirs = HashMap::new();
-    for chunk in ids_of(ours, deleted).chunks(10_000) {
-        theirs.extend(load(pg, chunk)?);
+    for chunk in ids_of(ours, deleted).chunks(CHUNK) {
+        theirs.extend(load(pg, chunk)?.into_iter().map(|d| (d.id, d)));
     }
     Ok(theirs)
 }
 
-fn message_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u64)>> {
+fn message_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<Digest>> {
     let rows: Vec<MessageRow> = messages::table
         .filter(messages::id.eq_any(ids))
         .select(MessageRow::as_select())
         .load(pg)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.id, hash_of(&Digest::of_message(r))))
-        .collect())
+    Ok(rows.iter().map(Digest::of_message).collect())
 }
 
-fn draft_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<(i64, u64)>> {
+fn draft_digests(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<Digest>> {
     let rows: Vec<DraftRow> = drafts::table
         .filter(drafts::id.eq_any(ids))
         .select(DraftRow::as_select())
         .load(pg)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.id, hash_of(&Digest::of_draft(r))))
-        .collect())
+    Ok(rows.iter().map(Digest::of_draft).collect())
 }
 
+/// Each named message or draft, on SQLite (`ours`), deleted there, or neither, judged against PostgreSQL's.
 fn children(
     out: &mut BoundedCheck,
     table: Table,
-    ours: &[(i64, u64)],
+    ours: &[Digest],
     deleted: &[i64],
-    theirs: &HashMap<i64, u64>,
+    theirs: &HashMap<i64, Digest>,
 ) {
-    for (id, h) in ours {
-        let difference = match theirs.get(id) {
-            None => Some(MISSING),
-            Some(t) if t != h => Some(DIFFERS),
-            Some(_) => None,
-        };
-        compared(out, table, id.to_string(), difference);
-    }
-    for id in deleted {
-        let difference = theirs.contains_key(id).then_some(DELETED);
-        compared(out, table, id.to_string(), difference);
+    // Which sessions' messages differ is verify's figure; a bounded check
+    // refuses on any difference, so it keeps no such set.
+    let mut uneven = HashSet::new();
+    let named = ours
+        .iter()
+        .map(|d| (Some(d), theirs.get(&d.id)))
+        .chain(deleted.iter().map(|id| (None, theirs.get(id))));
+    for (a, b) in named {
+        out.rows += 1;
+        if let Some(pair) = Pair::of(a, b) {
+            comparator::child(&mut out.report, &mut uneven, table, pair);
+        }
     }
 }
-
-/// The differences a bounded check tells apart, as (column, detail).
-const MISSING: (&str, &str) = ("*", "missing on postgres");
-const DIFFERS: (&str, &str) = ("row", "differs (compared by digest)");
-const DELETED: (&str, &str) = ("*", "deleted in sqlite, on postgres");

@@ -20,6 +20,7 @@ use crate::connection::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::schema::{drafts, messages, sessions};
 
+pub(crate) mod comparator;
 mod comparison;
 mod report;
 

@@ -6,8 +6,9 @@
 //! every change on PostgreSQL leaves an entry, kept until the switch back
 //! (see [`super::pass`]'s trim). A row named but gone must be gone on both
 //! sides. SQLite's rows are read raw and go through the copy's normalisation
-//! ([`crate::migrate::normalize`]), and compared as `verify` compares them:
-//! timestamps to the microsecond, text exactly.
+//! ([`crate::migrate::normalize`]), and each pair is judged by verify's own
+//! rule ([`crate::migrate::verify::comparator`]): timestamps to the
+//! microsecond, text byte for byte through its digest.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,15 +18,18 @@ use uuid::Uuid;
 use super::{named_sessions, pg_drafts, pg_messages, pg_sessions, CHUNK};
 use crate::error::Result;
 use crate::migrate::changelog;
+use crate::migrate::digest::{Digest, SessionDigest};
+use crate::migrate::id_merge::Pair;
 use crate::migrate::keys::{self, KeyRow, KeysVerify};
 use crate::migrate::normalize::{self, Reject, SessionIndex};
 use crate::migrate::source::{RawDraft, RawMessage, Source, Table};
-use crate::migrate::verify::{BoundedCheck, TableVerify, VerifyReport};
+use crate::migrate::verify::comparator;
+use crate::migrate::verify::{BoundedCheck, VerifyReport};
 use crate::store::drafts::DraftRow;
 use crate::store::messages::MessageRow;
 use crate::store::sessions::SessionRow;
 use crate::types::read_legacy_uuid;
-use crate::types::{DbTimestamp, DbUuid};
+use crate::types::DbUuid;
 
 /// Compares the rows named by PostgreSQL's log entries of transactions from
 /// `from` on (inside the caller's PostgreSQL snapshot, with writers locked
@@ -62,38 +66,9 @@ struct Named {
     rows: u64,
 }
 
-/// A row's timestamp as compared: PostgreSQL keeps microseconds.
-fn micros(t: DbTimestamp) -> i64 {
-    t.0.timestamp_micros()
-}
-
 impl Named {
-    fn table(&mut self, t: Table) -> &mut TableVerify {
-        match t {
-            Table::Sessions => &mut self.report.sessions,
-            Table::Messages => &mut self.report.messages,
-            Table::Drafts => &mut self.report.drafts,
-        }
-    }
-
     fn differ(&mut self, table: Table, id: String, column: &str, detail: impl Into<String>) {
         self.report.differ(table, id, column, detail);
-    }
-
-    /// Counts one named row, present on either side or none, and says
-    /// whether both have it; a row on one side only is a difference.
-    fn pair<T>(&mut self, table: Table, id: String, ours: Option<&T>, theirs: Option<&T>) -> bool {
-        self.rows += 1;
-        let t = self.table(table);
-        t.sqlite_rows += ours.is_some() as u64;
-        t.postgres_rows += theirs.is_some() as u64;
-        match (ours.is_some(), theirs.is_some()) {
-            (true, false) => self.differ(table, id, "*", "missing on postgres"),
-            (false, true) => self.differ(table, id, "*", "only on postgres"),
-            (true, true) => return true,
-            (false, false) => {}
-        }
-        false
     }
 
     fn invalid(&mut self, table: Table, r: &Reject) {
@@ -131,28 +106,15 @@ impl Named {
                 }
             }
             for id in chunk {
-                let (a, b) = (ours.get(&id.0), theirs.get(&id.0));
-                if let (true, Some(a), Some(b)) =
-                    (self.pair(Table::Sessions, id.0.to_string(), a, b), a, b)
-                {
-                    self.session(a, b);
+                self.rows += 1;
+                let a = ours.get(&id.0).map(SessionDigest::of);
+                let b = theirs.get(&id.0).map(SessionDigest::of);
+                if let Some(pair) = Pair::of(a.as_ref(), b.as_ref()) {
+                    comparator::session(&mut self.report, pair);
                 }
             }
         }
         Ok(())
-    }
-
-    fn session(&mut self, a: &SessionRow, b: &SessionRow) {
-        let id = a.id.0.to_string();
-        for (col, differs) in [
-            ("created_at", micros(a.created_at) != micros(b.created_at)),
-            ("updated_at", micros(a.updated_at) != micros(b.updated_at)),
-            ("summary", a.summary != b.summary),
-        ] {
-            if differs {
-                self.differ(Table::Sessions, id.clone(), col, "values differ");
-            }
-        }
     }
 
     fn messages(&mut self, pg: &mut PgConnection, src: &mut Source, ids: &[i64]) -> Result<()> {
@@ -173,32 +135,15 @@ impl Named {
                 }
             }
             for id in chunk {
-                let (a, b) = (ours.get(id), theirs.get(id));
-                let both = self.pair(Table::Messages, id.to_string(), a, b);
-                if !both {
-                    self.uneven
-                        .extend(a.or(b).map(|r: &MessageRow| r.session_id.0));
-                }
-                if let (true, Some(a), Some(b)) = (both, a, b) {
-                    self.message(a, b);
+                self.rows += 1;
+                let a = ours.get(id).map(Digest::of_message);
+                let b = theirs.get(id).map(Digest::of_message);
+                if let Some(pair) = Pair::of(a.as_ref(), b.as_ref()) {
+                    comparator::child(&mut self.report, &mut self.uneven, Table::Messages, pair);
                 }
             }
         }
         Ok(())
-    }
-
-    fn message(&mut self, a: &MessageRow, b: &MessageRow) {
-        for (col, differs) in [
-            ("session_id", a.session_id != b.session_id),
-            ("role", a.role != b.role),
-            ("text", a.text != b.text),
-            ("created_at", micros(a.created_at) != micros(b.created_at)),
-        ] {
-            if differs {
-                self.differ(Table::Messages, a.id.to_string(), col, "values differ");
-                self.uneven.insert(a.session_id.0);
-            }
-        }
     }
 
     fn drafts(&mut self, pg: &mut PgConnection, src: &mut Source, ids: &[i64]) -> Result<()> {
@@ -219,27 +164,15 @@ impl Named {
                 }
             }
             for id in chunk {
-                let (a, b) = (ours.get(id), theirs.get(id));
-                if let (true, Some(a), Some(b)) =
-                    (self.pair(Table::Drafts, id.to_string(), a, b), a, b)
-                {
-                    self.draft(a, b);
+                self.rows += 1;
+                let a = ours.get(id).map(Digest::of_draft);
+                let b = theirs.get(id).map(Digest::of_draft);
+                if let Some(pair) = Pair::of(a.as_ref(), b.as_ref()) {
+                    comparator::child(&mut self.report, &mut self.uneven, Table::Drafts, pair);
                 }
             }
         }
         Ok(())
-    }
-
-    fn draft(&mut self, a: &DraftRow, b: &DraftRow) {
-        for (col, differs) in [
-            ("session_id", a.session_id != b.session_id),
-            ("content", a.content != b.content),
-            ("created_at", micros(a.created_at) != micros(b.created_at)),
-        ] {
-            if differs {
-                self.differ(Table::Drafts, a.id.to_string(), col, "values differ");
-            }
-        }
     }
 
     fn keys(

@@ -25,6 +25,7 @@ use crate::migrate::state;
 use crate::schema::{drafts, messages, sessions};
 use crate::types::{DbTimestamp, DbUuid};
 
+use super::comparator;
 use super::report::VerifyReport;
 use super::Counts;
 
@@ -188,50 +189,15 @@ impl<'a> Comparison<'a> {
     }
 
     fn session(&mut self, pair: Pair<SessionDigest>) {
-        let table = Table::Sessions;
-        let (s, p) = match pair {
-            Pair::Both(s, p) => (s, p),
-            Pair::SqliteOnly(s) => {
-                self.report.sessions.sqlite_rows += 1;
-                self.sums[0].0.add(hash_of(&s));
-                self.report
-                    .differ(table, s.id.to_string(), "*", "missing on postgres");
-                return;
+        match &pair {
+            Pair::Both(s, p) => {
+                self.sums[0].0.add(hash_of(s));
+                self.sums[0].1.add(hash_of(p));
             }
-            Pair::PostgresOnly(p) => {
-                self.report.sessions.postgres_rows += 1;
-                self.sums[0].1.add(hash_of(&p));
-                self.report
-                    .differ(table, p.id.to_string(), "*", "only on postgres");
-                return;
-            }
-        };
-        self.report.sessions.sqlite_rows += 1;
-        self.report.sessions.postgres_rows += 1;
-        self.sums[0].0.add(hash_of(&s));
-        self.sums[0].1.add(hash_of(&p));
-        let id = s.id;
-        for (col, a, b) in [
-            ("created_at", s.created_at, p.created_at),
-            ("updated_at", s.updated_at, p.updated_at),
-        ] {
-            if a != b {
-                let show = |t: i64| {
-                    chrono::DateTime::from_timestamp_micros(t)
-                        .map_or_else(|| t.to_string(), |t| format!("{t:?}"))
-                };
-                self.report.differ(
-                    table,
-                    id.to_string(),
-                    col,
-                    format!("sqlite {}, postgres {}", show(a), show(b)),
-                );
-            }
+            Pair::SqliteOnly(s) => self.sums[0].0.add(hash_of(s)),
+            Pair::PostgresOnly(p) => self.sums[0].1.add(hash_of(p)),
         }
-        if s.summary_hash != p.summary_hash {
-            self.report
-                .differ(table, id.to_string(), "summary", "text differs");
-        }
+        comparator::session(&mut self.report, pair.as_ref());
     }
 
     /// Merges a batch of messages or drafts with PostgreSQL's rows up to its last id.
@@ -283,7 +249,7 @@ fn unrecorded(report: &mut VerifyReport, table: Table, r: &Reject) {
     );
 }
 
-/// Merges one id-ordered batch of each side.
+/// Merges one id-ordered batch of each side, each key judged by the comparator.
 fn merge(
     report: &mut VerifyReport,
     sums: &mut (Checksum, Checksum),
@@ -292,13 +258,6 @@ fn merge(
     ours: &[Digest],
     theirs: &[Digest],
 ) {
-    let body = if table == Table::Drafts {
-        "content"
-    } else {
-        "text"
-    };
-    report.table(table).sqlite_rows += ours.len() as u64;
-    report.table(table).postgres_rows += theirs.len() as u64;
     for r in ours {
         sums.0.add(hash_of(r));
     }
@@ -307,36 +266,23 @@ fn merge(
     }
     let (mut i, mut j) = (0, 0);
     while i < ours.len() || j < theirs.len() {
-        match (ours.get(i), theirs.get(j)) {
+        let pair = match (ours.get(i), theirs.get(j)) {
             (Some(a), Some(b)) if a.id == b.id => {
-                for (col, differs) in [
-                    ("session_id", a.session_id != b.session_id),
-                    ("role", a.role_hash != b.role_hash),
-                    (body, a.body_hash != b.body_hash),
-                    ("created_at", a.created_at != b.created_at),
-                ] {
-                    if differs {
-                        report.differ(table, a.id.to_string(), col, "values differ");
-                        if col == "session_id" {
-                            uneven.insert(a.session_id);
-                        }
-                    }
-                }
                 i += 1;
                 j += 1;
+                Pair::Both(a, b)
             }
             (Some(a), b) if b.is_none_or(|b| a.id < b.id) => {
-                report.differ(table, a.id.to_string(), "*", "missing on postgres");
-                uneven.insert(a.session_id);
                 i += 1;
+                Pair::SqliteOnly(a)
             }
             (_, Some(b)) => {
-                report.differ(table, b.id.to_string(), "*", "only on postgres");
-                uneven.insert(b.session_id);
                 j += 1;
+                Pair::PostgresOnly(b)
             }
             (_, None) => unreachable!("loop condition"),
-        }
+        };
+        comparator::child(report, uneven, table, pair);
     }
 }
 
