@@ -33,10 +33,6 @@ use read::read_rows;
 pub use apply::RollbackReport;
 pub(crate) use bounded::verify_named;
 
-// For the bounded verify, which reads the same rows as a pass, by the same queries.
-use read::CHUNK;
-pub(crate) use read::{named_sessions, pg_drafts, pg_messages, pg_sessions};
-
 /// How a pass reads PostgreSQL's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reading {

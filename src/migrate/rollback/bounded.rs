@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::{named_sessions, pg_drafts, pg_messages, pg_sessions, CHUNK};
+// The same rows as a pass reads, by the same queries.
+use super::read::{named_sessions, pg_drafts, pg_messages, pg_sessions, CHUNK};
 use crate::error::Result;
 use crate::migrate::changelog;
 use crate::migrate::digest::{Digest, SessionDigest};
