@@ -325,17 +325,22 @@ fn copy_sync_follow_and_the_way_back_killed_at_each_step_finish_on_a_rerun() {
         (&["follow", "--reverse"][..], Step::ReversePass),
     ] {
         // A pass leaves entries of transactions still in flight at its
-        // snapshot to the next one: write again until a pass has one to apply.
-        let killed = (0..5).any(|_| {
-            let s = pg.start_session().unwrap();
-            pg.append_message(s.id, Role::User, "after the switch")
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-            migrate(args, &r.sqlite, &r.pg.url, Some(step))
-                .status
-                .code()
-                .is_none()
-        });
+        // snapshot to the next one, and the snapshot's horizon is the whole
+        // cluster's: a long transaction of a test running beside this one
+        // holds it back. Write again until a pass has one to apply, for up to
+        // 30 s (five tries were not enough on a loaded machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let killed = std::iter::from_fn(|| (std::time::Instant::now() < deadline).then_some(()))
+            .any(|()| {
+                let s = pg.start_session().unwrap();
+                pg.append_message(s.id, Role::User, "after the switch")
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                migrate(args, &r.sqlite, &r.pg.url, Some(step))
+                    .status
+                    .code()
+                    .is_none()
+            });
         assert!(killed, "{args:?} was never killed at {step}");
         let rerun = migrate(&["rollback-sync"], &r.sqlite, &r.pg.url, None);
         assert!(rerun.status.success(), "{}", rerun.out);
